@@ -1,0 +1,13 @@
+//! Domain types and rules shared by every part of Corral. Nothing here does I/O,
+//! so the rules (roles, password policy, token formats, TOTP) are tested in isolation.
+
+pub mod audit;
+pub mod password;
+pub mod role;
+pub mod secret;
+pub mod totp;
+pub mod user;
+
+pub use audit::{AuditEntry, AuditFilter, NewAuditEntry, Outcome};
+pub use role::Role;
+pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};
