@@ -1,0 +1,138 @@
+//! `Principal`: the authenticated caller, from `Authorization: Bearer <JWT or crl_ key>`.
+//! The user row is re-read on every request, so a role change, a lock or a deletion
+//! takes effect at once rather than when the access token expires.
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts};
+use chrono::Utc;
+use corral_core::{User, secret};
+use uuid::Uuid;
+
+use super::jwt::TokenType;
+use crate::audit::Audit;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Refresh a key's `last_used_at` at most this often: one write per minute, not per request.
+const TOUCH_EVERY_SECS: i64 = 60;
+
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user: User,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token; `session` is the refresh family it belongs to.
+    Jwt {
+        session: Option<Uuid>,
+    },
+    ApiKey {
+        id: Uuid,
+    },
+}
+
+impl Principal {
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.user.role.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "this action needs the admin role".into(),
+            ))
+        }
+    }
+
+    /// Creating or changing platform resources; viewers are read-only.
+    pub fn require_mutate(&self) -> ApiResult<()> {
+        if self.user.role.can_mutate() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "the viewer role is read-only; ask an admin for the user role".into(),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let principal = if token.starts_with(secret::API_KEY_PREFIX) {
+            from_api_key(state, token).await?
+        } else {
+            let claims = state.keys.verify(token, TokenType::Access)?;
+            let user = state
+                .store
+                .user_by_id(claims.sub)
+                .await?
+                .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
+            Principal {
+                user,
+                credential: Credential::Jwt {
+                    session: claims.sid,
+                },
+            }
+        };
+        if principal.user.disabled {
+            return Err(ApiError::Unauthorized(
+                "this account is locked; contact an administrator".into(),
+            ));
+        }
+        if let Some(audit) = parts.extensions.get::<Audit>() {
+            audit.actor(&principal.user);
+        }
+        Ok(principal)
+    }
+}
+
+fn bearer(parts: &Parts) -> ApiResult<&str> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "missing `Authorization: Bearer <token>` header; log in or use an API key".into(),
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("invalid Authorization header".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::Unauthorized("expected `Bearer <token>`".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::Unauthorized("expected `Bearer <token>`".into()));
+    }
+    Ok(token.trim())
+}
+
+async fn from_api_key(state: &AppState, token: &str) -> ApiResult<Principal> {
+    let invalid = || ApiError::Unauthorized("invalid or expired API key".into());
+    let key = state
+        .store
+        .api_key_by_hash(&secret::hash(token))
+        .await?
+        .ok_or_else(invalid)?;
+    let now = Utc::now();
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return Err(invalid());
+    }
+    if key
+        .last_used_at
+        .is_none_or(|at| (now - at).num_seconds() >= TOUCH_EVERY_SECS)
+    {
+        state.store.touch_api_key(key.id, now).await?;
+    }
+    let user = state
+        .store
+        .user_by_id(key.owner_id)
+        .await?
+        .ok_or_else(invalid)?;
+    Ok(Principal {
+        user,
+        credential: Credential::ApiKey { id: key.id },
+    })
+}

@@ -1,0 +1,127 @@
+//! The one error type of the API, and its stable JSON shape:
+//! `{"error": {"code": "...", "message": "...", ...details}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::time::Duration;
+use thiserror::Error;
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Malformed or invalid input; `code` is machine-readable (e.g. `weak_password`).
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        details: Option<Value>,
+    },
+    /// Missing, malformed, expired or tampered credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but the role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Absent, or owned by someone else (the two are indistinguishable on purpose).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the {0} byte limit")]
+    PayloadTooLarge(usize),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: Duration,
+    },
+    /// Something on our side failed; the cause is logged, never sent to the client.
+    #[error("internal error")]
+    Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        ApiError::Internal(cause.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { code, .. } => code,
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Internal(_) => "internal",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<corral_store::Error> for ApiError {
+    fn from(e: corral_store::Error) -> Self {
+        match e {
+            corral_store::Error::Conflict(what) => {
+                ApiError::Conflict(format!("{what} already exists"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                "internal error; the server log has the details".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut error = json!({ "code": self.code(), "message": message });
+        if let ApiError::BadRequest {
+            details: Some(details),
+            ..
+        } = &self
+        {
+            error["details"] = details.clone();
+        }
+        let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            // Round up: a client that waits exactly Retry-After seconds must get through.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}

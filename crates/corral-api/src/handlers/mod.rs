@@ -1,0 +1,24 @@
+//! One module per resource; each returns its routes with their OpenAPI metadata.
+
+mod admin;
+mod auth;
+mod health;
+mod keys;
+mod profile;
+
+use axum::middleware;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(health::routes())
+        .merge(auth::routes().layer(middleware::from_fn_with_state(
+            state,
+            auth::rate_limit_by_ip,
+        )))
+        .merge(profile::routes())
+        .merge(keys::routes())
+        .merge(admin::routes())
+}

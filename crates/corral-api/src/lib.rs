@@ -1,0 +1,75 @@
+//! Corral's HTTP API: the management API under `/api`, its OpenAPI document, and
+//! (later) the gateway and UI. `router()` builds it; `serve()` runs it.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod handlers;
+pub mod mail;
+mod openapi;
+pub mod ratelimit;
+pub mod settings;
+pub mod state;
+pub mod views;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::middleware;
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ApiResult};
+pub use settings::Settings;
+pub use state::AppState;
+
+/// Largest request body accepted anywhere in the API (requests are small JSON documents).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// The whole application with its state applied.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = handlers::routes(state.clone()).split_for_parts();
+    let doc = openapi::finish(doc);
+    api.route(
+        "/api/openapi.json",
+        axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
+    )
+    .fallback(not_found)
+    .method_not_allowed_fallback(method_not_allowed)
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        audit::middleware,
+    ))
+    .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    .layer(TraceLayer::new_for_http())
+    .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    tracing::debug!(%uri, "no route");
+    ApiError::NotFound("route")
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::bad_request(
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,72 @@
+//! Settings the API needs at run time. The binary fills these from flags, environment
+//! and `corral.toml`; tests fill them directly.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where users reach Corral (links in e-mails, OTP issuer), e.g. `http://127.0.0.1:8080`.
+    pub public_url: String,
+    /// HS256 key for access tokens; at least 32 bytes.
+    pub jwt_secret: Vec<u8>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// Failed logins before an address is locked, and for how long.
+    pub lockout_threshold: u32,
+    pub lockout_duration: Duration,
+    /// Per client IP, on the auth routes: burst size and sustained rate per minute.
+    pub auth_rate_per_ip: u32,
+    /// Per account (e-mail), on login, reset and MFA.
+    pub auth_rate_per_account: u32,
+    /// Whether `POST /api/auth/signup` is open; admins can always create users.
+    pub signup_enabled: bool,
+    /// Require a verified e-mail before login.
+    pub require_verified_email: bool,
+    pub argon2: Argon2Params,
+    /// Take the client IP from `X-Forwarded-For` (only behind a trusted proxy such as an ALB).
+    pub trust_forwarded_for: bool,
+    /// One-time token that lets the first admin sign up when no user exists.
+    pub setup_token: Option<String>,
+    /// Token for `GET /metrics` scrapers that do not log in.
+    pub metrics_token: Option<String>,
+}
+
+/// Argon2id cost. The default is OWASP's first recommendation (19 MiB, 2 passes, 1 lane).
+#[derive(Debug, Clone, Copy)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        Argon2Params {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults suitable for tests and local use; the binary overrides what is configured.
+    pub fn new(public_url: impl Into<String>, jwt_secret: Vec<u8>) -> Self {
+        Settings {
+            public_url: public_url.into(),
+            jwt_secret,
+            access_ttl: Duration::from_secs(15 * 60),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            lockout_threshold: 5,
+            lockout_duration: Duration::from_secs(15 * 60),
+            auth_rate_per_ip: 60,
+            auth_rate_per_account: 20,
+            signup_enabled: true,
+            require_verified_email: true,
+            argon2: Argon2Params::default(),
+            trust_forwarded_for: false,
+            setup_token: None,
+            metrics_token: None,
+        }
+    }
+}

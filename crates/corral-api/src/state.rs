@@ -1,0 +1,48 @@
+//! `AppState`: what every handler shares. Cheap to clone (one `Arc`).
+
+use corral_store::Store;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::auth::jwt::Keys;
+use crate::mail::Mailer;
+use crate::ratelimit::RateLimiter;
+use crate::settings::Settings;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub settings: Settings,
+    pub keys: Keys,
+    pub mailer: Mailer,
+    /// Auth routes, per client IP.
+    pub ip_limiter: RateLimiter,
+    /// Login, reset and MFA, per target account (e-mail or user id).
+    pub account_limiter: RateLimiter,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, settings: Settings, mailer: Mailer) -> Self {
+        AppState(Arc::new(Inner {
+            keys: Keys::new(&settings.jwt_secret),
+            ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
+            account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),
+            store,
+            settings,
+            mailer,
+            started: Instant::now(),
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,194 @@
+//! `spawn_app()`: the real server on 127.0.0.1:0 with a fresh store, in the style of
+//! zero2prod. Every store-touching test runs once on SQLite (a temp file) and once on
+//! PostgreSQL (a fresh database on the server named by `CORRAL_TEST_PG_URL`).
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use corral_api::mail::Mailer;
+use corral_api::{AppState, Settings};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "SecurePass123!";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    _dir: tempfile::TempDir,
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// Runs a test body once per backend: `both_backends!(name);` for `async fn name(Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                if $crate::common::postgres_skipped() {
+                    return;
+                }
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// PostgreSQL tests need `CORRAL_TEST_PG_URL`; missing it is a failure, not a silent
+/// skip, unless `CORRAL_SKIP_PG=1` says so explicitly.
+pub fn postgres_skipped() -> bool {
+    if std::env::var_os("CORRAL_TEST_PG_URL").is_some() {
+        return false;
+    }
+    if std::env::var("CORRAL_SKIP_PG").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: PostgreSQL test (CORRAL_SKIP_PG=1)");
+        return true;
+    }
+    panic!(
+        "CORRAL_TEST_PG_URL is not set: run `scripts/with-postgres.sh cargo test` \
+         (or set CORRAL_SKIP_PG=1 to skip PostgreSQL tests knowingly)"
+    );
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like `spawn_app`, with a chance to change the settings first.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("corral.db").display()),
+        Backend::Postgres => fresh_pg_database().await,
+    };
+    let store = corral_store::open(&url).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    let mut settings = Settings::new(base.clone(), b"test-secret-test-secret-test-secret!".to_vec());
+    configure(&mut settings);
+    let state = AppState::new(Arc::clone(&store), settings, Mailer::Outbox);
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(corral_api::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base,
+        http: reqwest::Client::new(),
+        state,
+        _dir: dir,
+        _shutdown: tx,
+    }
+}
+
+async fn fresh_pg_database() -> String {
+    let admin_url = std::env::var("CORRAL_TEST_PG_URL").unwrap();
+    let name = format!("corral_api_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Replace the database part of the URL (everything after the last '/', before '?').
+    let (head, tail) = admin_url.rsplit_once('/').unwrap();
+    let query = tail.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    format!("{head}/{name}{query}")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.put(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.delete(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        read(req.send().await.unwrap()).await
+    }
+
+    /// The newest outbox message to `email` (verification / reset mails in tests).
+    pub async fn last_mail(&self, email: &str) -> corral_core::OutboxMessage {
+        self.state
+            .store
+            .list_outbox(Some(email), 1)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("no mail to {email}"))
+    }
+
+    /// Creates a verified account directly in the store with the given role and returns
+    /// its access token (through the real login endpoint).
+    pub async fn user_with_role(&self, role: corral_core::Role) -> (String, String) {
+        let email = format!("{}-{}@example.com", role, uuid::Uuid::now_v7().simple());
+        let hash = corral_api::auth::password::hash(PASSWORD.into(), self.state.settings.argon2)
+            .await
+            .unwrap();
+        let mut user = corral_core::User::new(&email, hash, role, chrono::Utc::now());
+        user.email_verified = true;
+        self.state.store.create_user(&user).await.unwrap();
+        let token = self.login(&email, PASSWORD).await;
+        (email, token)
+    }
+
+    /// Logs in with the real endpoint and returns the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let (status, body) = self
+            .post("/api/auth/login", None, json!({"email": email, "password": password}))
+            .await;
+        assert_eq!(status, 200, "login failed: {body}");
+        body["access_token"].as_str().unwrap().to_string()
+    }
+}
+
+async fn read(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
