@@ -1,0 +1,250 @@
+//! Configuration for `corral serve` and the admin commands. Each setting can come from
+//! a flag, a `CORRAL_*` environment variable, or `corral.toml`, in that order of
+//! precedence, and falls back to a default that suits a laptop.
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::CliError;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = ".corral";
+pub const DEFAULT_CONFIG_FILE: &str = "corral.toml";
+
+/// Where the data lives; shared by every command that opens the store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Configuration file (TOML). Default: ./corral.toml when it exists.
+    #[arg(long, env = "CORRAL_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database, the signing key, logs and models.
+    #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`.
+    /// Default: SQLite at DATA_DIR/corral.db.
+    #[arg(
+        long,
+        env = "CORRAL_DATABASE_URL",
+        value_name = "URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Use 0.0.0.0:8080 only behind TLS.
+    #[arg(long, env = "CORRAL_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// URL users reach Corral at (links in e-mails). Default: http://LISTEN.
+    #[arg(long, env = "CORRAL_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// Lifetime of access tokens, e.g. 15m.
+    #[arg(long, env = "CORRAL_ACCESS_TOKEN_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub access_token_ttl: Option<Duration>,
+    /// Lifetime of refresh tokens, e.g. 30d.
+    #[arg(long, env = "CORRAL_REFRESH_TOKEN_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub refresh_token_ttl: Option<Duration>,
+    /// Failed logins before an address is locked.
+    #[arg(long, env = "CORRAL_LOCKOUT_THRESHOLD", value_name = "N")]
+    pub lockout_threshold: Option<u32>,
+    /// How long a locked address stays locked, e.g. 15m.
+    #[arg(long, env = "CORRAL_LOCKOUT_DURATION", value_name = "DURATION", value_parser = parse_duration)]
+    pub lockout_duration: Option<Duration>,
+    /// Allow self-service sign-up (true/false). Admins can always create users.
+    #[arg(long, env = "CORRAL_SIGNUP_ENABLED", value_name = "BOOL")]
+    pub signup_enabled: Option<bool>,
+    /// Require a verified e-mail address before login (true/false).
+    #[arg(long, env = "CORRAL_REQUIRE_VERIFIED_EMAIL", value_name = "BOOL")]
+    pub require_verified_email: Option<bool>,
+    /// Trust X-Forwarded-For for the client IP (only behind your own proxy/ALB).
+    #[arg(long, env = "CORRAL_TRUST_FORWARDED_FOR", value_name = "BOOL")]
+    pub trust_forwarded_for: Option<bool>,
+    /// Secret for signing access tokens (≥ 32 bytes). Default: generated once and kept in DATA_DIR/jwt-secret.
+    #[arg(
+        long,
+        env = "CORRAL_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// Bearer token that Prometheus may use for /metrics without logging in.
+    #[arg(
+        long,
+        env = "CORRAL_METRICS_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+    /// SMTP relay for outgoing mail. Without it, mail goes to the outbox (GET /api/admin/outbox).
+    #[arg(long, env = "CORRAL_SMTP_HOST", value_name = "HOST")]
+    pub smtp_host: Option<String>,
+    #[arg(long, env = "CORRAL_SMTP_PORT", value_name = "PORT")]
+    pub smtp_port: Option<u16>,
+    #[arg(long, env = "CORRAL_SMTP_USERNAME", value_name = "USER")]
+    pub smtp_username: Option<String>,
+    /// SMTP password (prefer the environment variable over the flag).
+    #[arg(
+        long,
+        env = "CORRAL_SMTP_PASSWORD",
+        value_name = "PASS",
+        hide_env_values = true
+    )]
+    pub smtp_password: Option<String>,
+    /// Sender address, e.g. "Corral <corral@example.com>".
+    #[arg(long, env = "CORRAL_SMTP_FROM", value_name = "ADDR")]
+    pub smtp_from: Option<String>,
+    /// starttls (default), tls or none.
+    #[arg(long, env = "CORRAL_SMTP_SECURITY", value_name = "MODE")]
+    pub smtp_security: Option<String>,
+    /// Log filter, e.g. info or corral_api=debug.
+    #[arg(long, env = "CORRAL_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 15m, 12h, 30d)"))
+}
+
+/// `corral.toml`: the same settings as the flags, with snake_case names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub access_token_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub refresh_token_ttl: Option<Duration>,
+    pub lockout_threshold: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub lockout_duration: Option<Duration>,
+    pub signup_enabled: Option<bool>,
+    pub require_verified_email: Option<bool>,
+    pub trust_forwarded_for: Option<bool>,
+    pub jwt_secret: Option<String>,
+    pub metrics_token: Option<String>,
+    pub log: Option<String>,
+    #[serde(default)]
+    pub smtp: SmtpFile,
+    #[serde(default)]
+    pub argon2: Argon2File,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub from: Option<String>,
+    pub security: Option<String>,
+}
+
+/// Argon2id cost; only in the file, since it is rarely changed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Argon2File {
+    pub memory_kib: Option<u32>,
+    pub iterations: Option<u32>,
+    pub parallelism: Option<u32>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl FileConfig {
+    /// Reads the file named by `--config`, or `./corral.toml` if present, or nothing.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, CliError> {
+        let path = match explicit {
+            Some(path) => path.to_path_buf(),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => PathBuf::from(DEFAULT_CONFIG_FILE),
+            None => return Ok(FileConfig::default()),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| CliError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| CliError::Config {
+            path,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// The data directory and database URL after precedence is applied.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+}
+
+impl StoreConfig {
+    pub fn resolve(args: &StoreArgs, file: &FileConfig) -> Self {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = args
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("corral.db").display()));
+        StoreConfig {
+            data_dir,
+            database_url,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_config_parses_durations_and_rejects_unknown_keys() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\naccess_token_ttl = \"5m\"\n[smtp]\nhost = \"mail\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.access_token_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(file.smtp.host.as_deref(), Some("mail"));
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_beats_default() {
+        let file: FileConfig = toml::from_str("data_dir = \"/srv/corral\"").unwrap();
+        let none = StoreArgs {
+            config: None,
+            data_dir: None,
+            database_url: None,
+        };
+        let resolved = StoreConfig::resolve(&none, &file);
+        assert_eq!(resolved.database_url, "sqlite:///srv/corral/corral.db");
+        let flag = StoreArgs {
+            data_dir: Some("/tmp/x".into()),
+            ..none
+        };
+        assert_eq!(
+            StoreConfig::resolve(&flag, &file).data_dir,
+            PathBuf::from("/tmp/x")
+        );
+    }
+}

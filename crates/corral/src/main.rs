@@ -1,0 +1,65 @@
+//! The `corral` command: runs the server and administers it.
+
+mod admin;
+mod config;
+mod error;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use config::{ServeArgs, StoreArgs};
+
+/// Corral deploys, secures and scales Ollama-compatible LLM servers on your own compute.
+///
+/// Start with `corral serve`, then open the printed URL. Every option can also be set
+/// with a CORRAL_* environment variable or in corral.toml (flags win, then environment,
+/// then the file).
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: management API, gateway and web UI on one port.
+    ///
+    /// With no users yet, it prints a one-time setup token for creating the first admin.
+    Serve(Box<ServeArgs>),
+    /// Administer a Corral installation directly through its store.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // Two workers are plenty for a control plane and keep idle memory low.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(&cli.store, *args).await,
+            Command::Admin(cmd) => admin::run(&cli.store, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

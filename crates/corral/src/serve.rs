@@ -1,0 +1,194 @@
+//! `corral serve`: resolves the configuration, opens the store and runs the API.
+
+use corral_api::mail::{Mailer, SmtpSettings};
+use corral_api::settings::Argon2Params;
+use corral_api::{AppState, Settings};
+use corral_core::secret;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config::{DEFAULT_LISTEN, FileConfig, ServeArgs, StoreArgs, StoreConfig};
+use crate::error::CliError;
+
+pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError> {
+    let file = FileConfig::load(store_args.config.as_deref())?;
+    init_logging(args.log.as_deref().or(file.log.as_deref()));
+    let cfg = StoreConfig::resolve(store_args, &file);
+    std::fs::create_dir_all(&cfg.data_dir).map_err(CliError::io(format!(
+        "creating data dir {}",
+        cfg.data_dir.display()
+    )))?;
+
+    let listen: SocketAddr = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(CliError::io(format!(
+            "binding {listen} (is another server using it? choose one with --listen)"
+        )))?;
+    let bound = listener
+        .local_addr()
+        .map_err(CliError::io("reading the bound address"))?;
+    let public_url = args
+        .public_url
+        .clone()
+        .or(file.public_url.clone())
+        .unwrap_or_else(|| format!("http://{bound}"))
+        .trim_end_matches('/')
+        .to_string();
+
+    let jwt_secret = match args.jwt_secret.clone().or(file.jwt_secret.clone()) {
+        Some(s) if s.len() >= 32 => s.into_bytes(),
+        Some(_) => {
+            return Err(CliError::Invalid(
+                "the JWT secret must be at least 32 bytes".into(),
+            ));
+        }
+        None => persistent_secret(&cfg.data_dir.join("jwt-secret"))?,
+    };
+
+    let mut settings = Settings::new(public_url.clone(), jwt_secret);
+    if let Some(v) = args.access_token_ttl.or(file.access_token_ttl) {
+        settings.access_ttl = v;
+    }
+    if let Some(v) = args.refresh_token_ttl.or(file.refresh_token_ttl) {
+        settings.refresh_ttl = v;
+    }
+    if let Some(v) = args.lockout_threshold.or(file.lockout_threshold) {
+        settings.lockout_threshold = v.max(1);
+    }
+    if let Some(v) = args.lockout_duration.or(file.lockout_duration) {
+        settings.lockout_duration = v;
+    }
+    if let Some(v) = args.signup_enabled.or(file.signup_enabled) {
+        settings.signup_enabled = v;
+    }
+    if let Some(v) = args.require_verified_email.or(file.require_verified_email) {
+        settings.require_verified_email = v;
+    }
+    if let Some(v) = args.trust_forwarded_for.or(file.trust_forwarded_for) {
+        settings.trust_forwarded_for = v;
+    }
+    settings.metrics_token = args.metrics_token.clone().or(file.metrics_token.clone());
+    settings.argon2 = argon2_params(&file);
+
+    let mailer = match args.smtp_host.clone().or(file.smtp.host.clone()) {
+        Some(host) => Mailer::smtp(&SmtpSettings {
+            port: args.smtp_port.or(file.smtp.port).unwrap_or(587),
+            username: args.smtp_username.clone().or(file.smtp.username.clone()),
+            password: args.smtp_password.clone().or(file.smtp.password.clone()),
+            from: args
+                .smtp_from
+                .clone()
+                .or(file.smtp.from.clone())
+                .unwrap_or_else(|| format!("Corral <corral@{host}>")),
+            security: args
+                .smtp_security
+                .clone()
+                .or(file.smtp.security.clone())
+                .unwrap_or_else(|| "starttls".into()),
+            host,
+        })
+        .map_err(CliError::Invalid)?,
+        None => Mailer::Outbox,
+    };
+
+    let store = corral_store::open(&cfg.database_url).await?;
+    if store.count_users().await? == 0 {
+        let token = secret::random_token();
+        settings.setup_token = Some(token.clone());
+        print_setup_hint(&public_url, &token);
+    }
+
+    tracing::info!(
+        store = store.backend(),
+        mail = mailer.describe(),
+        data_dir = %cfg.data_dir.display(),
+        "starting"
+    );
+    let state = AppState::new(store, settings, mailer);
+    println!(
+        "Corral {} listening on {public_url}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = std::io::stdout().flush();
+    corral_api::serve(listener, state, shutdown_signal())
+        .await
+        .map_err(CliError::io("serving HTTP"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub fn argon2_params(file: &FileConfig) -> Argon2Params {
+    let d = Argon2Params::default();
+    Argon2Params {
+        memory_kib: file.argon2.memory_kib.unwrap_or(d.memory_kib),
+        iterations: file.argon2.iterations.unwrap_or(d.iterations),
+        parallelism: file.argon2.parallelism.unwrap_or(d.parallelism),
+    }
+}
+
+fn print_setup_hint(public_url: &str, token: &str) {
+    println!(
+        "No users yet. Create the first admin with this one-time setup token (valid until restart):\n\
+         \n  curl -X POST {public_url}/api/auth/setup -H 'Content-Type: application/json' \\\n\
+         \x20   -d '{{\"setup_token\":\"{token}\",\"email\":\"you@example.com\",\"password\":\"...\",\"confirmPassword\":\"...\"}}'\n\
+         \nor run: corral admin create-user --email you@example.com --role admin --password-stdin\n"
+    );
+}
+
+/// Reads the signing key from `path`, creating it (mode 0600) on first start so that
+/// tokens survive restarts without anyone having to configure a secret.
+fn persistent_secret(path: &Path) -> Result<Vec<u8>, CliError> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if existing.len() >= 32 {
+            return Ok(existing.as_bytes().to_vec());
+        }
+    }
+    let fresh = secret::random_token();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(path)
+        .map_err(CliError::io(format!("creating {}", path.display())))?;
+    f.write_all(fresh.as_bytes())
+        .map_err(CliError::io(format!("writing {}", path.display())))?;
+    Ok(fresh.into_bytes())
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter.unwrap_or("info,tower_http=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
