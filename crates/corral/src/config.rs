@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// How long a locked address stays locked, e.g. 15m.
     #[arg(long, env = "CORRAL_LOCKOUT_DURATION", value_name = "DURATION", value_parser = parse_duration)]
     pub lockout_duration: Option<Duration>,
+    /// Auth requests allowed per client IP per minute (burst of the same size).
+    #[arg(long, env = "CORRAL_AUTH_RATE_PER_IP", value_name = "N")]
+    pub auth_rate_per_ip: Option<u32>,
+    /// Login, reset and MFA attempts allowed per account per minute.
+    #[arg(long, env = "CORRAL_AUTH_RATE_PER_ACCOUNT", value_name = "N")]
+    pub auth_rate_per_account: Option<u32>,
     /// Allow self-service sign-up (true/false). Admins can always create users.
     #[arg(long, env = "CORRAL_SIGNUP_ENABLED", value_name = "BOOL")]
     pub signup_enabled: Option<bool>,
@@ -125,6 +131,8 @@ pub struct FileConfig {
     pub lockout_threshold: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     pub lockout_duration: Option<Duration>,
+    pub auth_rate_per_ip: Option<u32>,
+    pub auth_rate_per_account: Option<u32>,
     pub signup_enabled: Option<bool>,
     pub require_verified_email: Option<bool>,
     pub trust_forwarded_for: Option<bool>,

@@ -63,6 +63,12 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     if let Some(v) = args.lockout_duration.or(file.lockout_duration) {
         settings.lockout_duration = v;
     }
+    if let Some(v) = args.auth_rate_per_ip.or(file.auth_rate_per_ip) {
+        settings.auth_rate_per_ip = v;
+    }
+    if let Some(v) = args.auth_rate_per_account.or(file.auth_rate_per_account) {
+        settings.auth_rate_per_account = v;
+    }
     if let Some(v) = args.signup_enabled.or(file.signup_enabled) {
         settings.signup_enabled = v;
     }
