@@ -1,0 +1,132 @@
+//! One request's progress through the engine.
+
+use std::time::Instant;
+
+use llama_cpp_2::token::LlamaToken;
+
+use super::{Event, FinishReason, Job, Summary};
+use crate::text::{Push, TextStream};
+
+pub(super) struct Slot {
+    job: Job,
+    /// Prompt tokens already put into a batch.
+    pub fed: usize,
+    /// Positions filled in this slot's KV cache sequence.
+    pub n_past: u32,
+    /// Sampled but not yet decoded: goes into the next batch.
+    pub pending: Option<LlamaToken>,
+    /// Index in the current batch whose logits this slot samples from.
+    pub logits_at: Option<i32>,
+    generated: Vec<LlamaToken>,
+    text: TextStream,
+    admitted: Instant,
+    first_token: Option<Instant>,
+}
+
+/// What happens after a token was sampled.
+pub(super) enum Next {
+    Continue,
+    Finished(FinishReason),
+    /// The client is gone.
+    Cancelled,
+}
+
+impl Slot {
+    pub fn new(job: Job) -> Self {
+        let text = TextStream::new(job.request.stop.clone());
+        Self {
+            job,
+            fed: 0,
+            n_past: 0,
+            pending: None,
+            logits_at: None,
+            generated: Vec::new(),
+            text,
+            admitted: Instant::now(),
+            first_token: None,
+        }
+    }
+
+    pub fn prompt(&self) -> &[LlamaToken] {
+        &self.job.request.prompt
+    }
+
+    pub fn prompt_done(&self) -> bool {
+        self.fed == self.job.request.prompt.len()
+    }
+
+    pub fn client_gone(&self) -> bool {
+        self.job.events.is_closed()
+    }
+
+    pub fn sampler(&mut self) -> &mut llama_cpp_2::sampling::LlamaSampler {
+        &mut self.job.request.sampler
+    }
+
+    pub fn max_tokens(&self) -> Option<u32> {
+        self.job.request.max_tokens
+    }
+
+    /// Takes a sampled token: streams its text and decides whether generation goes on.
+    /// `is_eog` and `piece` come from the vocabulary (the slot does not hold the model).
+    pub fn accept(&mut self, token: LlamaToken, is_eog: bool, piece: &[u8]) -> Next {
+        self.first_token.get_or_insert_with(Instant::now);
+        if is_eog {
+            return Next::Finished(FinishReason::Stop);
+        }
+        self.generated.push(token);
+        let (text, stopped) = match self.text.push(piece) {
+            Push::Text(t) => (t, false),
+            Push::Stopped(t) => (t, true),
+        };
+        if !text.is_empty() && self.job.events.send(Event::Text(text)).is_err() {
+            return Next::Cancelled;
+        }
+        if stopped {
+            return Next::Finished(FinishReason::Stop);
+        }
+        let generated = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
+        if self.max_tokens().is_some_and(|max| generated >= max) {
+            return Next::Finished(FinishReason::Length);
+        }
+        // The next token needs a free position in this request's context.
+        if self.n_past >= self.job.request.num_ctx {
+            return Next::Finished(FinishReason::Length);
+        }
+        self.pending = Some(token);
+        Next::Continue
+    }
+
+    pub fn generated_count(&self) -> usize {
+        self.generated.len()
+    }
+
+    /// Sends the rest of the text and the summary. Consumes the slot.
+    pub fn finish(mut self, reason: FinishReason) {
+        let now = Instant::now();
+        let rest = self.text.finish();
+        if !rest.is_empty() {
+            let _ = self.job.events.send(Event::Text(rest));
+        }
+        let first_token = self.first_token.unwrap_or(now);
+        let request = &self.job.request;
+        let prompt_tokens = u32::try_from(request.prompt.len()).unwrap_or(u32::MAX);
+        let generated_tokens = u32::try_from(self.generated.len()).unwrap_or(u32::MAX);
+        let mut tokens = request.prompt.clone();
+        tokens.extend_from_slice(&self.generated);
+        let summary = Summary {
+            reason,
+            prompt_tokens,
+            tokens,
+            generated_tokens,
+            wait_duration: self.admitted.saturating_duration_since(request.received),
+            prompt_duration: first_token.saturating_duration_since(self.admitted),
+            eval_duration: now.saturating_duration_since(first_token),
+        };
+        let _ = self.job.events.send(Event::Done(summary));
+    }
+
+    pub fn fail(self, message: String) {
+        let _ = self.job.events.send(Event::Failed(message));
+    }
+}

@@ -1,0 +1,258 @@
+//! Generation settings shared by the Ollama and OpenAI endpoints: validation, and the
+//! llama.cpp sampler chain they turn into.
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Constrained output (`format` in Ollama, `response_format` in OpenAI).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Format {
+    /// Any JSON object.
+    Json,
+    /// A JSON schema the output must match.
+    Schema(Value),
+}
+
+impl Format {
+    /// Ollama's `format`: `"json"`, a schema object, or empty/null for free text.
+    pub fn from_ollama(format: Option<&Value>) -> Result<Option<Self>, ApiError> {
+        match format {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) if s == "json" => Ok(Some(Self::Json)),
+            Some(schema @ Value::Object(_)) => Ok(Some(Self::Schema(schema.clone()))),
+            Some(other) => Err(ApiError::invalid(format!(
+                "invalid format {other}: expected \"json\" or a JSON schema object"
+            ))),
+        }
+    }
+
+    fn grammar(&self) -> Result<String, ApiError> {
+        // Ollama's "json" means a JSON object; llama.cpp's schema converter makes the
+        // grammar for that from the smallest schema that says so.
+        let schema = match self {
+            Self::Json => r#"{"type":"object"}"#.to_owned(),
+            Self::Schema(schema) => schema.to_string(),
+        };
+        llama_cpp_2::json_schema_to_grammar(&schema)
+            .map_err(|e| ApiError::invalid(format!("unsupported JSON schema in format: {e}")))
+    }
+}
+
+/// How the next token is chosen. Defaults are Ollama's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    /// None: a fresh random seed per request.
+    pub seed: Option<u32>,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub format: Option<Format>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.9,
+            min_p: 0.0,
+            seed: None,
+            repeat_penalty: 1.1,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            format: None,
+        }
+    }
+}
+
+/// Everything a generation request asks for besides its prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSettings {
+    pub sampling: SamplingParams,
+    /// None: until end of sequence or the context is full.
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    /// Context length for this request (prompt + answer), at most the slot's.
+    pub num_ctx: u32,
+}
+
+impl SamplingParams {
+    /// Rejects values llama.cpp would misbehave on (it asserts on some of them, which
+    /// would take the whole server down).
+    pub fn validate(&self) -> Result<(), ApiError> {
+        fn check(ok: bool, what: &str) -> Result<(), ApiError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ApiError::invalid(what.to_owned()))
+            }
+        }
+        check(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "temperature must be a number >= 0",
+        )?;
+        check(self.top_k >= 0, "top_k must be >= 0")?;
+        check(
+            self.top_p.is_finite() && self.top_p > 0.0 && self.top_p <= 1.0,
+            "top_p must be in (0, 1]",
+        )?;
+        check(
+            self.min_p.is_finite() && (0.0..=1.0).contains(&self.min_p),
+            "min_p must be in [0, 1]",
+        )?;
+        check(
+            self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0,
+            "repeat_penalty must be > 0",
+        )?;
+        check(self.repeat_last_n >= -1, "repeat_last_n must be >= -1")?;
+        check(
+            self.presence_penalty.is_finite() && self.frequency_penalty.is_finite(),
+            "presence_penalty and frequency_penalty must be numbers",
+        )
+    }
+
+    /// The llama.cpp sampler chain, in llama.cpp's own order: grammar first so every later
+    /// stage only sees allowed tokens, then penalties, the truncations, temperature, draw.
+    pub fn build(&self, model: &LlamaModel, num_ctx: u32) -> Result<LlamaSampler, ApiError> {
+        self.validate()?;
+        let mut chain = Vec::new();
+        if let Some(format) = &self.format {
+            let grammar = format.grammar()?;
+            chain.push(
+                LlamaSampler::grammar(model, &grammar, "root")
+                    .map_err(|e| ApiError::invalid(format!("cannot use format: {e}")))?,
+            );
+        }
+        let penalised = self.repeat_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0;
+        if penalised && self.repeat_last_n != 0 {
+            // Ollama: -1 means the whole context.
+            let last_n = if self.repeat_last_n < 0 {
+                i32::try_from(num_ctx).unwrap_or(i32::MAX)
+            } else {
+                self.repeat_last_n
+            };
+            chain.push(LlamaSampler::penalties(
+                model.n_vocab(),
+                last_n,
+                self.repeat_penalty,
+                self.frequency_penalty,
+                self.presence_penalty,
+            ));
+        }
+        if self.temperature == 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            chain.extend([
+                LlamaSampler::top_k(self.top_k),
+                LlamaSampler::top_p(self.top_p, 1),
+                LlamaSampler::min_p(self.min_p, 1),
+                LlamaSampler::temp(self.temperature),
+                LlamaSampler::dist(self.seed.unwrap_or_else(random_seed)),
+            ]);
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+}
+
+/// Ollama and OpenAI take seeds as signed 64-bit numbers; llama.cpp as u32. A negative
+/// seed (Ollama's -1) means random.
+pub fn seed_from_i64(seed: Option<i64>) -> Option<u32> {
+    seed.filter(|s| *s >= 0)
+        .map(|s| (s as u64 & u64::from(u32::MAX)) as u32)
+}
+
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    // RandomState is seeded from the OS per instance: good enough for sampling noise
+    // without another dependency.
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ollama_defaults_are_valid() {
+        assert!(SamplingParams::default().validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_values_llama_cpp_cannot_take() {
+        let bad = [
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_k: -5,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                min_p: 2.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_last_n: -3,
+                ..Default::default()
+            },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(Format::from_ollama(None).unwrap(), None);
+        assert_eq!(Format::from_ollama(Some(&json!(""))).unwrap(), None);
+        assert_eq!(
+            Format::from_ollama(Some(&json!("json"))).unwrap(),
+            Some(Format::Json)
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        assert_eq!(
+            Format::from_ollama(Some(&schema)).unwrap(),
+            Some(Format::Schema(schema.clone()))
+        );
+        assert!(Format::from_ollama(Some(&json!("yaml"))).is_err());
+        assert!(Format::from_ollama(Some(&json!(3))).is_err());
+    }
+
+    #[test]
+    fn seeds() {
+        assert_eq!(seed_from_i64(None), None);
+        assert_eq!(seed_from_i64(Some(-1)), None);
+        assert_eq!(seed_from_i64(Some(42)), Some(42));
+        assert_eq!(seed_from_i64(Some(1 << 32 | 7)), Some(7));
+    }
+}
