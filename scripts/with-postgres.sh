@@ -93,8 +93,13 @@ fi
 export CORRAL_TEST_PG_URL="postgres://$DB_USER@127.0.0.1:$port/postgres"
 log "$("$PG_BIN/postgres" --version) at $CORRAL_TEST_PG_URL"
 
-set +e
-"$@"
-status=$?
-set -e
+# CMD runs as a background job so that a signal to this script cleans up at once
+# instead of after CMD ends; the signal is passed on to CMD. `<&0` keeps stdin, which
+# bash would otherwise take from /dev/null for a background job.
+"$@" <&0 &
+child=$!
+trap 'kill -INT "$child" 2>/dev/null; wait "$child"; exit 130' INT
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143' TERM
+status=0
+wait "$child" || status=$?
 exit "$status"

@@ -33,7 +33,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
         None => url.strip_prefix("sqlite:").unwrap_or(url),
     };
     if path.is_empty() {
-        return Err(Error::UnsupportedUrl("sqlite URL with no path".into()));
+        return Err(Error::UnsupportedUrl("sqlite:// with no path".into()));
     }
     Ok(std::sync::Arc::new(
         SqliteStore::open(std::path::Path::new(path)).await?,
@@ -64,6 +64,9 @@ pub struct ActionToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Everything Corral persists. Times are kept to the microsecond (PostgreSQL's
+/// precision, which SQLite matches): a time read back is the one written, truncated
+/// to whole microseconds.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// "sqlite" or "postgres", for health output and logs.
@@ -77,7 +80,7 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>>;
     /// `email` must already be normalised (lower-case, trimmed).
     async fn user_by_email(&self, email: &str) -> Result<Option<User>>;
-    /// Oldest first; `offset`/`limit` page through.
+    /// Oldest first; `offset`/`limit` page through (`limit` is clamped to 1..=500).
     async fn list_users(&self, offset: u32, limit: u32) -> Result<Vec<User>>;
     async fn count_users(&self) -> Result<u64>;
     /// Applies the patch, bumps `updated_at`, returns the new row (None if no such user).
@@ -90,7 +93,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the user and everything they own (sessions, keys, tokens). False if absent.
     async fn delete_user(&self, id: Uuid) -> Result<bool>;
     /// Records a TOTP step as used if it is newer than the last one; false means the
-    /// code was already used (or an older one) and must be refused. Atomic.
+    /// code was already used (or an older one), or there is no such user, and must be
+    /// refused. Atomic.
     async fn consume_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool>;
 
     // --- lockout ---
@@ -108,7 +112,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- one-time e-mail tokens ---
     async fn create_action_token(&self, token: &ActionToken) -> Result<()>;
-    /// Marks an unexpired, unused token of that purpose as used and returns its user.
+    /// Marks an unused token of that purpose with `expires_at > now` as used and returns
+    /// its user.
     /// A second call with the same token returns None. Atomic.
     async fn consume_action_token(
         &self,
@@ -128,9 +133,11 @@ pub trait Store: Send + Sync + 'static {
         next: &RefreshSession,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Revokes every live session of a family (refresh-token reuse). Returns how many.
+    /// Revokes every live session (neither replaced nor revoked) of a family, on
+    /// refresh-token reuse. Returns how many.
     async fn revoke_session_family(&self, family_id: Uuid, now: DateTime<Utc>) -> Result<u64>;
     /// Revokes every live session of a user (logout everywhere, password change, lock).
+    /// Returns how many.
     async fn revoke_user_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64>;
 
     // --- API keys ---
@@ -140,6 +147,7 @@ pub trait Store: Send + Sync + 'static {
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>>;
     /// Owner-scoped: deleting another user's key id returns false and changes nothing.
     async fn delete_api_key(&self, owner_id: Uuid, id: Uuid) -> Result<bool>;
+    /// Sets `last_used_at` to `now` unless it is already later.
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
 
     // --- audit log ---
@@ -149,6 +157,6 @@ pub trait Store: Send + Sync + 'static {
 
     // --- mail outbox ---
     async fn push_outbox(&self, message: &OutboxMessage) -> Result<()>;
-    /// Newest first; `to` filters by recipient.
+    /// Newest first; `to` filters by recipient; `limit` is clamped to 1..=500.
     async fn list_outbox(&self, to: Option<&str>, limit: u32) -> Result<Vec<OutboxMessage>>;
 }
