@@ -2,6 +2,9 @@
 //! so the rules (roles, password policy, token formats, TOTP) are tested in isolation.
 
 pub mod audit;
+pub mod catalog;
+pub mod compute;
+pub mod instance;
 pub mod password;
 pub mod role;
 pub mod secret;
@@ -9,5 +12,11 @@ pub mod totp;
 pub mod user;
 
 pub use audit::{AuditEntry, AuditFilter, NewAuditEntry, Outcome};
+pub use catalog::{CatalogModel, ModelSource};
+pub use compute::{ComputeOffer, ComputeSpec, ComputeType};
+pub use instance::{
+    Desired, Instance, InstanceEvent, InstanceSettings, Replica, ReplicaState, State, UsageRow,
+    UsageSample,
+};
 pub use role::Role;
 pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};
