@@ -36,6 +36,16 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// A refusal that clients must tell apart from others with the same status, so it
+    /// carries its own code: 401 `invalid_credentials` vs `refresh_token_reused`,
+    /// 403 `email_not_verified`, 429 `account_locked` (with Retry-After).
+    #[error("{message}")]
+    Denied {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Something on our side failed; the cause is logged, never sent to the client.
     #[error("internal error")]
     Internal(String),
@@ -52,6 +62,15 @@ impl ApiError {
         }
     }
 
+    pub fn denied(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Denied {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         ApiError::Internal(cause.to_string())
     }
@@ -65,6 +84,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Denied { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -79,6 +99,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::TooManyRequests { .. } => "rate_limited",
+            ApiError::Denied { code, .. } => code,
             ApiError::Internal(_) => "internal",
             ApiError::Unavailable(_) => "unavailable",
         }
@@ -115,7 +136,12 @@ impl IntoResponse for ApiError {
             error["details"] = details.clone();
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
-        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+        if let ApiError::TooManyRequests { retry_after, .. }
+        | ApiError::Denied {
+            retry_after: Some(retry_after),
+            ..
+        } = &self
+        {
             // Round up: a client that waits exactly Retry-After seconds must get through.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {

@@ -4,8 +4,10 @@
 use axum::extract::FromRequest;
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{OptionalFromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
@@ -17,6 +19,21 @@ pub struct Json<T>(pub T);
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+/// `Option<Json<T>>`: `None` when the request has no `Content-Type` (no body at all), for
+/// endpoints whose every field is optional, e.g. a browser refreshing with only its cookie.
+impl<T, S> OptionalFromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let body = <axum::Json<T> as OptionalFromRequest<S>>::from_request(req, state).await?;
+        Ok(body.map(|axum::Json(value)| Json(value)))
     }
 }
 

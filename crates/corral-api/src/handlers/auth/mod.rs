@@ -1,0 +1,288 @@
+//! The authentication flows under `/api/auth`: sign-up and e-mail verification, login
+//! with an optional TOTP step, refresh-token rotation, logout, password reset, the
+//! first-admin setup, and TOTP enrolment.
+//!
+//! No answer reveals whether an address has an account: sign-up, resend and reset always
+//! say "sent", and a failed or locked login reads the same for known and unknown
+//! addresses (same code, same message, an Argon2 verification either way).
+
+mod login;
+mod mfa;
+mod reset;
+mod session;
+mod setup;
+mod signup;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use corral_core::user::{is_valid_email, normalize_email};
+use corral_core::{TokenPurpose, User, password as policy, secret, totp};
+use corral_store::ActionToken;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::audit::{Audit, ClientIp};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup::signup))
+        .routes(routes!(signup::verify))
+        .routes(routes!(signup::resend_verification))
+        .routes(routes!(login::login))
+        .routes(routes!(login::mfa_verify))
+        .routes(routes!(session::refresh))
+        .routes(routes!(session::logout))
+        .routes(routes!(reset::reset_request))
+        .routes(routes!(reset::reset_confirm))
+        .routes(routes!(setup::setup))
+        .routes(routes!(mfa::enroll))
+        .routes(routes!(mfa::confirm))
+        .routes(routes!(mfa::disable))
+}
+
+/// Every auth route is limited per client IP (burst, then a steady rate per minute).
+pub async fn rate_limit_by_ip(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    state
+        .ip_limiter
+        .check(&ip.key())
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            message: "too many authentication requests from this address; retry later".into(),
+            retry_after,
+        })?;
+    Ok(next.run(request).await)
+}
+
+/// `{"status": "..."}`: the answer of a step that has nothing else to return.
+#[derive(Serialize, ToSchema)]
+pub struct Done {
+    /// What happened, e.g. `verified`, `password_reset`, `mfa_enabled`.
+    status: &'static str,
+}
+
+/// 202 answer of the requests that may send mail. It is the same whether or not the
+/// address has an account, so it cannot be used to find out which addresses do.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// `verification_sent` or `reset_sent`.
+    status: &'static str,
+    message: &'static str,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct EmailRequest {
+    email: String,
+}
+
+/// Per-account limit on the routes that guess at one account (login, MFA, reset), on top
+/// of the per-IP one: spreading guesses over many addresses does not help an attacker
+/// against one account.
+fn limit_account(state: &AppState, email: &str) -> ApiResult<()> {
+    state
+        .account_limiter
+        .check(email)
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            message: "too many attempts for this account; retry later".into(),
+            retry_after,
+        })
+}
+
+/// A trimmed, lower-cased address, or 400 `invalid_email`.
+fn valid_email(raw: &str) -> ApiResult<String> {
+    if !is_valid_email(raw) {
+        return Err(ApiError::bad_request(
+            "invalid_email",
+            "enter a valid e-mail address, e.g. user@example.com",
+        ));
+    }
+    Ok(normalize_email(raw))
+}
+
+/// The brief's password policy (400 `weak_password` naming each failed rule), then the
+/// confirmation (400 `password_mismatch`).
+fn check_new_password(password: &str, confirm: &str) -> ApiResult<()> {
+    let failed = policy::check(password);
+    if !failed.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "weak_password",
+            message: policy::explain(&failed),
+            details: Some(json!({ "failed_rules": failed })),
+        });
+    }
+    if password != confirm {
+        return Err(ApiError::bad_request(
+            "password_mismatch",
+            "password and confirmPassword do not match",
+        ));
+    }
+    Ok(())
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::denied(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "wrong e-mail address or password",
+    )
+}
+
+fn invalid_code() -> ApiError {
+    ApiError::denied(
+        StatusCode::UNAUTHORIZED,
+        "invalid_code",
+        "wrong or already used authenticator code; wait for the next one",
+    )
+}
+
+fn account_disabled() -> ApiError {
+    ApiError::denied(
+        StatusCode::FORBIDDEN,
+        "account_disabled",
+        "this account has been disabled by an administrator",
+    )
+}
+
+/// One message for every locked address, whether or not it has an account.
+fn account_locked(remaining: chrono::Duration) -> ApiError {
+    ApiError::Denied {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "account_locked",
+        message: "too many failed attempts: this account is locked for a while; \
+                  try again later or reset the password"
+            .into(),
+        retry_after: Some(remaining.to_std().unwrap_or_default()),
+    }
+}
+
+/// 429 `account_locked` while the address is locked out.
+async fn ensure_not_locked(
+    state: &AppState,
+    audit: &Audit,
+    email: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
+    let locked_until = state
+        .store
+        .login_failures(email)
+        .await?
+        .and_then(|f| f.locked_until)
+        .filter(|&until| until > now);
+    match locked_until {
+        Some(until) => {
+            audit.detail("locked");
+            Err(account_locked(until - now))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed attempt against `email` and returns the error to answer with:
+/// `refusal`, or `account_locked` when this failure reached the threshold.
+async fn record_failure(
+    state: &AppState,
+    email: &str,
+    now: DateTime<Utc>,
+    refusal: ApiError,
+) -> ApiError {
+    let settings = &state.settings;
+    let lock_for = match chrono::Duration::from_std(settings.lockout_duration) {
+        Ok(d) => d,
+        Err(e) => return ApiError::internal(format!("lockout duration: {e}")),
+    };
+    match state
+        .store
+        .record_login_failure(email, settings.lockout_threshold, lock_for, now)
+        .await
+    {
+        Ok(failures) => match failures.locked_until.filter(|&until| until > now) {
+            Some(until) => account_locked(until - now),
+            None => refusal,
+        },
+        Err(e) => e.into(),
+    }
+}
+
+/// Checks a TOTP code against the user's confirmed or pending secret and burns its time
+/// step, so a code cannot be replayed by someone who saw it. False (with the audit detail
+/// set) when the code is wrong or was already used.
+async fn accept_code(
+    state: &AppState,
+    audit: &Audit,
+    user: &User,
+    code: &str,
+    now: DateTime<Utc>,
+) -> ApiResult<bool> {
+    let step = user
+        .totp_secret
+        .as_deref()
+        .and_then(|secret| totp::verify(secret, code, now.timestamp()));
+    let Some(step) = step else {
+        audit.detail("bad_totp");
+        return Ok(false);
+    };
+    if !state.store.consume_totp_step(user.id, step).await? {
+        audit.detail("code_reused");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Stores a one-time token for `user_id` (hashed) and returns the UI link that carries it.
+async fn action_link(
+    state: &AppState,
+    user_id: Uuid,
+    purpose: TokenPurpose,
+    valid_for: chrono::Duration,
+    page: &str,
+) -> ApiResult<String> {
+    let token = secret::random_token();
+    let now = Utc::now();
+    state
+        .store
+        .create_action_token(&ActionToken {
+            token_hash: secret::hash(&token),
+            user_id,
+            purpose,
+            created_at: now,
+            expires_at: now + valid_for,
+        })
+        .await?;
+    Ok(format!("{}/{page}?token={token}", public_url(state)))
+}
+
+fn public_url(state: &AppState) -> &str {
+    state.settings.public_url.trim_end_matches('/')
+}
+
+/// Sends a mail without letting a delivery failure change the answer: the flows that
+/// mail only when an account exists would otherwise tell who has one (503 vs 202).
+/// The failure is logged and lands in the audit row instead.
+async fn deliver(state: &AppState, audit: &Audit, to: &str, subject: &str, body: &str) {
+    if let Err(e) = state
+        .mailer
+        .send(state.store.as_ref(), to, subject, body)
+        .await
+    {
+        tracing::error!(error = %e, %subject, "could not send mail");
+        audit.detail("mail_failed");
+    }
+}
+
+fn invalid_token() -> ApiError {
+    ApiError::bad_request(
+        "invalid_token",
+        "this link is invalid, expired or already used; ask for a new one",
+    )
+}

@@ -1,0 +1,133 @@
+//! Password reset by e-mailed token. Requesting one always answers 202; confirming sets
+//! the new password, proves the address (it is marked verified), signs out every session
+//! and lifts a lockout.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use corral_core::{TokenPurpose, secret};
+use corral_store::UserPatch;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{
+    Accepted, Done, EmailRequest, action_link, check_new_password, deliver, invalid_token,
+    limit_account, valid_email,
+};
+use crate::audit::Audit;
+use crate::auth::password;
+use crate::error::ApiResult;
+use crate::extract::Json;
+use crate::state::AppState;
+
+const RESET_VALID_MINUTES: i64 = 60;
+
+/// Mails a password-reset link (valid 1 hour) if the address has an account.
+///
+/// Always 202 for a valid address, so the answer does not tell which are registered.
+#[utoipa::path(post, path = "/api/auth/reset-password", tag = "auth",
+    request_body = EmailRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "`invalid_email`"),
+        (status = 429, description = "`rate_limited`, with Retry-After"),
+    ))]
+pub async fn reset_request(
+    State(state): State<AppState>,
+    audit: Audit,
+    Json(body): Json<EmailRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    audit.action("auth.reset_request");
+    let email = valid_email(&body.email)?;
+    audit.claimed_email(&email);
+    limit_account(&state, &email)?;
+    match state.store.user_by_email(&email).await? {
+        Some(user) => {
+            audit.actor(&user);
+            let link = action_link(
+                &state,
+                user.id,
+                TokenPurpose::ResetPassword,
+                chrono::Duration::minutes(RESET_VALID_MINUTES),
+                "reset-password",
+            )
+            .await?;
+            let body = format!(
+                "Someone (hopefully you) asked to reset the password of your Corral account.\n\n\
+                 Open this link to choose a new one (valid for {RESET_VALID_MINUTES} minutes):\n\
+                 {link}\n\n\
+                 If you did not ask, ignore this message: your password stays as it is.\n"
+            );
+            deliver(
+                &state,
+                &audit,
+                &user.email,
+                "Reset your Corral password",
+                &body,
+            )
+            .await;
+        }
+        None => audit.detail("unknown_email"),
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Accepted {
+            status: "reset_sent",
+            message: "check your mailbox: if an account uses this address, a password-reset \
+                      link is on its way",
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ResetConfirmRequest {
+    /// The `token` parameter of the e-mailed link.
+    token: String,
+    /// The new password; same policy as at sign-up.
+    password: String,
+    #[serde(rename = "confirmPassword")]
+    confirm_password: String,
+}
+
+/// Sets a new password with the token of the reset mail (single use).
+///
+/// Also marks the address verified, signs out every session and lifts a lockout.
+#[utoipa::path(post, path = "/api/auth/reset-password/confirm", tag = "auth",
+    request_body = ResetConfirmRequest,
+    responses(
+        (status = 200, body = Done, description = "`{\"status\": \"password_reset\"}`"),
+        (status = 400, description = "`weak_password` (details.failed_rules), `password_mismatch` or `invalid_token`"),
+    ))]
+pub async fn reset_confirm(
+    State(state): State<AppState>,
+    audit: Audit,
+    Json(body): Json<ResetConfirmRequest>,
+) -> ApiResult<Json<Done>> {
+    audit.action("auth.reset_confirm");
+    // Checked and hashed before the token is spent, so a refused password or a failure
+    // while hashing leaves the link usable.
+    check_new_password(&body.password, &body.confirm_password)?;
+    let hash = password::hash(body.password, state.settings.argon2).await?;
+    let now = Utc::now();
+    let user_id = state
+        .store
+        .consume_action_token(&secret::hash(&body.token), TokenPurpose::ResetPassword, now)
+        .await?
+        .ok_or_else(invalid_token)?;
+    let patch = UserPatch {
+        password_hash: Some(hash),
+        email_verified: Some(true),
+        ..UserPatch::default()
+    };
+    let user = state
+        .store
+        .update_user(user_id, &patch, now)
+        .await?
+        .ok_or_else(invalid_token)?;
+    audit.actor(&user);
+    state.store.revoke_user_sessions(user.id, now).await?;
+    state.store.clear_login_failures(&user.email).await?;
+    Ok(Json(Done {
+        status: "password_reset",
+    }))
+}

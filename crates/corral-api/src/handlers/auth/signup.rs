@@ -1,0 +1,195 @@
+//! Sign-up and e-mail verification. A new account is an unverified `user`; the link in
+//! the verification mail proves the address. Signing up with an address that already has
+//! an account answers exactly the same and mails the owner instead.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use corral_core::{Role, TokenPurpose, User, secret};
+use corral_store::UserPatch;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{
+    Accepted, Done, EmailRequest, action_link, check_new_password, deliver, invalid_token,
+    limit_account, public_url, valid_email,
+};
+use crate::audit::Audit;
+use crate::auth::password;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::state::AppState;
+
+const VERIFY_VALID_HOURS: i64 = 24;
+
+const VERIFICATION_SENT: Accepted = Accepted {
+    status: "verification_sent",
+    message: "check your mailbox: a verification link is on its way if the address can \
+              receive mail; open it, then log in",
+};
+
+#[derive(Deserialize, ToSchema)]
+pub struct SignupRequest {
+    email: String,
+    /// At least 8 characters with an upper-case letter, a lower-case letter, a digit and
+    /// a symbol.
+    password: String,
+    #[serde(rename = "confirmPassword")]
+    confirm_password: String,
+}
+
+/// Creates an account (role `user`, unverified) and mails a verification link.
+///
+/// Always 202 for a valid request, also when the address already has an account (its
+/// owner is mailed instead), so the answer does not tell which addresses are registered.
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth",
+    request_body = SignupRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "`invalid_email`, `weak_password` (details.failed_rules) or `password_mismatch`"),
+        (status = 403, description = "`signup_disabled`"),
+    ))]
+pub async fn signup(
+    State(state): State<AppState>,
+    audit: Audit,
+    Json(body): Json<SignupRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    audit.action("auth.signup");
+    if !state.settings.signup_enabled {
+        return Err(ApiError::denied(
+            StatusCode::FORBIDDEN,
+            "signup_disabled",
+            "sign-up is disabled on this server; ask an administrator for an account",
+        ));
+    }
+    let email = valid_email(&body.email)?;
+    audit.claimed_email(&email);
+    check_new_password(&body.password, &body.confirm_password)?;
+    // Hashed before finding out whether the address is taken, so both answers take as long.
+    let hash = password::hash(body.password, state.settings.argon2).await?;
+    let user = User::new(&email, hash, Role::User, Utc::now());
+    match state.store.create_user(&user).await {
+        Ok(()) => {
+            audit.actor(&user);
+            send_verification(&state, &audit, &user).await?;
+        }
+        Err(corral_store::Error::Conflict(_)) => {
+            audit.detail("existing_account");
+            // Not a new verification link: whoever created the pending account chose its
+            // password. The owner takes it over with a password reset, which proves the
+            // mailbox and sets their own.
+            let base = public_url(&state);
+            let body = format!(
+                "Someone (perhaps you) tried to create a Corral account with this address, \
+                 which already has one. No new account was created.\n\n\
+                 If it was you, log in at {base}/login, or set a new password at \
+                 {base}/reset-password.\n\n\
+                 If it was not you, you can ignore this message.\n"
+            );
+            deliver(
+                &state,
+                &audit,
+                &email,
+                "Sign-up attempt with your Corral address",
+                &body,
+            )
+            .await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok((StatusCode::ACCEPTED, Json(VERIFICATION_SENT)))
+}
+
+async fn send_verification(state: &AppState, audit: &Audit, user: &User) -> ApiResult<()> {
+    let link = action_link(
+        state,
+        user.id,
+        TokenPurpose::VerifyEmail,
+        chrono::Duration::hours(VERIFY_VALID_HOURS),
+        "verify",
+    )
+    .await?;
+    let body = format!(
+        "Welcome to Corral.\n\n\
+         Open this link to verify your e-mail address (valid for {VERIFY_VALID_HOURS} hours):\n\
+         {link}\n\n\
+         If you did not sign up, ignore this message.\n"
+    );
+    deliver(
+        state,
+        audit,
+        &user.email,
+        "Verify your Corral e-mail address",
+        &body,
+    )
+    .await;
+    Ok(())
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// The `token` parameter of the e-mailed link.
+    token: String,
+}
+
+/// Marks the e-mail address verified with the token of the verification mail (single use).
+#[utoipa::path(post, path = "/api/auth/verify", tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, body = Done, description = "`{\"status\": \"verified\"}`"),
+        (status = 400, description = "`invalid_token`: unknown, used or expired"),
+    ))]
+pub async fn verify(
+    State(state): State<AppState>,
+    audit: Audit,
+    Json(body): Json<TokenRequest>,
+) -> ApiResult<Json<Done>> {
+    audit.action("auth.verify");
+    let now = Utc::now();
+    let user_id = state
+        .store
+        .consume_action_token(&secret::hash(&body.token), TokenPurpose::VerifyEmail, now)
+        .await?
+        .ok_or_else(invalid_token)?;
+    let patch = UserPatch {
+        email_verified: Some(true),
+        ..UserPatch::default()
+    };
+    let user = state
+        .store
+        .update_user(user_id, &patch, now)
+        .await?
+        .ok_or_else(invalid_token)?;
+    audit.actor(&user);
+    Ok(Json(Done { status: "verified" }))
+}
+
+/// Mails a new verification link if the address has an account still waiting for one.
+///
+/// Always 202 for a valid address, so the answer does not tell which are registered.
+#[utoipa::path(post, path = "/api/auth/resend-verification", tag = "auth",
+    request_body = EmailRequest,
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, description = "`invalid_email`"),
+        (status = 429, description = "`rate_limited`, with Retry-After"),
+    ))]
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    audit: Audit,
+    Json(body): Json<EmailRequest>,
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    audit.action("auth.resend_verification");
+    let email = valid_email(&body.email)?;
+    audit.claimed_email(&email);
+    // Each call sends a mail: limited per address so nobody can flood a mailbox.
+    limit_account(&state, &email)?;
+    match state.store.user_by_email(&email).await? {
+        Some(user) if !user.email_verified && !user.disabled => {
+            audit.actor(&user);
+            send_verification(&state, &audit, &user).await?;
+        }
+        _ => audit.detail("no_pending_account"),
+    }
+    Ok((StatusCode::ACCEPTED, Json(VERIFICATION_SENT)))
+}
