@@ -29,7 +29,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use crate::views::UserView;
 
-pub const REFRESH_COOKIE: &str = "corral_refresh";
+const REFRESH_COOKIE: &str = "corral_refresh";
 /// The cookie goes only to the auth routes (refresh, logout), never to the rest of the API.
 const COOKIE_PATH: &str = "/api/auth";
 /// Longest user agent kept with a session: enough to tell browsers apart, bounded storage.

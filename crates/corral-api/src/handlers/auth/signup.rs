@@ -48,6 +48,7 @@ pub struct SignupRequest {
         (status = 202, body = Accepted),
         (status = 400, description = "`invalid_email`, `weak_password` (details.failed_rules) or `password_mismatch`"),
         (status = 403, description = "`signup_disabled`"),
+        (status = 429, description = "`rate_limited`, with Retry-After"),
     ))]
 pub async fn signup(
     State(state): State<AppState>,
@@ -64,6 +65,9 @@ pub async fn signup(
     }
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
+    // Each call mails the address (a link, or a notice when it is taken): limited per
+    // address so nobody can flood a mailbox.
+    limit_account(&state, &email)?;
     check_new_password(&body.password, &body.confirm_password)?;
     // Hashed before finding out whether the address is taken, so both answers take as long.
     let hash = password::hash(body.password, state.settings.argon2).await?;
@@ -182,7 +186,7 @@ pub async fn resend_verification(
     audit.action("auth.resend_verification");
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
-    // Each call sends a mail: limited per address so nobody can flood a mailbox.
+    // Each call sends a mail: limited per address, as at sign-up.
     limit_account(&state, &email)?;
     match state.store.user_by_email(&email).await? {
         Some(user) if !user.email_verified && !user.disabled => {
