@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod compute;
 pub mod instance;
 pub mod password;
+pub mod pricing;
 pub mod role;
 pub mod secret;
 pub mod totp;
@@ -18,5 +19,6 @@ pub use instance::{
     Desired, Instance, InstanceEvent, InstanceSettings, Replica, ReplicaState, State, UsageRow,
     UsageSample,
 };
+pub use pricing::PriceTable;
 pub use role::Role;
 pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};
