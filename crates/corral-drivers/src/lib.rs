@@ -12,6 +12,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 mod error;
+pub mod local;
 
 pub use error::{Error, Result};
 
