@@ -11,6 +11,7 @@ mod openapi;
 pub mod ratelimit;
 pub mod settings;
 pub mod state;
+mod ui;
 pub mod views;
 
 use axum::Router;
@@ -37,7 +38,7 @@ pub fn router(state: AppState) -> Router {
         "/api/openapi.json",
         axum::routing::get(move || std::future::ready(axum::Json(doc.clone()))),
     )
-    .fallback(not_found)
+    .fallback(ui::fallback)
     .method_not_allowed_fallback(method_not_allowed)
     .layer(middleware::from_fn_with_state(
         state.clone(),
