@@ -1,7 +1,9 @@
-//! Conversions shared by every backend: enum columns stored as text, and the mapping
-//! of unique-constraint violations to `Error::Conflict`.
+//! Conversions shared by every backend: enum columns stored as text, unsigned counts
+//! stored as signed 64-bit integers, and the mapping of constraint violations to
+//! `Error` variants.
 
-use corral_core::{Outcome, Role};
+use chrono::{DateTime, Utc};
+use corral_core::{ComputeType, Desired, ModelSource, Outcome, ReplicaState, Role, State};
 
 use crate::Error;
 
@@ -26,6 +28,42 @@ pub(crate) fn conflict(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error 
     }
 }
 
+/// For an insert or update that refers to other rows: a unique violation becomes
+/// `Conflict(what)`, a foreign-key violation `UnknownReference(refers_to)`, a CHECK
+/// violation `Invalid`.
+pub(crate) fn write_error(
+    what: &'static str,
+    refers_to: &'static str,
+) -> impl FnOnce(sqlx::Error) -> Error {
+    move |err| match err.as_database_error() {
+        Some(db) if db.is_unique_violation() => Error::Conflict(what),
+        Some(db) if db.is_foreign_key_violation() => Error::UnknownReference(refers_to),
+        Some(db) if db.is_check_violation() => {
+            Error::Invalid(format!("{what} refused by the schema: {}", db.message()))
+        }
+        _ => Error::Database(err),
+    }
+}
+
+/// For a delete that rows elsewhere may still refer to (`ON DELETE RESTRICT`): a
+/// foreign-key violation becomes `InUse(sentence)`.
+pub(crate) fn in_use(sentence: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |err| match err.as_database_error() {
+        Some(db) if db.is_foreign_key_violation() || is_sqlite_restrict(db) => {
+            Error::InUse(sentence)
+        }
+        _ => Error::Database(err),
+    }
+}
+
+/// SQLite implements `ON DELETE RESTRICT` as a built-in trigger action, so it fails
+/// with SQLITE_CONSTRAINT_TRIGGER (1811), not SQLITE_CONSTRAINT_FOREIGNKEY (787), and
+/// sqlx does not classify it. The schema has no triggers of its own, and the message
+/// is SQLite's fixed foreign-key text.
+fn is_sqlite_restrict(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code().as_deref() == Some("1811") && db.message() == "FOREIGN KEY constraint failed"
+}
+
 /// Clamps a caller's page size so a bad query parameter cannot ask for the whole table.
 pub(crate) fn page_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, 500))
@@ -42,3 +80,129 @@ pub(crate) const SESSION_COLUMNS: &str = "id, user_id, family_id, token_hash, cr
 
 pub(crate) const API_KEY_COLUMNS: &str =
     "id, owner_id, name, prefix, key_hash, created_at, expires_at, last_used_at";
+
+pub(crate) const MODEL_COLUMNS: &str = "id, family, size, cpu_supported, gpu_supported, \
+    memory_required, expected_deploy_seconds, source, weights_bytes, builtin";
+
+pub(crate) const INSTANCE_COLUMNS: &str = "id, owner_id, model_id, driver, compute_type, cpu, \
+    memory, gpu_count, instance_type, spot, idle_timeout_seconds, min_replicas, max_replicas, \
+    wake_on_request, desired, state, state_reason, target_replicas, created_at, updated_at, \
+    last_activity_at, running_since, running_seconds";
+
+pub(crate) const EVENT_COLUMNS: &str = "id, instance_id, from_state, to_state, message, at";
+
+pub(crate) const REPLICA_COLUMNS: &str =
+    "id, instance_id, driver_ref, endpoint, state, restarts, started_at, updated_at";
+
+pub(crate) const USAGE_COLUMNS: &str =
+    "owner_id, instance_id, model_id, hour, requests, prompt_tokens, completion_tokens";
+
+// --- deployment enums and numbers ---
+
+pub(crate) fn desired_str(desired: Desired) -> &'static str {
+    match desired {
+        Desired::Running => "running",
+        Desired::Sleeping => "sleeping",
+        Desired::Stopped => "stopped",
+        Desired::Deleted => "deleted",
+    }
+}
+
+pub(crate) fn desired(s: &str) -> Result<Desired, Error> {
+    [
+        Desired::Running,
+        Desired::Sleeping,
+        Desired::Stopped,
+        Desired::Deleted,
+    ]
+    .into_iter()
+    .find(|d| desired_str(*d) == s)
+    .ok_or_else(|| Error::Corrupt(format!("unknown desired state {s:?}")))
+}
+
+pub(crate) fn state(s: &str) -> Result<State, Error> {
+    use State::*;
+    [
+        Pending,
+        Provisioning,
+        Starting,
+        Ready,
+        Scaling,
+        Stopping,
+        Stopped,
+        Sleeping,
+        Failed,
+    ]
+    .into_iter()
+    .find(|st| st.as_str() == s)
+    .ok_or_else(|| Error::Corrupt(format!("unknown instance state {s:?}")))
+}
+
+pub(crate) fn opt_state(s: Option<&str>) -> Result<Option<State>, Error> {
+    s.map(state).transpose()
+}
+
+pub(crate) fn replica_state_str(state: ReplicaState) -> &'static str {
+    match state {
+        ReplicaState::Starting => "starting",
+        ReplicaState::Ready => "ready",
+        ReplicaState::Unhealthy => "unhealthy",
+        ReplicaState::Stopping => "stopping",
+        ReplicaState::Exited => "exited",
+        ReplicaState::Lost => "lost",
+    }
+}
+
+pub(crate) fn replica_state(s: &str) -> Result<ReplicaState, Error> {
+    use ReplicaState::*;
+    [Starting, Ready, Unhealthy, Stopping, Exited, Lost]
+        .into_iter()
+        .find(|st| replica_state_str(*st) == s)
+        .ok_or_else(|| Error::Corrupt(format!("unknown replica state {s:?}")))
+}
+
+pub(crate) fn compute_type(s: &str) -> Result<ComputeType, Error> {
+    s.parse().map_err(Error::Corrupt)
+}
+
+pub(crate) fn source_json(source: &ModelSource) -> Result<String, Error> {
+    serde_json::to_string(source).map_err(|e| Error::Invalid(format!("model source: {e}")))
+}
+
+pub(crate) fn source(json: &str) -> Result<ModelSource, Error> {
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("model source {json:?}: {e}")))
+}
+
+/// Whether an instance in this state is running (billed): the cost clock runs
+/// from entering one of these until entering a `stops_clock` state.
+pub(crate) fn starts_clock(state: State) -> bool {
+    matches!(state, State::Ready | State::Scaling)
+}
+
+pub(crate) fn stops_clock(state: State) -> bool {
+    matches!(
+        state,
+        State::Stopping | State::Stopped | State::Sleeping | State::Failed
+    )
+}
+
+/// The start of the hour `at` falls in (UTC), the key of the usage roll-up.
+pub(crate) fn hour_start(at: DateTime<Utc>) -> DateTime<Utc> {
+    const HOUR_MICROS: i64 = 3_600_000_000;
+    let micros = at.timestamp_micros();
+    DateTime::from_timestamp_micros(micros - micros.rem_euclid(HOUR_MICROS))
+        .expect("an earlier hour of a valid time is valid")
+}
+
+/// An unsigned count as the signed 64-bit integer both databases store.
+pub(crate) fn signed(value: u64, what: &str) -> Result<i64, Error> {
+    i64::try_from(value).map_err(|_| Error::Invalid(format!("{what} {value} is too large")))
+}
+
+pub(crate) fn unsigned32(value: i64, col: &str) -> Result<u32, Error> {
+    u32::try_from(value).map_err(|_| Error::Corrupt(format!("{col}: {value} is not a u32")))
+}
+
+pub(crate) fn unsigned64(value: i64, col: &str) -> Result<u64, Error> {
+    u64::try_from(value).map_err(|_| Error::Corrupt(format!("{col}: {value} is negative")))
+}

@@ -6,9 +6,11 @@
 //! precision both backends keep.
 
 use chrono::{DateTime, Duration, Utc};
+use corral_core::catalog::builtin_models;
 use corral_core::{
-    ApiKey, AuditFilter, NewAuditEntry, OutboxMessage, Outcome, RefreshSession, Role, TokenPurpose,
-    User,
+    ApiKey, AuditFilter, CatalogModel, ComputeSpec, ComputeType, Desired, Instance,
+    InstanceSettings, ModelSource, NewAuditEntry, OutboxMessage, Outcome, RefreshSession, Replica,
+    ReplicaState, Role, State, TokenPurpose, UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
@@ -42,6 +44,26 @@ pub async fn run_all(store: &dyn Store) {
         audit_filters,
         audit_paging_and_limit,
         outbox_filter,
+        delete_user_with_instances_refused,
+        models_round_trip_and_upsert,
+        builtin_models_seed_idempotently,
+        delete_model_in_use_refused,
+        instance_round_trip,
+        instance_references_checked,
+        list_instances_owner_scoped,
+        set_desired_and_activity,
+        update_instance_settings,
+        transition_is_compare_and_set,
+        transition_meters_running_time,
+        transition_concurrently_wins_once,
+        touch_activity_only_forward,
+        set_target_replicas,
+        delete_instance_cascades,
+        events_timeline,
+        replicas_round_trip,
+        usage_rolls_up_per_hour,
+        usage_filters_and_order,
+        usage_concurrent_requests_all_count,
     );
 }
 
@@ -923,4 +945,1091 @@ pub async fn outbox_filter(store: &dyn Store) {
     let pos = |m: &OutboxMessage| all.iter().position(|x| x == m).expect("listed");
     assert!(pos(&a2) < pos(&b1) && pos(&b1) < pos(&a1));
     assert_eq!(store.list_outbox(None, 1).await.unwrap().len(), 1);
+}
+
+// --- deployments: fixtures ---
+
+/// A catalog entry with a unique id, so checks never touch each other's models.
+fn catalog_model(source: ModelSource) -> CatalogModel {
+    CatalogModel {
+        id: unique("model"),
+        family: "Test".into(),
+        size: "1B".into(),
+        cpu_supported: true,
+        gpu_supported: false,
+        memory_required: 2048,
+        expected_deploy_seconds: 30,
+        source,
+        weights_bytes: Some(98_000_000),
+        builtin: false,
+    }
+}
+
+async fn new_model(store: &dyn Store) -> CatalogModel {
+    let model = catalog_model(ModelSource::File {
+        path: "models/test.gguf".into(),
+    });
+    store.upsert_model(&model).await.expect("upsert model");
+    model
+}
+
+fn local_spec() -> ComputeSpec {
+    ComputeSpec {
+        compute_type: ComputeType::Local,
+        cpu: 2.0,
+        memory: 4096,
+        gpu_count: 0,
+        instance_type: None,
+        spot: false,
+    }
+}
+
+fn instance(owner: &User, model: &CatalogModel, at: DateTime<Utc>) -> Instance {
+    Instance {
+        id: Uuid::now_v7(),
+        owner_id: owner.id,
+        model_id: model.id.clone(),
+        driver: "local".into(),
+        compute: local_spec(),
+        settings: InstanceSettings::default(),
+        desired: Desired::Running,
+        state: State::Pending,
+        state_reason: None,
+        target_replicas: 1,
+        created_at: at,
+        updated_at: at,
+        last_activity_at: at,
+        running_since: None,
+        running_seconds: 0,
+    }
+}
+
+/// A new user owning one new pending instance of a new model.
+async fn new_instance(store: &dyn Store) -> (User, CatalogModel, Instance) {
+    let owner = new_user(store).await;
+    let model = new_model(store).await;
+    let inst = instance(&owner, &model, now());
+    store.create_instance(&inst).await.expect("create instance");
+    (owner, model, inst)
+}
+
+async fn get_instance(store: &dyn Store, id: Uuid) -> Instance {
+    store.instance(id).await.unwrap().expect("instance exists")
+}
+
+fn replica(instance: &Instance, at: DateTime<Utc>) -> Replica {
+    Replica {
+        id: Uuid::now_v7(),
+        instance_id: instance.id,
+        driver_ref: format!("pid:{}", unique("p")),
+        endpoint: None,
+        state: ReplicaState::Starting,
+        restarts: 0,
+        started_at: at,
+        updated_at: at,
+    }
+}
+
+/// A fixed, whole hour (far from any other check's `now()`-based rows) plus minutes.
+fn hour(h: i64, minutes: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_700_000_000 - 1_700_000_000 % 3600, 0).unwrap()
+        + Duration::hours(h)
+        + Duration::minutes(minutes)
+}
+
+fn sample(owner: Uuid, instance: Uuid, model: &str, at: DateTime<Utc>) -> UsageSample {
+    UsageSample {
+        owner_id: owner,
+        instance_id: instance,
+        model_id: model.into(),
+        at,
+        prompt_tokens: 10,
+        completion_tokens: 100,
+    }
+}
+
+// --- deployments: checks ---
+
+pub async fn delete_user_with_instances_refused(store: &dyn Store) {
+    let (owner, _, inst) = new_instance(store).await;
+    let t = now();
+    let key = api_key(&owner, t);
+    let sess = session(&owner, Uuid::now_v7(), t);
+    store.create_api_key(&key).await.unwrap();
+    store.create_session(&sess).await.unwrap();
+
+    let err = store.delete_user(owner.id).await.unwrap_err();
+    assert!(matches!(err, Error::InUse(_)), "{err:?}");
+    assert!(err.to_string().contains("instances"), "{err}");
+    // Nothing went: not the user, not their credentials, not the instance.
+    assert_eq!(
+        store.user_by_id(owner.id).await.unwrap(),
+        Some(owner.clone())
+    );
+    assert_eq!(store.list_api_keys(owner.id).await.unwrap(), vec![key]);
+    assert_eq!(
+        store.session_by_hash(&sess.token_hash).await.unwrap(),
+        Some(sess)
+    );
+    assert_eq!(store.instance(inst.id).await.unwrap(), Some(inst.clone()));
+
+    // Once the instance is deleted the user can go; usage history stays behind.
+    let usage = sample(owner.id, inst.id, &inst.model_id, hour(0, 1));
+    store.record_usage(&usage).await.unwrap();
+    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_user(owner.id).await.unwrap());
+    assert_eq!(store.user_by_id(owner.id).await.unwrap(), None);
+    assert_eq!(
+        store.usage(Some(owner.id), None, None).await.unwrap().len(),
+        1
+    );
+}
+
+pub async fn models_round_trip_and_upsert(store: &dyn Store) {
+    // One entry per kind of source, and one with every optional field empty.
+    let ollama = catalog_model(ModelSource::Ollama {
+        name: "library/llama2:7b".into(),
+    });
+    let url = CatalogModel {
+        gpu_supported: true,
+        builtin: true,
+        ..catalog_model(ModelSource::Url {
+            url: "https://example.test/m.gguf".into(),
+            sha256: "ab".repeat(32),
+        })
+    };
+    let file = CatalogModel {
+        weights_bytes: None,
+        cpu_supported: false,
+        memory_required: u32::MAX,
+        expected_deploy_seconds: 0,
+        ..catalog_model(ModelSource::File {
+            path: "/var/lib/corral/models/x.gguf".into(),
+        })
+    };
+    for m in [&ollama, &url, &file] {
+        store.upsert_model(m).await.unwrap();
+        assert_eq!(store.model(&m.id).await.unwrap(), Some(m.clone()));
+    }
+    assert_eq!(store.model(&unique("nope")).await.unwrap(), None);
+
+    // Upsert overwrites every field of an existing entry.
+    let changed = CatalogModel {
+        family: "Changed".into(),
+        size: "13B".into(),
+        cpu_supported: false,
+        gpu_supported: true,
+        memory_required: 8192,
+        expected_deploy_seconds: 300,
+        source: ModelSource::File {
+            path: "imported.gguf".into(),
+        },
+        weights_bytes: Some(u64::try_from(i64::MAX).unwrap()),
+        builtin: true,
+        ..ollama.clone()
+    };
+    store.upsert_model(&changed).await.unwrap();
+    assert_eq!(
+        store.model(&ollama.id).await.unwrap(),
+        Some(changed.clone())
+    );
+
+    // Ordered by id.
+    let all = store.list_models().await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ordered by id");
+    for m in [&changed, &url, &file] {
+        assert!(all.contains(m), "{} listed", m.id);
+    }
+
+    assert!(store.delete_model(&url.id).await.unwrap());
+    assert!(!store.delete_model(&url.id).await.unwrap(), "already gone");
+    assert_eq!(store.model(&url.id).await.unwrap(), None);
+    assert!(!store.list_models().await.unwrap().contains(&url));
+
+    // A size the database cannot hold is refused, not wrapped.
+    let huge = CatalogModel {
+        weights_bytes: Some(u64::MAX),
+        ..catalog_model(ModelSource::File { path: "h".into() })
+    };
+    let err = store.upsert_model(&huge).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert_eq!(store.model(&huge.id).await.unwrap(), None);
+}
+
+pub async fn builtin_models_seed_idempotently(store: &dyn Store) {
+    // What the server does at every start.
+    for _ in 0..2 {
+        for m in builtin_models() {
+            store.upsert_model(&m).await.unwrap();
+        }
+    }
+    let all = store.list_models().await.unwrap();
+    for m in builtin_models() {
+        assert_eq!(all.iter().filter(|x| x.id == m.id).count(), 1, "{}", m.id);
+        assert_eq!(store.model(&m.id).await.unwrap(), Some(m));
+    }
+}
+
+pub async fn delete_model_in_use_refused(store: &dyn Store) {
+    let (_, model, inst) = new_instance(store).await;
+    let err = store.delete_model(&model.id).await.unwrap_err();
+    assert!(matches!(err, Error::InUse(_)), "{err:?}");
+    assert_eq!(store.model(&model.id).await.unwrap(), Some(model.clone()));
+
+    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_model(&model.id).await.unwrap());
+}
+
+pub async fn instance_round_trip(store: &dyn Store) {
+    let owner = new_user(store).await;
+    let model = new_model(store).await;
+    let t = now();
+    // Every optional field set, so each column is proven to round-trip.
+    let full = Instance {
+        driver: "ecs".into(),
+        compute: ComputeSpec {
+            compute_type: ComputeType::Gpu,
+            cpu: 4.0,
+            memory: 16384,
+            gpu_count: 1,
+            instance_type: Some("g5.xlarge".into()),
+            spot: true,
+        },
+        settings: InstanceSettings {
+            idle_timeout_seconds: 0,
+            min_replicas: 0,
+            max_replicas: 4,
+            wake_on_request: false,
+        },
+        desired: Desired::Sleeping,
+        state: State::Failed,
+        state_reason: Some("image pull failed".into()),
+        target_replicas: 3,
+        updated_at: t + Duration::seconds(1),
+        last_activity_at: t + Duration::seconds(2),
+        running_since: Some(t + Duration::microseconds(3)),
+        running_seconds: 12_345,
+        ..instance(&owner, &model, t)
+    };
+    let fargate = Instance {
+        compute: ComputeSpec {
+            compute_type: ComputeType::Fargate,
+            cpu: 0.25,
+            memory: 512,
+            ..local_spec()
+        },
+        ..instance(&owner, &model, t)
+    };
+    let minimal = instance(&owner, &model, t);
+    for i in [&full, &fargate, &minimal] {
+        store.create_instance(i).await.unwrap();
+        assert_eq!(store.instance(i.id).await.unwrap(), Some(i.clone()));
+    }
+    assert_eq!(store.instance(Uuid::now_v7()).await.unwrap(), None);
+
+    // Owner-scoped lookup: someone else's instance looks exactly like a missing one.
+    let stranger = new_user(store).await;
+    assert_eq!(
+        store.instance_for_owner(full.id, owner.id).await.unwrap(),
+        Some(full.clone())
+    );
+    assert_eq!(
+        store
+            .instance_for_owner(full.id, stranger.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .instance_for_owner(Uuid::now_v7(), owner.id)
+            .await
+            .unwrap(),
+        None
+    );
+
+    let dup = Instance {
+        model_id: model.id.clone(),
+        ..minimal.clone()
+    };
+    let err = store.create_instance(&dup).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict("instance")), "{err:?}");
+}
+
+pub async fn instance_references_checked(store: &dyn Store) {
+    let owner = new_user(store).await;
+    let model = new_model(store).await;
+    let t = now();
+
+    let no_model = Instance {
+        model_id: unique("missing"),
+        ..instance(&owner, &model, t)
+    };
+    let err = store.create_instance(&no_model).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
+
+    let ghost = User::new(&email(), "h".into(), Role::User, t);
+    let no_owner = instance(&ghost, &model, t);
+    let err = store.create_instance(&no_owner).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
+
+    let inverted = Instance {
+        settings: InstanceSettings {
+            min_replicas: 3,
+            max_replicas: 2,
+            ..InstanceSettings::default()
+        },
+        ..instance(&owner, &model, t)
+    };
+    let err = store.create_instance(&inverted).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+
+    for i in [&no_model, &no_owner, &inverted] {
+        assert_eq!(store.instance(i.id).await.unwrap(), None);
+    }
+}
+
+pub async fn list_instances_owner_scoped(store: &dyn Store) {
+    let alice = new_user(store).await;
+    let bob = new_user(store).await;
+    let model = new_model(store).await;
+    let t = now();
+    let a1 = instance(&alice, &model, t);
+    let b1 = instance(&bob, &model, t + Duration::seconds(1));
+    let a2 = instance(&alice, &model, t + Duration::seconds(2));
+    for i in [&a1, &b1, &a2] {
+        store.create_instance(i).await.unwrap();
+    }
+
+    assert_eq!(
+        store.list_instances(Some(alice.id)).await.unwrap(),
+        vec![a2.clone(), a1.clone()],
+        "own only, newest first"
+    );
+    assert_eq!(
+        store.list_instances(Some(bob.id)).await.unwrap(),
+        vec![b1.clone()]
+    );
+    let nobody = Uuid::now_v7();
+    assert_eq!(store.list_instances(Some(nobody)).await.unwrap(), vec![]);
+
+    // Everyone's: all three, newest first relative to each other.
+    let all = store.list_instances(None).await.unwrap();
+    let pos = |i: &Instance| all.iter().position(|x| x == i).expect("listed");
+    assert!(pos(&a2) < pos(&b1) && pos(&b1) < pos(&a1));
+    assert!(all.windows(2).all(|w| w[0].created_at >= w[1].created_at));
+}
+
+pub async fn set_desired_and_activity(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t1 = inst.created_at + Duration::seconds(10);
+
+    // Stopping is not activity.
+    let stopped = store
+        .set_desired(inst.id, Desired::Stopped, t1)
+        .await
+        .unwrap()
+        .expect("exists");
+    let expected = Instance {
+        desired: Desired::Stopped,
+        updated_at: t1,
+        ..inst.clone()
+    };
+    assert_eq!(stopped, expected);
+    assert_eq!(get_instance(store, inst.id).await, expected);
+
+    // Asking for Running again counts as activity, so it is not idle-stopped at once.
+    let t2 = t1 + Duration::hours(2);
+    let running = store
+        .set_desired(inst.id, Desired::Running, t2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            running.desired,
+            running.updated_at,
+            running.last_activity_at
+        ),
+        (Desired::Running, t2, t2)
+    );
+    assert_eq!(running.state, State::Pending, "state is the reconciler's");
+
+    // ...but never moves activity backwards.
+    let earlier = t2 - Duration::minutes(1);
+    let again = store
+        .set_desired(inst.id, Desired::Running, earlier)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.last_activity_at, t2);
+
+    let deleted = store
+        .set_desired(inst.id, Desired::Deleted, t2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted.desired, Desired::Deleted);
+    assert!(store.list_instances(None).await.unwrap().contains(&deleted));
+
+    let missing = store
+        .set_desired(Uuid::now_v7(), Desired::Stopped, t2)
+        .await;
+    assert_eq!(missing.unwrap(), None);
+    // No event: only transitions and notes are on the timeline.
+    assert_eq!(store.list_events(inst.id, 100).await.unwrap(), vec![]);
+}
+
+pub async fn update_instance_settings(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t1 = inst.created_at + Duration::seconds(10);
+    let settings = InstanceSettings {
+        idle_timeout_seconds: 5,
+        min_replicas: 0,
+        max_replicas: 3,
+        wake_on_request: false,
+    };
+    let updated = store
+        .update_instance_settings(inst.id, &settings, t1)
+        .await
+        .unwrap()
+        .expect("exists");
+    let expected = Instance {
+        settings: settings.clone(),
+        updated_at: t1,
+        ..inst.clone()
+    };
+    assert_eq!(updated, expected);
+    assert_eq!(get_instance(store, inst.id).await, expected);
+
+    let inverted = InstanceSettings {
+        min_replicas: 4,
+        max_replicas: 1,
+        ..settings.clone()
+    };
+    let t2 = t1 + Duration::seconds(1);
+    let err = store
+        .update_instance_settings(inst.id, &inverted, t2)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    assert_eq!(get_instance(store, inst.id).await, expected, "unchanged");
+
+    let missing = store
+        .update_instance_settings(Uuid::now_v7(), &settings, t2)
+        .await;
+    assert_eq!(missing.unwrap(), None);
+}
+
+pub async fn transition_is_compare_and_set(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t = inst.created_at;
+    let t1 = t + Duration::seconds(1);
+
+    // From the wrong state: refused, and nothing at all is written.
+    let moved = store
+        .transition(inst.id, State::Starting, State::Ready, None, "ready", t1)
+        .await
+        .unwrap();
+    assert!(!moved);
+    assert_eq!(get_instance(store, inst.id).await, inst);
+    assert_eq!(store.list_events(inst.id, 100).await.unwrap(), vec![]);
+
+    let moved = store
+        .transition(
+            inst.id,
+            State::Pending,
+            State::Provisioning,
+            None,
+            "launching 1 replica",
+            t1,
+        )
+        .await
+        .unwrap();
+    assert!(moved);
+    let got = get_instance(store, inst.id).await;
+    assert_eq!(
+        got,
+        Instance {
+            state: State::Provisioning,
+            updated_at: t1,
+            ..inst.clone()
+        }
+    );
+
+    // A reason is stored with the state, and the next transition replaces or clears it.
+    let t2 = t1 + Duration::seconds(1);
+    let reason = Some("exit code 137 (out of memory?)");
+    let to_failed = store
+        .transition(
+            inst.id,
+            State::Provisioning,
+            State::Failed,
+            reason,
+            "failed",
+            t2,
+        )
+        .await;
+    assert!(to_failed.unwrap());
+    let got = get_instance(store, inst.id).await;
+    assert_eq!(
+        (got.state, got.state_reason.as_deref()),
+        (State::Failed, reason)
+    );
+    let t3 = t2 + Duration::seconds(1);
+    let retry = store
+        .transition(inst.id, State::Failed, State::Pending, None, "retry", t3)
+        .await;
+    assert!(retry.unwrap());
+    let got = get_instance(store, inst.id).await;
+    assert_eq!((got.state, got.state_reason), (State::Pending, None));
+
+    // Each transition is one event, oldest first, with its states, message and time.
+    let events = store.list_events(inst.id, 100).await.unwrap();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| (e.from_state, e.to_state, e.message.as_str(), e.at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                Some(State::Pending),
+                Some(State::Provisioning),
+                "launching 1 replica",
+                t1
+            ),
+            (Some(State::Provisioning), Some(State::Failed), "failed", t2),
+            (Some(State::Failed), Some(State::Pending), "retry", t3),
+        ]
+    );
+    assert!(events.iter().all(|e| e.instance_id == inst.id));
+
+    let unknown = store
+        .transition(
+            Uuid::now_v7(),
+            State::Pending,
+            State::Provisioning,
+            None,
+            "x",
+            t3,
+        )
+        .await;
+    assert!(!unknown.unwrap());
+}
+
+pub async fn transition_meters_running_time(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t0 = inst.created_at;
+    let step = |from: State, to: State, at: DateTime<Utc>| async move {
+        let moved = store
+            .transition(inst.id, from, to, None, to.as_str(), at)
+            .await
+            .unwrap();
+        assert!(moved, "{from:?} -> {to:?}");
+        let got = get_instance(store, inst.id).await;
+        (got.running_since, got.running_seconds)
+    };
+
+    // Not running until ready.
+    assert_eq!(
+        step(State::Pending, State::Provisioning, t0).await,
+        (None, 0)
+    );
+    assert_eq!(
+        step(State::Provisioning, State::Starting, t0).await,
+        (None, 0)
+    );
+    let ready_at = t0 + Duration::seconds(5);
+    let running = (Some(ready_at), 0);
+    assert_eq!(step(State::Starting, State::Ready, ready_at).await, running);
+    // Scaling and back, or replacing replicas, keeps the clock where it started.
+    let t = ready_at + Duration::seconds(10);
+    assert_eq!(step(State::Ready, State::Scaling, t).await, running);
+    assert_eq!(step(State::Scaling, State::Ready, t).await, running);
+    assert_eq!(step(State::Ready, State::Starting, t).await, running);
+    assert_eq!(step(State::Starting, State::Ready, t).await, running);
+
+    // Stopping adds the whole seconds run (90.75 s -> 90) and stops the clock.
+    let stop_at = ready_at + Duration::milliseconds(90_750);
+    assert_eq!(
+        step(State::Ready, State::Stopping, stop_at).await,
+        (None, 90)
+    );
+    let later = stop_at + Duration::seconds(30);
+    assert_eq!(
+        step(State::Stopping, State::Sleeping, later).await,
+        (None, 90)
+    );
+
+    // Waking runs the clock again; a failure stops it and adds that run too.
+    assert_eq!(
+        step(State::Sleeping, State::Pending, later).await,
+        (None, 90)
+    );
+    assert_eq!(
+        step(State::Pending, State::Provisioning, later).await,
+        (None, 90)
+    );
+    assert_eq!(
+        step(State::Provisioning, State::Starting, later).await,
+        (None, 90)
+    );
+    let woke = later + Duration::seconds(1);
+    assert_eq!(
+        step(State::Starting, State::Ready, woke).await,
+        (Some(woke), 90)
+    );
+    let failed_at = woke + Duration::seconds(3600);
+    assert_eq!(
+        step(State::Ready, State::Failed, failed_at).await,
+        (None, 3690)
+    );
+    // Failing again (or stopping) while not running adds nothing.
+    let t = failed_at + Duration::seconds(100);
+    assert_eq!(step(State::Failed, State::Stopping, t).await, (None, 3690));
+    assert_eq!(step(State::Stopping, State::Stopped, t).await, (None, 3690));
+
+    // A clock that went backwards never subtracts.
+    assert_eq!(step(State::Stopped, State::Pending, t).await, (None, 3690));
+    assert_eq!(
+        step(State::Pending, State::Provisioning, t).await,
+        (None, 3690)
+    );
+    assert_eq!(
+        step(State::Provisioning, State::Starting, t).await,
+        (None, 3690)
+    );
+    assert_eq!(
+        step(State::Starting, State::Ready, t).await,
+        (Some(t), 3690)
+    );
+    let skewed = t - Duration::seconds(50);
+    assert_eq!(
+        step(State::Ready, State::Stopping, skewed).await,
+        (None, 3690)
+    );
+}
+
+pub async fn transition_concurrently_wins_once(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t = now();
+    // The reconciler and a failure report race to move the same pending instance.
+    let (a, b, c, d) = tokio::join!(
+        store.transition(inst.id, State::Pending, State::Provisioning, None, "a", t),
+        store.transition(inst.id, State::Pending, State::Failed, Some("b"), "b", t),
+        store.transition(inst.id, State::Pending, State::Provisioning, None, "c", t),
+        store.transition(inst.id, State::Pending, State::Stopping, None, "d", t),
+    );
+    let won: Vec<bool> = [a, b, c, d].into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let events = store.list_events(inst.id, 100).await.unwrap();
+    assert_eq!(events.len(), 1, "only the winner's event");
+    let got = get_instance(store, inst.id).await;
+    assert_eq!(Some(got.state), events[0].to_state);
+}
+
+pub async fn touch_activity_only_forward(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let used = inst.last_activity_at + Duration::minutes(5);
+    store.touch_activity(inst.id, used).await.unwrap();
+    assert_eq!(
+        get_instance(store, inst.id).await,
+        Instance {
+            last_activity_at: used,
+            ..inst.clone()
+        },
+        "activity alone does not bump updated_at"
+    );
+    let late = inst.last_activity_at + Duration::minutes(1);
+    store.touch_activity(inst.id, late).await.unwrap();
+    assert_eq!(get_instance(store, inst.id).await.last_activity_at, used);
+    store.touch_activity(Uuid::now_v7(), used).await.unwrap(); // unknown id: no error
+}
+
+pub async fn set_target_replicas(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let t1 = inst.created_at + Duration::seconds(1);
+    assert!(store.set_target_replicas(inst.id, 3, t1).await.unwrap());
+    assert_eq!(
+        get_instance(store, inst.id).await,
+        Instance {
+            target_replicas: 3,
+            updated_at: t1,
+            ..inst.clone()
+        }
+    );
+    assert!(store.set_target_replicas(inst.id, 0, t1).await.unwrap());
+    assert_eq!(get_instance(store, inst.id).await.target_replicas, 0);
+    assert!(
+        !store
+            .set_target_replicas(Uuid::now_v7(), 1, t1)
+            .await
+            .unwrap()
+    );
+}
+
+pub async fn delete_instance_cascades(store: &dyn Store) {
+    let (owner, model, doomed) = new_instance(store).await;
+    let other = instance(&owner, &model, now());
+    store.create_instance(&other).await.unwrap();
+    let t = now();
+    let (r1, r2) = (replica(&doomed, t), replica(&other, t));
+    store.create_replica(&r1).await.unwrap();
+    store.create_replica(&r2).await.unwrap();
+    store.append_event(doomed.id, "note", t).await.unwrap();
+    store.append_event(other.id, "note", t).await.unwrap();
+    let used = sample(owner.id, doomed.id, &model.id, hour(1, 0));
+    store.record_usage(&used).await.unwrap();
+
+    assert!(store.delete_instance(doomed.id).await.unwrap());
+    assert_eq!(store.instance(doomed.id).await.unwrap(), None);
+    assert_eq!(store.list_replicas(doomed.id).await.unwrap(), vec![]);
+    assert!(!store.all_replicas().await.unwrap().contains(&r1));
+    assert_eq!(store.list_events(doomed.id, 100).await.unwrap(), vec![]);
+    // Usage is billing history: it outlives the instance.
+    let rows = store.usage(Some(owner.id), None, None).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].instance_id, doomed.id);
+
+    // The owner's other instance kept everything.
+    assert_eq!(store.list_replicas(other.id).await.unwrap(), vec![r2]);
+    assert_eq!(store.list_events(other.id, 100).await.unwrap().len(), 1);
+
+    assert!(
+        !store.delete_instance(doomed.id).await.unwrap(),
+        "already gone"
+    );
+    // Writing to a deleted instance says so rather than failing obscurely.
+    let err = store.append_event(doomed.id, "late", t).await.unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownReference("instance")),
+        "{err:?}"
+    );
+    let err = store
+        .create_replica(&replica(&doomed, t))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnknownReference("instance")),
+        "{err:?}"
+    );
+}
+
+pub async fn events_timeline(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let (_, _, other) = new_instance(store).await;
+    let t = inst.created_at;
+    let at = |s: i64| t + Duration::seconds(s);
+
+    store
+        .transition(
+            inst.id,
+            State::Pending,
+            State::Provisioning,
+            None,
+            "launch",
+            at(1),
+        )
+        .await
+        .unwrap();
+    store
+        .append_event(inst.id, "replica 2 restarted (exit code 137)", at(2))
+        .await
+        .unwrap();
+    store
+        .transition(
+            inst.id,
+            State::Provisioning,
+            State::Starting,
+            None,
+            "start",
+            at(3),
+        )
+        .await
+        .unwrap();
+    store
+        .append_event(other.id, "someone else's", at(2))
+        .await
+        .unwrap();
+
+    let events = store.list_events(inst.id, 100).await.unwrap();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| (e.from_state, e.to_state, e.message.as_str(), e.at))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                Some(State::Pending),
+                Some(State::Provisioning),
+                "launch",
+                at(1)
+            ),
+            (None, None, "replica 2 restarted (exit code 137)", at(2)),
+            (
+                Some(State::Provisioning),
+                Some(State::Starting),
+                "start",
+                at(3)
+            ),
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+
+    // A limit keeps the latest events, still oldest first.
+    let latest = store.list_events(inst.id, 2).await.unwrap();
+    assert_eq!(latest, events[1..].to_vec());
+    assert_eq!(
+        store.list_events(inst.id, 0).await.unwrap(),
+        events[2..].to_vec()
+    );
+    assert_eq!(store.list_events(other.id, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list_events(Uuid::now_v7(), 100).await.unwrap(),
+        vec![]
+    );
+}
+
+pub async fn replicas_round_trip(store: &dyn Store) {
+    let (_, _, inst) = new_instance(store).await;
+    let (_, _, other) = new_instance(store).await;
+    let t = now();
+    let first = replica(&inst, t);
+    let second = Replica {
+        endpoint: Some("http://127.0.0.1:40001".into()),
+        state: ReplicaState::Ready,
+        restarts: 2,
+        ..replica(&inst, t + Duration::seconds(1))
+    };
+    let theirs = replica(&other, t);
+    for r in [&second, &first, &theirs] {
+        store.create_replica(r).await.unwrap();
+    }
+    assert_eq!(
+        store.list_replicas(inst.id).await.unwrap(),
+        vec![first.clone(), second.clone()],
+        "oldest first"
+    );
+    assert_eq!(
+        store.list_replicas(other.id).await.unwrap(),
+        vec![theirs.clone()]
+    );
+
+    let err = store.create_replica(&first).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict("replica")), "{err:?}");
+
+    // Every field but the ids is written.
+    let restarted = Replica {
+        driver_ref: "pid:4242".into(),
+        endpoint: Some("http://127.0.0.1:40002".into()),
+        state: ReplicaState::Unhealthy,
+        restarts: 1,
+        started_at: t + Duration::seconds(30),
+        updated_at: t + Duration::seconds(31),
+        ..first.clone()
+    };
+    assert!(store.update_replica(&restarted).await.unwrap());
+    let mine = store.list_replicas(inst.id).await.unwrap();
+    assert_eq!(mine, vec![second.clone(), restarted.clone()]);
+    for state in [
+        ReplicaState::Starting,
+        ReplicaState::Ready,
+        ReplicaState::Unhealthy,
+        ReplicaState::Stopping,
+        ReplicaState::Exited,
+        ReplicaState::Lost,
+    ] {
+        let r = Replica {
+            state,
+            endpoint: None,
+            ..restarted.clone()
+        };
+        assert!(store.update_replica(&r).await.unwrap());
+        assert!(store.list_replicas(inst.id).await.unwrap().contains(&r));
+    }
+    let ghost = replica(&inst, t);
+    assert!(!store.update_replica(&ghost).await.unwrap());
+
+    // Adoption sees every instance's replicas, grouped by instance.
+    let all = store.all_replicas().await.unwrap();
+    for r in [&second, &theirs] {
+        assert!(all.contains(r));
+    }
+    let groups: Vec<Uuid> = all.iter().map(|r| r.instance_id).collect();
+    let mut deduped = groups.clone();
+    deduped.dedup();
+    let mut sorted = deduped.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(deduped.len(), sorted.len(), "grouped by instance");
+
+    assert!(store.delete_replica(second.id).await.unwrap());
+    assert!(
+        !store.delete_replica(second.id).await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(store.list_replicas(inst.id).await.unwrap().len(), 1);
+}
+
+pub async fn usage_rolls_up_per_hour(store: &dyn Store) {
+    let owner = Uuid::now_v7(); // usage needs no user row: it outlives users
+    let (inst, model) = (Uuid::now_v7(), unique("model"));
+    let mut samples = vec![
+        sample(owner, inst, &model, hour(0, 0)),
+        sample(
+            owner,
+            inst,
+            &model,
+            hour(0, 59) + Duration::microseconds(59_999_999),
+        ),
+        UsageSample {
+            prompt_tokens: 1,
+            completion_tokens: 0,
+            ..sample(owner, inst, &model, hour(0, 30))
+        },
+        sample(owner, inst, &model, hour(1, 0)),
+    ];
+    // The same hour through another model is its own row.
+    let other_model = format!("{model}-b");
+    samples.push(sample(owner, inst, &other_model, hour(0, 10)));
+    for s in &samples {
+        store.record_usage(s).await.unwrap();
+    }
+
+    let rows = store.usage(Some(owner), None, None).await.unwrap();
+    let row = |model_id: &str, h: i64, requests, prompt, completion| UsageRow {
+        owner_id: owner,
+        instance_id: inst,
+        model_id: model_id.into(),
+        hour: hour(h, 0),
+        requests,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+    };
+    assert_eq!(
+        rows,
+        vec![
+            row(&model, 0, 3, 21, 200),
+            row(&other_model, 0, 1, 10, 100),
+            row(&model, 1, 1, 10, 100),
+        ]
+    );
+}
+
+pub async fn usage_filters_and_order(store: &dyn Store) {
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut ids = [Uuid::now_v7(), Uuid::now_v7()];
+    ids.sort(); // both backends order ids as their hyphenated text sorts
+    let [i1, i2] = ids;
+    let model = unique("model");
+    // Hours 10..13 of the fixed day, recorded out of order.
+    for s in [
+        sample(alice, i2, &model, hour(12, 5)),
+        sample(bob, i1, &model, hour(11, 0)),
+        sample(alice, i1, &model, hour(12, 40)),
+        sample(alice, i1, &model, hour(10, 0)),
+        sample(alice, i1, &model, hour(13, 0)),
+    ] {
+        store.record_usage(&s).await.unwrap();
+    }
+    let key = |r: &UsageRow| (r.owner_id, r.instance_id, r.hour);
+
+    let mine = store.usage(Some(alice), None, None).await.unwrap();
+    assert_eq!(
+        mine.iter().map(key).collect::<Vec<_>>(),
+        vec![
+            (alice, i1, hour(10, 0)),
+            (alice, i1, hour(12, 0)),
+            (alice, i2, hour(12, 0)),
+            (alice, i1, hour(13, 0)),
+        ],
+        "by hour, then instance"
+    );
+
+    // `since` is inclusive, `until` exclusive, both on the start of the hour.
+    let window = store
+        .usage(Some(alice), Some(hour(11, 0)), Some(hour(13, 0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(key).collect::<Vec<_>>(),
+        vec![(alice, i1, hour(12, 0)), (alice, i2, hour(12, 0))]
+    );
+    let since = store
+        .usage(Some(alice), Some(hour(12, 1)), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        since.iter().map(key).collect::<Vec<_>>(),
+        vec![(alice, i1, hour(13, 0))]
+    );
+    let until = store
+        .usage(Some(alice), None, Some(hour(10, 59)))
+        .await
+        .unwrap();
+    assert_eq!(
+        until.iter().map(key).collect::<Vec<_>>(),
+        vec![(alice, i1, hour(10, 0))]
+    );
+    assert_eq!(
+        store.usage(Some(Uuid::now_v7()), None, None).await.unwrap(),
+        vec![]
+    );
+
+    // Everyone's (admin): both owners, still ordered by hour.
+    let all = store
+        .usage(None, Some(hour(10, 0)), Some(hour(14, 0)))
+        .await
+        .unwrap();
+    let ours: Vec<_> = all
+        .iter()
+        .filter(|r| r.model_id == model)
+        .map(key)
+        .collect();
+    assert_eq!(
+        ours,
+        vec![
+            (alice, i1, hour(10, 0)),
+            (bob, i1, hour(11, 0)),
+            (alice, i1, hour(12, 0)),
+            (alice, i2, hour(12, 0)),
+            (alice, i1, hour(13, 0)),
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].hour <= w[1].hour));
+}
+
+pub async fn usage_concurrent_requests_all_count(store: &dyn Store) {
+    let owner = Uuid::now_v7();
+    let inst = Uuid::now_v7();
+    let model = unique("model");
+    let samples: Vec<UsageSample> = (0..20)
+        .map(|i| UsageSample {
+            prompt_tokens: i,
+            completion_tokens: 2 * i,
+            ..sample(owner, inst, &model, hour(5, i as i64))
+        })
+        .collect();
+    // All twenty race for the same hourly row.
+    let results =
+        futures_util::future::join_all(samples.iter().map(|s| store.record_usage(s))).await;
+    for r in results {
+        r.unwrap();
+    }
+    let rows = store.usage(Some(owner), None, None).await.unwrap();
+    let total: u64 = (0..20).sum();
+    assert_eq!(
+        rows,
+        vec![UsageRow {
+            owner_id: owner,
+            instance_id: inst,
+            model_id: model,
+            hour: hour(5, 0),
+            requests: 20,
+            prompt_tokens: total,
+            completion_tokens: 2 * total,
+        }]
+    );
 }

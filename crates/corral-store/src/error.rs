@@ -7,6 +7,20 @@ pub enum Error {
     /// A unique constraint was violated (e.g. e-mail already registered).
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// A row cannot be deleted while others still refer to it (a user who owns
+    /// instances, a catalog model that instances run). The text is a whole sentence
+    /// saying what to do first, fit for a 409 response.
+    #[error("{0}")]
+    InUse(&'static str),
+    /// A new row refers to a row that does not exist (an instance for an unknown owner
+    /// or model, a replica or event of a deleted instance).
+    #[error("{0} does not exist")]
+    UnknownReference(&'static str),
+    /// A value the schema cannot hold or refuses (a count beyond `i64::MAX`,
+    /// `min_replicas > max_replicas`). Callers should validate first; this is the
+    /// store's last line of defence, not a user-facing message.
+    #[error("invalid value: {0}")]
+    Invalid(String),
     /// A stored value could not be decoded (corrupt row or schema drift).
     #[error("corrupt row: {0}")]
     Corrupt(String),

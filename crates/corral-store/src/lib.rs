@@ -5,8 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession,
-    Role, TokenPurpose, User,
+    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
+    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, Role,
+    State, TokenPurpose, UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
@@ -90,7 +91,10 @@ pub trait Store: Send + Sync + 'static {
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> Result<Option<User>>;
-    /// Deletes the user and everything they own (sessions, keys, tokens). False if absent.
+    /// Deletes the user and their credentials (sessions, keys, tokens). False if absent.
+    /// Fails with `Error::InUse` (and deletes nothing) while the user still owns
+    /// instances, in any state: those stand for compute that must be stopped and
+    /// deleted first, so nothing is orphaned. Their usage history stays.
     async fn delete_user(&self, id: Uuid) -> Result<bool>;
     /// Records a TOTP step as used if it is newer than the last one; false means the
     /// code was already used (or an older one), or there is no such user, and must be
@@ -159,4 +163,129 @@ pub trait Store: Send + Sync + 'static {
     async fn push_outbox(&self, message: &OutboxMessage) -> Result<()>;
     /// Newest first; `to` filters by recipient; `limit` is clamped to 1..=500.
     async fn list_outbox(&self, to: Option<&str>, limit: u32) -> Result<Vec<OutboxMessage>>;
+
+    // --- model catalog ---
+    /// Inserts the entry, or overwrites every field of the entry with that id.
+    /// Idempotent: the server seeds `corral_core::catalog::builtin_models()` with it at
+    /// every start.
+    async fn upsert_model(&self, model: &CatalogModel) -> Result<()>;
+    async fn model(&self, id: &str) -> Result<Option<CatalogModel>>;
+    /// The whole catalog, ordered by id.
+    async fn list_models(&self) -> Result<Vec<CatalogModel>>;
+    /// False if absent. Fails with `Error::InUse` (and deletes nothing) while any
+    /// instance, in any state, is of this model.
+    async fn delete_model(&self, id: &str) -> Result<bool>;
+
+    // --- instances ---
+    /// Inserts the instance as given. `Error::Conflict("instance")` for a duplicate id;
+    /// `Error::UnknownReference` if the owner or the model does not exist;
+    /// `Error::Invalid` if `settings.min_replicas > settings.max_replicas`.
+    async fn create_instance(&self, instance: &Instance) -> Result<()>;
+    /// Any owner's instance: for the reconciler, the gateway's routing and admins.
+    async fn instance(&self, id: Uuid) -> Result<Option<Instance>>;
+    /// Owner-scoped lookup in one query: None both when there is no such instance
+    /// and when it belongs to someone else (answer 404 either way; no IDOR).
+    async fn instance_for_owner(&self, id: Uuid, owner_id: Uuid) -> Result<Option<Instance>>;
+    /// `Some(owner)`: that owner's instances; `None`: everyone's (admins, the
+    /// reconciler). Newest first. Instances whose `desired` is `Deleted` are listed
+    /// until the reconciler has removed them.
+    async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>>;
+    /// Sets what the user asked for and bumps `updated_at`; returns the new row (None
+    /// if absent). Asking for `Running` also counts as activity (`last_activity_at`
+    /// moves forward to `now`), so a restarted instance is not idle-stopped at once.
+    /// Records no event: `state` has not changed (callers may `append_event`).
+    async fn set_desired(
+        &self,
+        id: Uuid,
+        desired: Desired,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>>;
+    /// Replaces the tunable settings and bumps `updated_at`; returns the new row (None
+    /// if absent). `Error::Invalid` if `min_replicas > max_replicas` (validate first).
+    /// `target_replicas` is left for the autoscaler to bring within the new bounds.
+    async fn update_instance_settings(
+        &self,
+        id: Uuid,
+        settings: &InstanceSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>>;
+    /// The reconciler's atomic compare-and-set of the observed state. Only if the
+    /// stored `state` is `from` (else false and nothing is written), in one
+    /// transaction:
+    /// * `state = to`, `state_reason = reason` (None clears it), `updated_at = now`;
+    /// * an event `(from, to, message)` at `now` is appended to the timeline;
+    /// * cost time: entering `Ready`/`Scaling` sets `running_since = now` unless it is
+    ///   already set; entering `Stopping`/`Stopped`/`Sleeping`/`Failed` adds the whole
+    ///   seconds since `running_since` to `running_seconds` and clears it. Other
+    ///   targets (e.g. `Ready → Starting` to replace replicas) leave both alone.
+    ///
+    /// The lifecycle rule (`from.can_move_to(to)`) is the caller's to check; the store
+    /// only guarantees that concurrent transitions from one state cannot both win.
+    /// False also when there is no such instance.
+    async fn transition(
+        &self,
+        id: Uuid,
+        from: State,
+        to: State,
+        reason: Option<&str>,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Sets `last_activity_at` to `now` unless it is already later (requests finishing
+    /// out of order never move it back). Does not bump `updated_at`. Unknown id: no-op.
+    async fn touch_activity(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// The autoscaler's decision; bumps `updated_at`. False if absent.
+    async fn set_target_replicas(
+        &self,
+        id: Uuid,
+        replicas: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Deletes the instance with its replicas and events; its usage rows stay (billing
+    /// history). False if absent. The reconciler calls this once the compute is gone.
+    async fn delete_instance(&self, id: Uuid) -> Result<bool>;
+
+    // --- instance events (the timeline) ---
+    /// A note that is not a state change (`from_state`/`to_state` are None), e.g.
+    /// "replica 2 restarted (exit code 137)". `Error::UnknownReference("instance")`
+    /// if the instance does not exist.
+    async fn append_event(
+        &self,
+        instance_id: Uuid,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// The latest `limit` events (clamped to 1..=500), returned oldest first, in the
+    /// order they were recorded.
+    async fn list_events(&self, instance_id: Uuid, limit: u32) -> Result<Vec<InstanceEvent>>;
+
+    // --- replicas ---
+    /// `Error::Conflict("replica")` for a duplicate id,
+    /// `Error::UnknownReference("instance")` if the instance is gone.
+    async fn create_replica(&self, replica: &Replica) -> Result<()>;
+    /// Writes every field but `id` and `instance_id` (driver_ref, endpoint, state,
+    /// restarts, started_at, updated_at) of the replica with that id. False if absent.
+    async fn update_replica(&self, replica: &Replica) -> Result<bool>;
+    async fn delete_replica(&self, id: Uuid) -> Result<bool>;
+    /// One instance's replicas, oldest first.
+    async fn list_replicas(&self, instance_id: Uuid) -> Result<Vec<Replica>>;
+    /// Every replica of every instance (to adopt them after a restart), grouped by
+    /// instance, oldest first within one.
+    async fn all_replicas(&self) -> Result<Vec<Replica>>;
+
+    // --- usage ---
+    /// Adds one request and its tokens to the hourly row of (owner, instance, model,
+    /// start of the hour of `at`), creating it if needed. One atomic upsert:
+    /// concurrent requests never lose a count. No foreign keys: usage outlives
+    /// instances and users.
+    async fn record_usage(&self, sample: &UsageSample) -> Result<()>;
+    /// Hourly rows with `since <= hour < until` (either bound optional), of one
+    /// owner or (None) everyone, ordered by hour, then instance, model and owner.
+    /// Bounds compare with the start of each row's hour.
+    async fn usage(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<UsageRow>>;
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession,
-    TokenPurpose, User,
+    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
+    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
+    TokenPurpose, UsageRow, UsageSample, User,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -19,7 +20,10 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use self::rows::{id, opt_ts, ts};
-use crate::codec::{API_KEY_COLUMNS, SESSION_COLUMNS, USER_COLUMNS, conflict, page_limit};
+use crate::codec::{
+    self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, MODEL_COLUMNS, REPLICA_COLUMNS,
+    SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit, write_error,
+};
 use crate::{ActionToken, Error, Result, Store, UserPatch};
 
 /// SQLite has one writer at a time, so more connections only buy concurrent readers;
@@ -198,7 +202,8 @@ impl Store for SqliteStore {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id(user_id))
             .execute(&self.pool)
-            .await?;
+            .await
+            .map_err(in_use(USER_IN_USE))?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -506,6 +511,411 @@ impl Store for SqliteStore {
             .map(rows::outbox_message)
             .collect()
     }
+
+    // --- model catalog ---
+
+    async fn upsert_model(&self, model: &CatalogModel) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET \
+               family = excluded.family, size = excluded.size, \
+               cpu_supported = excluded.cpu_supported, gpu_supported = excluded.gpu_supported, \
+               memory_required = excluded.memory_required, \
+               expected_deploy_seconds = excluded.expected_deploy_seconds, \
+               source = excluded.source, weights_bytes = excluded.weights_bytes, \
+               builtin = excluded.builtin"
+        ))
+        .bind(&model.id)
+        .bind(&model.family)
+        .bind(&model.size)
+        .bind(model.cpu_supported)
+        .bind(model.gpu_supported)
+        .bind(i64::from(model.memory_required))
+        .bind(i64::from(model.expected_deploy_seconds))
+        .bind(codec::source_json(&model.source)?)
+        .bind(
+            model
+                .weights_bytes
+                .map(|b| codec::signed(b, "weights_bytes"))
+                .transpose()?,
+        )
+        .bind(model.builtin)
+        .execute(&self.pool)
+        .await
+        .map_err(write_error("model", "model"))?;
+        Ok(())
+    }
+
+    async fn model(&self, model_id: &str) -> Result<Option<CatalogModel>> {
+        sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models WHERE id = $1"))
+            .bind(model_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::model(&row))
+            .transpose()
+    }
+
+    async fn list_models(&self) -> Result<Vec<CatalogModel>> {
+        sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::model)
+            .collect()
+    }
+
+    async fn delete_model(&self, model_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM models WHERE id = $1")
+            .bind(model_id)
+            .execute(&self.pool)
+            .await
+            .map_err(in_use(MODEL_IN_USE))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --- instances ---
+
+    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+        let (compute, settings) = (&instance.compute, &instance.settings);
+        sqlx::query(&format!(
+            "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+        ))
+        .bind(id(instance.id))
+        .bind(id(instance.owner_id))
+        .bind(&instance.model_id)
+        .bind(&instance.driver)
+        .bind(compute.compute_type.as_str())
+        .bind(compute.cpu)
+        .bind(i64::from(compute.memory))
+        .bind(i64::from(compute.gpu_count))
+        .bind(&compute.instance_type)
+        .bind(compute.spot)
+        .bind(i64::from(settings.idle_timeout_seconds))
+        .bind(i64::from(settings.min_replicas))
+        .bind(i64::from(settings.max_replicas))
+        .bind(settings.wake_on_request)
+        .bind(codec::desired_str(instance.desired))
+        .bind(instance.state.as_str())
+        .bind(&instance.state_reason)
+        .bind(i64::from(instance.target_replicas))
+        .bind(ts(instance.created_at))
+        .bind(ts(instance.updated_at))
+        .bind(ts(instance.last_activity_at))
+        .bind(opt_ts(instance.running_since))
+        .bind(instance.running_seconds)
+        .execute(&self.pool)
+        .await
+        .map_err(write_error("instance", "owner or model"))?;
+        Ok(())
+    }
+
+    async fn instance(&self, instance_id: Uuid) -> Result<Option<Instance>> {
+        sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+        ))
+        .bind(id(instance_id))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::instance(&row))
+        .transpose()
+    }
+
+    async fn instance_for_owner(
+        &self,
+        instance_id: Uuid,
+        owner_id: Uuid,
+    ) -> Result<Option<Instance>> {
+        sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND owner_id = $2"
+        ))
+        .bind(id(instance_id))
+        .bind(id(owner_id))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::instance(&row))
+        .transpose()
+    }
+
+    async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances"));
+        if let Some(owner_id) = owner_id {
+            q.push(" WHERE owner_id = ").push_bind(id(owner_id));
+        }
+        q.push(" ORDER BY created_at DESC, id DESC");
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::instance)
+            .collect()
+    }
+
+    async fn set_desired(
+        &self,
+        instance_id: Uuid,
+        desired: Desired,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>> {
+        sqlx::query(&format!(
+            "UPDATE instances SET desired = $2, updated_at = $3, \
+               last_activity_at = CASE WHEN $4 AND last_activity_at < $3 THEN $3 \
+                                       ELSE last_activity_at END \
+             WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
+        ))
+        .bind(id(instance_id))
+        .bind(codec::desired_str(desired))
+        .bind(ts(now))
+        .bind(desired == Desired::Running)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::instance(&row))
+        .transpose()
+    }
+
+    async fn update_instance_settings(
+        &self,
+        instance_id: Uuid,
+        settings: &InstanceSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>> {
+        sqlx::query(&format!(
+            "UPDATE instances SET idle_timeout_seconds = $2, min_replicas = $3, \
+               max_replicas = $4, wake_on_request = $5, updated_at = $6 \
+             WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
+        ))
+        .bind(id(instance_id))
+        .bind(i64::from(settings.idle_timeout_seconds))
+        .bind(i64::from(settings.min_replicas))
+        .bind(i64::from(settings.max_replicas))
+        .bind(settings.wake_on_request)
+        .bind(ts(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(write_error("instance settings", "instance"))?
+        .map(|row| rows::instance(&row))
+        .transpose()
+    }
+
+    async fn transition(
+        &self,
+        instance_id: Uuid,
+        from: State,
+        to: State,
+        reason: Option<&str>,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        // The conditional UPDATE is the first statement, so the transaction takes the
+        // write lock at once and the check cannot go stale before the event is written.
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(TRANSITION_SQL)
+            .bind(id(instance_id))
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(ts(now))
+            .bind(codec::starts_clock(to))
+            .bind(codec::stops_clock(to))
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false); // dropping `tx` rolls back
+        }
+        insert_event(&mut *tx, instance_id, Some((from, to)), message, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn touch_activity(&self, instance_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        // Never moves backwards when concurrent requests finish out of order.
+        sqlx::query(
+            "UPDATE instances SET last_activity_at = $2 \
+             WHERE id = $1 AND last_activity_at < $2",
+        )
+        .bind(id(instance_id))
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_target_replicas(
+        &self,
+        instance_id: Uuid,
+        replicas: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE instances SET target_replicas = $2, updated_at = $3 WHERE id = $1")
+                .bind(id(instance_id))
+                .bind(i64::from(replicas))
+                .bind(ts(now))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_instance(&self, instance_id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM instances WHERE id = $1")
+            .bind(id(instance_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --- instance events ---
+
+    async fn append_event(
+        &self,
+        instance_id: Uuid,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        insert_event(&self.pool, instance_id, None, message, now).await
+    }
+
+    async fn list_events(&self, instance_id: Uuid, limit: u32) -> Result<Vec<InstanceEvent>> {
+        // The latest `limit`, then turned back into recording order.
+        sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM ( \
+               SELECT {EVENT_COLUMNS} FROM instance_events WHERE instance_id = $1 \
+               ORDER BY id DESC LIMIT $2 \
+             ) AS latest ORDER BY id"
+        ))
+        .bind(id(instance_id))
+        .bind(page_limit(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::event)
+        .collect()
+    }
+
+    // --- replicas ---
+
+    async fn create_replica(&self, replica: &Replica) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO replicas ({REPLICA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(id(replica.id))
+        .bind(id(replica.instance_id))
+        .bind(&replica.driver_ref)
+        .bind(&replica.endpoint)
+        .bind(codec::replica_state_str(replica.state))
+        .bind(i64::from(replica.restarts))
+        .bind(ts(replica.started_at))
+        .bind(ts(replica.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(write_error("replica", "instance"))?;
+        Ok(())
+    }
+
+    async fn update_replica(&self, replica: &Replica) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE replicas SET driver_ref = $2, endpoint = $3, state = $4, restarts = $5, \
+               started_at = $6, updated_at = $7 \
+             WHERE id = $1",
+        )
+        .bind(id(replica.id))
+        .bind(&replica.driver_ref)
+        .bind(&replica.endpoint)
+        .bind(codec::replica_state_str(replica.state))
+        .bind(i64::from(replica.restarts))
+        .bind(ts(replica.started_at))
+        .bind(ts(replica.updated_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_replica(&self, replica_id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(id(replica_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn list_replicas(&self, instance_id: Uuid) -> Result<Vec<Replica>> {
+        sqlx::query(&format!(
+            "SELECT {REPLICA_COLUMNS} FROM replicas WHERE instance_id = $1 \
+             ORDER BY started_at, id"
+        ))
+        .bind(id(instance_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::replica)
+        .collect()
+    }
+
+    async fn all_replicas(&self) -> Result<Vec<Replica>> {
+        sqlx::query(&format!(
+            "SELECT {REPLICA_COLUMNS} FROM replicas ORDER BY instance_id, started_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::replica)
+        .collect()
+    }
+
+    // --- usage ---
+
+    async fn record_usage(&self, sample: &UsageSample) -> Result<()> {
+        // One upsert; in the UPDATE arm the table's values are the ones before this
+        // request, so concurrent requests each add theirs.
+        sqlx::query(&format!(
+            "INSERT INTO usage_hourly ({USAGE_COLUMNS}) VALUES ($1, $2, $3, $4, 1, $5, $6) \
+             ON CONFLICT (owner_id, instance_id, model_id, hour) DO UPDATE SET \
+               requests = usage_hourly.requests + excluded.requests, \
+               prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
+               completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens"
+        ))
+        .bind(id(sample.owner_id))
+        .bind(id(sample.instance_id))
+        .bind(&sample.model_id)
+        .bind(ts(codec::hour_start(sample.at)))
+        .bind(codec::signed(sample.prompt_tokens, "prompt_tokens")?)
+        .bind(codec::signed(
+            sample.completion_tokens,
+            "completion_tokens",
+        )?)
+        .execute(&self.pool)
+        .await
+        .map_err(write_error("usage", "usage"))?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<UsageRow>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {USAGE_COLUMNS} FROM usage_hourly WHERE 1 = 1"
+        ));
+        if let Some(owner_id) = owner_id {
+            q.push(" AND owner_id = ").push_bind(id(owner_id));
+        }
+        if let Some(since) = since {
+            q.push(" AND hour >= ").push_bind(ts(since));
+        }
+        if let Some(until) = until {
+            q.push(" AND hour < ").push_bind(ts(until));
+        }
+        q.push(" ORDER BY hour, instance_id, model_id, owner_id");
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::usage_row)
+            .collect()
+    }
 }
 
 /// Shared by `create_session` and `rotate_session` (inside its transaction).
@@ -532,3 +942,41 @@ where
     .map_err(conflict("session"))?;
     Ok(())
 }
+
+const MODEL_IN_USE: &str = "the model is deployed by instances: delete them first";
+const USER_IN_USE: &str = "the user still owns instances: stop and delete them first";
+
+/// Shared by `append_event` (a note) and `transition` (inside its transaction).
+async fn insert_event<'c, E>(
+    conn: E,
+    instance_id: Uuid,
+    states: Option<(State, State)>,
+    message: &str,
+    at: DateTime<Utc>,
+) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO instance_events (instance_id, from_state, to_state, message, at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id(instance_id))
+    .bind(states.map(|(from, _)| from.as_str()))
+    .bind(states.map(|(_, to)| to.as_str()))
+    .bind(message)
+    .bind(ts(at))
+    .execute(conn)
+    .await
+    .map_err(write_error("instance event", "instance"))?;
+    Ok(())
+}
+
+/// `transition`'s compare-and-set. $6: `to` starts the cost clock, $7: `to` stops it.
+/// Every right-hand side reads the row as it was before this update.
+const TRANSITION_SQL: &str = "UPDATE instances SET state = $3, state_reason = $4, updated_at = $5, \
+    running_seconds = running_seconds + CASE WHEN $7 AND running_since IS NOT NULL \
+        THEN MAX(0, ($5 - running_since) / 1000000) ELSE 0 END, \
+    running_since = CASE WHEN $7 THEN NULL WHEN $6 THEN COALESCE(running_since, $5) \
+        ELSE running_since END \
+    WHERE id = $1 AND state = $2";

@@ -2,7 +2,10 @@
 //! decoding of its rows into domain types.
 
 use chrono::{DateTime, Utc};
-use corral_core::{ApiKey, AuditEntry, LoginFailures, OutboxMessage, RefreshSession, User};
+use corral_core::{
+    ApiKey, AuditEntry, CatalogModel, ComputeSpec, Instance, InstanceEvent, InstanceSettings,
+    LoginFailures, OutboxMessage, RefreshSession, Replica, UsageRow, User,
+};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
@@ -124,5 +127,99 @@ pub(super) fn outbox_message(row: &SqliteRow) -> Result<OutboxMessage> {
         subject: row.try_get("subject")?,
         body: row.try_get("body")?,
         created_at: get_ts(row, "created_at")?,
+    })
+}
+
+fn get_u32(row: &SqliteRow, col: &str) -> Result<u32> {
+    codec::unsigned32(row.try_get(col)?, col)
+}
+
+fn get_u64(row: &SqliteRow, col: &str) -> Result<u64> {
+    codec::unsigned64(row.try_get(col)?, col)
+}
+
+pub(super) fn model(row: &SqliteRow) -> Result<CatalogModel> {
+    Ok(CatalogModel {
+        id: row.try_get("id")?,
+        family: row.try_get("family")?,
+        size: row.try_get("size")?,
+        cpu_supported: row.try_get("cpu_supported")?,
+        gpu_supported: row.try_get("gpu_supported")?,
+        memory_required: get_u32(row, "memory_required")?,
+        expected_deploy_seconds: get_u32(row, "expected_deploy_seconds")?,
+        source: codec::source(row.try_get("source")?)?,
+        weights_bytes: row
+            .try_get::<Option<i64>, _>("weights_bytes")?
+            .map(|v| codec::unsigned64(v, "weights_bytes"))
+            .transpose()?,
+        builtin: row.try_get("builtin")?,
+    })
+}
+
+pub(super) fn instance(row: &SqliteRow) -> Result<Instance> {
+    Ok(Instance {
+        id: get_uuid(row, "id")?,
+        owner_id: get_uuid(row, "owner_id")?,
+        model_id: row.try_get("model_id")?,
+        driver: row.try_get("driver")?,
+        compute: ComputeSpec {
+            compute_type: codec::compute_type(row.try_get("compute_type")?)?,
+            cpu: row.try_get("cpu")?,
+            memory: get_u32(row, "memory")?,
+            gpu_count: get_u32(row, "gpu_count")?,
+            instance_type: row.try_get("instance_type")?,
+            spot: row.try_get("spot")?,
+        },
+        settings: InstanceSettings {
+            idle_timeout_seconds: get_u32(row, "idle_timeout_seconds")?,
+            min_replicas: get_u32(row, "min_replicas")?,
+            max_replicas: get_u32(row, "max_replicas")?,
+            wake_on_request: row.try_get("wake_on_request")?,
+        },
+        desired: codec::desired(row.try_get("desired")?)?,
+        state: codec::state(row.try_get("state")?)?,
+        state_reason: row.try_get("state_reason")?,
+        target_replicas: get_u32(row, "target_replicas")?,
+        created_at: get_ts(row, "created_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+        last_activity_at: get_ts(row, "last_activity_at")?,
+        running_since: get_opt_ts(row, "running_since")?,
+        running_seconds: row.try_get("running_seconds")?,
+    })
+}
+
+pub(super) fn event(row: &SqliteRow) -> Result<InstanceEvent> {
+    Ok(InstanceEvent {
+        id: row.try_get("id")?,
+        instance_id: get_uuid(row, "instance_id")?,
+        at: get_ts(row, "at")?,
+        from_state: codec::opt_state(row.try_get("from_state")?)?,
+        to_state: codec::opt_state(row.try_get("to_state")?)?,
+        message: row.try_get("message")?,
+    })
+}
+
+pub(super) fn replica(row: &SqliteRow) -> Result<Replica> {
+    Ok(Replica {
+        id: get_uuid(row, "id")?,
+        instance_id: get_uuid(row, "instance_id")?,
+        driver_ref: row.try_get("driver_ref")?,
+        endpoint: row.try_get("endpoint")?,
+        state: codec::replica_state(row.try_get("state")?)?,
+        restarts: get_u32(row, "restarts")?,
+        started_at: get_ts(row, "started_at")?,
+        updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+pub(super) fn usage_row(row: &SqliteRow) -> Result<UsageRow> {
+    Ok(UsageRow {
+        owner_id: get_uuid(row, "owner_id")?,
+        instance_id: get_uuid(row, "instance_id")?,
+        model_id: row.try_get("model_id")?,
+        hour: get_ts(row, "hour")?,
+        requests: get_u64(row, "requests")?,
+        prompt_tokens: get_u64(row, "prompt_tokens")?,
+        completion_tokens: get_u64(row, "completion_tokens")?,
     })
 }
