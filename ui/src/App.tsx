@@ -1,0 +1,49 @@
+import { lazy } from 'react';
+import { BrowserRouter, Navigate, Route, Routes } from 'react-router';
+import { AppLayout } from './components/AppLayout';
+import { RequireAuth } from './components/RequireAuth';
+import { HOME_PATH } from './nav';
+import { LoginPage } from './pages/LoginPage';
+import { NotFoundPage } from './pages/NotFoundPage';
+import { ResetPasswordPage } from './pages/ResetPasswordPage';
+import { SetupPage } from './pages/SetupPage';
+import { SignupPage } from './pages/SignupPage';
+import { VerifyPage } from './pages/VerifyPage';
+
+// Signed-in pages load on demand: the first screen (usually the login) stays small.
+const ProfilePage = lazy(() => import('./pages/ProfilePage'));
+const KeysPage = lazy(() => import('./pages/KeysPage'));
+const UsersPage = lazy(() => import('./pages/admin/UsersPage'));
+const AuditPage = lazy(() => import('./pages/admin/AuditPage'));
+const OutboxPage = lazy(() => import('./pages/admin/OutboxPage'));
+
+export function App() {
+  return (
+    <BrowserRouter>
+      <Routes>
+        {/* Links in e-mails and in `corral serve`'s output point at these paths. */}
+        <Route path="/login" element={<LoginPage />} />
+        <Route path="/signup" element={<SignupPage />} />
+        <Route path="/verify" element={<VerifyPage />} />
+        <Route path="/reset-password" element={<ResetPasswordPage />} />
+        <Route path="/setup" element={<SetupPage />} />
+        <Route
+          element={
+            <RequireAuth>
+              <AppLayout />
+            </RequireAuth>
+          }
+        >
+          <Route index element={<Navigate to={HOME_PATH} replace />} />
+          <Route path="/profile" element={<ProfilePage />} />
+          <Route path="/keys" element={<KeysPage />} />
+          <Route path="/admin" element={<RequireAuth roles={['admin']}><Navigate to="/admin/users" replace /></RequireAuth>} />
+          <Route path="/admin/users" element={<RequireAuth roles={['admin']}><UsersPage /></RequireAuth>} />
+          <Route path="/admin/audit" element={<RequireAuth roles={['admin']}><AuditPage /></RequireAuth>} />
+          <Route path="/admin/outbox" element={<RequireAuth roles={['admin']}><OutboxPage /></RequireAuth>} />
+          <Route path="*" element={<NotFoundPage />} />
+        </Route>
+      </Routes>
+    </BrowserRouter>
+  );
+}

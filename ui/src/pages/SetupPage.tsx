@@ -1,0 +1,104 @@
+import { useState, type FormEvent } from 'react';
+import { useNavigate, useSearchParams } from 'react-router';
+import Alert from '@mui/material/Alert';
+import Box from '@mui/material/Box';
+import Button from '@mui/material/Button';
+import TextField from '@mui/material/TextField';
+import Typography from '@mui/material/Typography';
+import { api, ApiError } from '../api/client';
+import { ErrorAlert } from '../components/ErrorAlert';
+import { PasswordChecklist } from '../components/PasswordChecklist';
+import { PasswordField } from '../components/PasswordField';
+import { PublicPage } from '../components/PublicPage';
+import { useI18n } from '../i18n/I18nProvider';
+import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
+import { HOME_PATH } from '../nav';
+
+/** First-admin setup from the link `corral serve` prints when no account exists. */
+export function SetupPage() {
+  const { t } = useI18n();
+  const [params] = useSearchParams();
+  const token = params.get('token');
+  const navigate = useNavigate();
+  const [email, setEmail] = useState('');
+  const [password, setPassword] = useState('');
+  const [confirm, setConfirm] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
+
+  if (!token) {
+    return (
+      <PublicPage title={t('setup.title')}>
+        <Alert severity="warning" sx={{ my: 2 }}>
+          {t('setup.noToken')}
+        </Alert>
+      </PublicPage>
+    );
+  }
+
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await api.setup({ setup_token: token, email, password, confirmPassword: confirm });
+      navigate(HOME_PATH, { replace: true });
+      return;
+    } catch (err) {
+      setError(err);
+      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+    }
+    setBusy(false);
+  };
+
+  return (
+    <PublicPage title={t('setup.title')}>
+      <Typography variant="body2" color="text.secondary">
+        {t('setup.intro')}
+      </Typography>
+      <Box component="form" onSubmit={submit} noValidate>
+        <TextField
+          fullWidth
+          margin="normal"
+          type="email"
+          name="email"
+          label={t('common.email')}
+          value={email}
+          onChange={(e) => setEmail(e.target.value)}
+          autoComplete="email"
+          autoFocus
+          required
+        />
+        <PasswordField
+          label={t('common.password')}
+          name="password"
+          autoComplete="new-password"
+          value={password}
+          onChange={(e) => setPassword(e.target.value)}
+          required
+        />
+        <PasswordField
+          label={t('common.confirmPassword')}
+          name="confirmPassword"
+          autoComplete="new-password"
+          value={confirm}
+          onChange={(e) => setConfirm(e.target.value)}
+          error={confirm.length > 0 && confirm !== password}
+          required
+        />
+        <PasswordChecklist password={password} confirm={confirm} serverFailed={serverFailed} />
+        <ErrorAlert error={error} />
+        <Button
+          type="submit"
+          variant="contained"
+          size="large"
+          fullWidth
+          disabled={busy || !email || !isAcceptable(password) || password !== confirm}
+        >
+          {t('setup.submit')}
+        </Button>
+      </Box>
+    </PublicPage>
+  );
+}

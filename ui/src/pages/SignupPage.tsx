@@ -1,0 +1,122 @@
+import { useState, type FormEvent } from 'react';
+import { Link as RouterLink } from 'react-router';
+import Alert from '@mui/material/Alert';
+import Box from '@mui/material/Box';
+import Button from '@mui/material/Button';
+import Link from '@mui/material/Link';
+import TextField from '@mui/material/TextField';
+import Typography from '@mui/material/Typography';
+import { api, ApiError } from '../api/client';
+import { ErrorAlert } from '../components/ErrorAlert';
+import { PasswordChecklist } from '../components/PasswordChecklist';
+import { PasswordField } from '../components/PasswordField';
+import { PublicPage } from '../components/PublicPage';
+import { useI18n } from '../i18n/I18nProvider';
+import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
+
+export function SignupPage() {
+  const { t } = useI18n();
+  const [email, setEmail] = useState('');
+  const [password, setPassword] = useState('');
+  const [confirm, setConfirm] = useState('');
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
+  const [sentTo, setSentTo] = useState<string | null>(null);
+  const [resent, setResent] = useState(false);
+
+  const submit = async (e: FormEvent) => {
+    e.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await api.post('/api/auth/signup', { email, password, confirmPassword: confirm }, { auth: false });
+      setSentTo(email.trim());
+      setPassword('');
+      setConfirm('');
+    } catch (err) {
+      setError(err);
+      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+    }
+    setBusy(false);
+  };
+
+  if (sentTo) {
+    return (
+      <PublicPage title={t('signup.sentTitle')}>
+        <Alert severity="success" sx={{ my: 2 }} data-testid="signup-sent">
+          {t('signup.sentBody', { email: sentTo })}
+        </Alert>
+        <ErrorAlert error={error} />
+        {resent && <Alert severity="info" sx={{ mb: 2 }}>{t('signup.resent')}</Alert>}
+        <Box sx={{ display: 'flex', flexWrap: 'wrap', gap: 1 }}>
+          <Button
+            onClick={async () => {
+              try {
+                await api.post('/api/auth/resend-verification', { email: sentTo }, { auth: false });
+                setResent(true);
+              } catch (err) {
+                setError(err);
+              }
+            }}
+          >
+            {t('signup.resend')}
+          </Button>
+          <Button component={RouterLink} to="/login" variant="contained">
+            {t('common.toLogin')}
+          </Button>
+        </Box>
+      </PublicPage>
+    );
+  }
+
+  const ready = email.length > 0 && isAcceptable(password) && password === confirm;
+  return (
+    <PublicPage title={t('signup.title')}>
+      <Box component="form" onSubmit={submit} noValidate data-testid="signup-form">
+        <TextField
+          fullWidth
+          margin="normal"
+          label={t('common.email')}
+          name="email"
+          type="email"
+          autoComplete="email"
+          value={email}
+          onChange={(e) => setEmail(e.target.value)}
+          autoFocus
+          required
+        />
+        <PasswordField
+          label={t('common.password')}
+          name="password"
+          autoComplete="new-password"
+          value={password}
+          onChange={(e) => {
+            setPassword(e.target.value);
+            setServerFailed([]);
+          }}
+          required
+        />
+        <PasswordField
+          label={t('common.confirmPassword')}
+          name="confirmPassword"
+          autoComplete="new-password"
+          value={confirm}
+          onChange={(e) => setConfirm(e.target.value)}
+          required
+          error={confirm.length > 0 && confirm !== password}
+        />
+        <PasswordChecklist password={password} confirm={confirm} serverFailed={serverFailed} />
+        <ErrorAlert error={error} />
+        <Button type="submit" variant="contained" size="large" fullWidth disabled={busy || !ready} sx={{ mt: 1 }}>
+          {t('signup.submit')}
+        </Button>
+      </Box>
+      <Typography variant="body2" sx={{ mt: 3 }}>
+        <Link component={RouterLink} to="/login">
+          {t('signup.haveAccount')}
+        </Link>
+      </Typography>
+    </PublicPage>
+  );
+}
