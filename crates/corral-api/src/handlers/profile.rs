@@ -1,7 +1,210 @@
-use utoipa_axum::router::OpenApiRouter;
+//! The caller's own account: `GET/PUT /api/user/profile`. The routes carry no user id,
+//! so a caller can only ever read or change their own row (no IDOR by construction).
+//! Every role may edit its own profile, viewers included.
 
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use corral_core::{User, password};
+use corral_store::UserPatch;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::audit::Audit;
+use crate::auth::{Credential, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
 use crate::state::AppState;
+use crate::views::UserView;
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    OpenApiRouter::new().routes(routes!(get_profile, update_profile))
+}
+
+/// Longest display name, in characters.
+const DISPLAY_NAME_MAX: usize = 100;
+
+/// Every field is optional; an empty object changes nothing and returns the profile.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfile {
+    /// 1 to 100 characters after trimming, no control characters.
+    display_name: Option<String>,
+    /// Required (and checked) when `new_password` is given.
+    current_password: Option<String>,
+    /// Must meet the password policy; changing it signs out every refresh session.
+    new_password: Option<String>,
+    /// Must equal `new_password`.
+    #[serde(rename = "confirmPassword", alias = "confirm_password")]
+    confirm_password: Option<String>,
+}
+
+/// The signed-in user's profile.
+#[utoipa::path(get, path = "/api/user/profile", tag = "profile",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserView),
+        (status = 401, description = "missing or invalid credentials"),
+    ))]
+async fn get_profile(principal: Principal) -> Json<UserView> {
+    Json(UserView::from(&principal.user))
+}
+
+/// Changes the display name and/or the password of the signed-in user.
+///
+/// A password change needs the current password and an interactive login (not an API
+/// key); wrong current passwords count towards the account lockout like failed logins.
+#[utoipa::path(put, path = "/api/user/profile", tag = "profile",
+    security(("bearer" = [])),
+    request_body = UpdateProfile,
+    responses(
+        (status = 200, body = UserView),
+        (status = 400, description = "invalid_display_name, weak_password (details.failed_rules), password_mismatch or wrong_password"),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "password change attempted with an API key"),
+        (status = 429, description = "`account_locked`: too many wrong current passwords (or failed logins), with Retry-After"),
+    ))]
+async fn update_profile(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Json(body): Json<UpdateProfile>,
+) -> ApiResult<Json<UserView>> {
+    let user = &principal.user;
+    audit.action("profile.update");
+    audit.target(user.id);
+    let mut patch = UserPatch {
+        display_name: body
+            .display_name
+            .as_deref()
+            .map(validate_display_name)
+            .transpose()?,
+        ..UserPatch::default()
+    };
+    if let Some(new_password) = body.new_password {
+        // A separate action name so password changes are easy to find in the log.
+        audit.action("profile.password");
+        if let Credential::ApiKey { .. } = principal.credential {
+            return Err(ApiError::Forbidden(
+                "API keys cannot change the password; log in interactively".into(),
+            ));
+        }
+        check_new_password(&new_password)?;
+        if body.confirm_password.as_deref() != Some(new_password.as_str()) {
+            audit.detail("password_mismatch");
+            return Err(ApiError::bad_request(
+                "password_mismatch",
+                "new_password and confirmPassword do not match",
+            ));
+        }
+        verify_current_password(&state, &audit, user, body.current_password).await?;
+        patch.password_hash =
+            Some(crate::auth::password::hash(new_password, state.settings.argon2).await?);
+    }
+
+    let now = Utc::now();
+    let updated = state
+        .store
+        .update_user(user.id, &patch, now)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    if patch.password_hash.is_some() {
+        // Whoever holds an old refresh token (a stolen one, or another device) must
+        // log in again with the new password.
+        state.store.revoke_user_sessions(user.id, now).await?;
+    }
+    Ok(Json(UserView::from(&updated)))
+}
+
+/// Trims and checks a display name; returns the value to store.
+pub(super) fn validate_display_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if len == 0 || len > DISPLAY_NAME_MAX {
+        return Err(ApiError::bad_request(
+            "invalid_display_name",
+            format!("display_name must be 1 to {DISPLAY_NAME_MAX} characters"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_display_name",
+            "display_name must not contain control characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Applies the password policy, naming every failed rule so the UI can show them.
+pub(super) fn check_new_password(candidate: &str) -> ApiResult<()> {
+    let failed = password::check(candidate);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest {
+        code: "weak_password",
+        message: password::explain(&failed),
+        details: Some(json!({ "failed_rules": failed })),
+    })
+}
+
+/// Checks the current password like a login does: refused while the address is locked
+/// out, and every wrong guess counts towards the lockout, so a stolen access token
+/// cannot be used to brute-force the password. Answers like login (429 `account_locked`).
+async fn verify_current_password(
+    state: &AppState,
+    audit: &Audit,
+    user: &User,
+    current: Option<String>,
+) -> ApiResult<()> {
+    let Some(current) = current else {
+        audit.detail("wrong_password");
+        return Err(wrong_password());
+    };
+    let now = Utc::now();
+    if let Some(until) = state
+        .store
+        .login_failures(&user.email)
+        .await?
+        .and_then(|f| f.locked_until)
+        .filter(|until| *until > now)
+    {
+        audit.detail("locked");
+        return Err(account_locked(until - now));
+    }
+    // Argon2's cost grows with the input; anything over the policy's maximum cannot be
+    // the password, so it is refused without hashing.
+    let plausible = current.chars().count() <= password::MAX_LEN;
+    if plausible && crate::auth::password::verify(current, user.password_hash.clone()).await? {
+        return Ok(());
+    }
+    audit.detail("wrong_password");
+    let lock_for =
+        chrono::Duration::from_std(state.settings.lockout_duration).map_err(ApiError::internal)?;
+    let failures = state
+        .store
+        .record_login_failure(&user.email, state.settings.lockout_threshold, lock_for, now)
+        .await?;
+    Err(match failures.locked_until.filter(|until| *until > now) {
+        Some(until) => account_locked(until - now),
+        None => wrong_password(),
+    })
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::bad_request("wrong_password", "current_password is missing or wrong")
+}
+
+/// The same answer as a locked login, since it is the same lock.
+fn account_locked(remaining: chrono::Duration) -> ApiError {
+    ApiError::Denied {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "account_locked",
+        message: "too many failed attempts: this account is locked for a while; \
+                  try again later or reset the password"
+            .into(),
+        retry_after: Some(remaining.to_std().unwrap_or_default()),
+    }
 }
