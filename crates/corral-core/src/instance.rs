@@ -73,6 +73,8 @@ impl State {
                     Stopping
                 )
                 | (Stopping, Stopped | Sleeping)
+                // Nothing runs while asleep, so stopping a sleeping instance is immediate.
+                | (Sleeping, Stopped)
                 | (Stopped | Sleeping | Failed, Pending)
         )
     }
@@ -195,6 +197,7 @@ mod tests {
         assert!(State::Ready.can_move_to(State::Stopping));
         assert!(State::Stopping.can_move_to(State::Sleeping));
         assert!(State::Sleeping.can_move_to(State::Pending));
+        assert!(State::Sleeping.can_move_to(State::Stopped));
         assert!(State::Starting.can_move_to(State::Failed));
         assert!(!State::Stopped.can_move_to(State::Ready));
         assert!(!State::Pending.can_move_to(State::Ready));
