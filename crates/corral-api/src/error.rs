@@ -112,6 +112,8 @@ impl From<corral_store::Error> for ApiError {
             corral_store::Error::Conflict(what) => {
                 ApiError::Conflict(format!("{what} already exists"))
             }
+            // The store's sentence says what to do first (e.g. delete the user's instances).
+            corral_store::Error::InUse(sentence) => ApiError::Conflict(sentence.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -2,7 +2,9 @@ mod common;
 
 use chrono::Utc;
 use common::{Backend, PASSWORD, TestApp, spawn_app};
-use corral_core::{OutboxMessage, Role};
+use corral_core::{
+    ComputeSpec, ComputeType, Desired, Instance, InstanceSettings, OutboxMessage, Role, State,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -304,6 +306,63 @@ async fn delete_user(backend: Backend) {
     assert_eq!(body["error"]["code"], "not_found");
 }
 
+async fn user_who_owns_instances_is_not_deleted(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = app.user_with_role(Role::Admin).await;
+    let (_, token) = app.user_with_role(Role::User).await;
+    let id: Uuid = me(&app, &token).await["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = &app.state.store;
+    let model = corral_core::catalog::builtin_models().remove(0);
+    store.upsert_model(&model).await.unwrap();
+    let now = Utc::now();
+    store
+        .create_instance(&Instance {
+            id: Uuid::now_v7(),
+            owner_id: id,
+            model_id: model.id.clone(),
+            driver: "local".into(),
+            compute: ComputeSpec {
+                compute_type: ComputeType::Local,
+                cpu: 1.0,
+                memory: 1024,
+                gpu_count: 0,
+                instance_type: None,
+                spot: false,
+            },
+            settings: InstanceSettings::default(),
+            desired: Desired::Running,
+            state: State::Pending,
+            state_reason: None,
+            target_replicas: 1,
+            created_at: now,
+            updated_at: now,
+            last_activity_at: now,
+            running_since: None,
+            running_seconds: 0,
+        })
+        .await
+        .unwrap();
+
+    // Their compute must be stopped and deleted first, or it would be orphaned.
+    let (status, body) = app
+        .delete(&format!("/api/admin/users/{id}"), Some(&admin))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance"),
+        "{body}"
+    );
+    assert_eq!(app.get("/api/user/profile", Some(&token)).await.0, 200);
+}
+
 async fn unknown_users_are_404(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, admin) = app.user_with_role(Role::Admin).await;
@@ -535,6 +594,7 @@ both_backends!(
     role_change_applies_to_existing_tokens,
     lock_and_unlock,
     delete_user,
+    user_who_owns_instances_is_not_deleted,
     unknown_users_are_404,
     admin_cannot_remove_their_own_access,
     actions_are_audited_and_filterable,

@@ -290,7 +290,8 @@ async fn apply(
 }
 
 /// Deletes a user with their sessions and API keys; their tokens stop working at once.
-/// The audit log keeps their past actions.
+/// Refused while they own instances (compute would be orphaned). The audit log keeps
+/// their past actions.
 #[utoipa::path(delete, path = "/api/admin/users/{id}", tag = "admin",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "user id")),
@@ -300,6 +301,7 @@ async fn apply(
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
         (status = 404, description = "no such user"),
+        (status = 409, description = "the user still owns instances; delete those first"),
     ))]
 async fn delete_user(
     State(state): State<AppState>,
