@@ -144,10 +144,16 @@ impl LocalConfig {
 
 /// How a child this server spawned ended, as its waiter task saw it.
 #[derive(Debug, Clone)]
-enum Ended {
-    Status(ExitStatus),
-    WaitFailed(String),
+struct Ended {
+    /// The exit status, or why waiting for it failed.
+    status: std::result::Result<ExitStatus, String>,
+    at: Instant,
 }
+
+/// How long the exit status of an ended child is kept for `observe` to report; after
+/// that the replica reads as `Lost`, and the map of children stays small on a server
+/// that runs for months.
+const ENDED_KEPT: Duration = Duration::from_secs(3600);
 
 /// A process this server spawned. Its waiter task reaps it (no zombies) and publishes
 /// the exit status, which only the parent can learn.
@@ -304,10 +310,10 @@ impl LocalDriver {
         }
         let dir = self.ollama_dir(spec.replica_id);
         let io = |context: &str| {
-            let context = format!("{context} in {}", dir.display());
+            let context = format!("{context} ({})", dir.display());
             move |source| Error::Io { context, source }
         };
-        fs::create_dir_all(&dir).map_err(io("cannot create"))?;
+        fs::create_dir_all(&dir).map_err(io("cannot create the replica dir"))?;
         let modelfile = dir.join("Modelfile");
         let ready = dir.join("ready");
         match fs::remove_file(&ready) {
@@ -529,14 +535,22 @@ impl ComputeDriver for LocalDriver {
             .start;
         let (tx, ended) = watch::channel(None);
         tokio::spawn(async move {
-            let outcome = match child.wait().await {
-                Ok(status) => Ended::Status(status),
-                Err(e) => Ended::WaitFailed(e.to_string()),
-            };
+            let status = child.wait().await.map_err(|e| e.to_string());
             // No receiver left only means nobody asks any more.
-            let _ = tx.send(Some(outcome));
+            let _ = tx.send(Some(Ended {
+                status,
+                at: Instant::now(),
+            }));
         });
-        lock(&self.children).insert(spec.replica_id, Spawned { pid, start, ended });
+        let mut children = lock(&self.children);
+        children.retain(|_, c| {
+            c.ended
+                .borrow()
+                .as_ref()
+                .is_none_or(|e| e.at.elapsed() < ENDED_KEPT)
+        });
+        children.insert(spec.replica_id, Spawned { pid, start, ended });
+        drop(children);
         let handle = Handle {
             pid,
             start,
@@ -596,7 +610,7 @@ impl ComputeDriver for LocalDriver {
             .ok()
             .and_then(|r| r.ok().and_then(|o| o.clone()));
         let reason = match outcome {
-            Some(outcome) => blocking(move || exit_reason(&outcome, &log_path)).await?,
+            Some(e) => blocking(move || exit_reason(&e.status, &log_path)).await?,
             None => "ended; its exit status was not collected yet".into(),
         };
         Ok(Observed::Exited { reason })
@@ -675,6 +689,7 @@ impl ComputeDriver for LocalDriver {
     async fn resources(&self, replica: &ReplicaRef) -> Result<Option<ResourceUsage>> {
         let h = Handle::decode(&replica.driver_ref)?;
         let Some(leader) = Self::alive(&h) else {
+            lock(&self.cpu).remove(&replica.replica_id);
             return Ok(None);
         };
         // corral-runner is one process; ollama runs each model in a child process of
@@ -779,10 +794,10 @@ fn signal(h: &Handle, st: &procfs::Stat, sig: libc::c_int) {
 }
 
 /// "exit code 1: <last log line>", "killed by signal 9 (SIGKILL)".
-fn exit_reason(outcome: &Ended, log: &Path) -> String {
-    let status = match outcome {
-        Ended::WaitFailed(e) => return format!("ended; cannot get its exit status: {e}"),
-        Ended::Status(status) => status,
+fn exit_reason(status: &std::result::Result<ExitStatus, String>, log: &Path) -> String {
+    let status = match status {
+        Err(e) => return format!("ended; cannot get its exit status: {e}"),
+        Ok(status) => status,
     };
     let (mut reason, explain) = match (status.code(), status.signal()) {
         (Some(code), _) => (format!("exit code {code}"), code != 0),
@@ -961,7 +976,7 @@ mod tests {
             "loading\ncorral-runner: model file /x.gguf not found\n",
         )
         .unwrap();
-        let reason = |raw| exit_reason(&Ended::Status(ExitStatus::from_raw(raw)), &log);
+        let reason = |raw| exit_reason(&Ok(ExitStatus::from_raw(raw)), &log);
         assert_eq!(reason(0), "exit code 0");
         assert_eq!(
             reason(1 << 8),
