@@ -29,7 +29,7 @@ export default defineConfig({
     proxy: { '/api': { target: api, changeOrigin: false } },
   },
   test: {
-    include: ['src/**/*.test.ts', 'src/**/*.test.tsx'],
+    include: ['src/**/*.test.ts', 'src/**/*.test.tsx', 'e2e/**/*.test.mjs'],
     environment: 'node',
   },
 });

@@ -33,6 +33,7 @@ function harness(handler: Handler) {
   const calls: { url: string; auth: string | null; body: string | null }[] = [];
   const broadcasts: string[] = [];
   let locked = 0;
+  let hinted = true;
   const deps: ClientDeps = {
     fetch: (async (input: RequestInfo | URL, init?: RequestInit) => {
       const url = String(input);
@@ -59,6 +60,7 @@ function harness(handler: Handler) {
       }
     },
     broadcast: (e) => broadcasts.push(e),
+    hint: { get: () => hinted, set: (v) => (hinted = v) },
   };
   const client = new ApiClient(deps);
   return {
@@ -68,6 +70,12 @@ function harness(handler: Handler) {
     broadcasts,
     get locked() {
       return locked;
+    },
+    get hinted() {
+      return hinted;
+    },
+    set hinted(v: boolean) {
+      hinted = v;
     },
     advance(ms: number) {
       now += ms;
@@ -101,10 +109,24 @@ describe('ApiClient session handling', () => {
     expect(h.calls[0].body).toBe('{}');
   });
 
-  it('treats a 401 from refresh as signed out', async () => {
+  it('treats a 401 from refresh as signed out and forgets the hint', async () => {
     const h = harness(() => json(401, { error: { code: 'invalid_refresh_token', message: 'x' } }));
     expect(await h.client.refresh()).toBeNull();
     expect(h.client.current).toBeNull();
+    expect(h.hinted).toBe(false);
+  });
+
+  it('skips the silent refresh when this browser never signed in, and remembers logins', async () => {
+    const h = harness((url) =>
+      url === '/api/auth/login' ? json(200, pair('t1')) : new Response(null, { status: 204 }),
+    );
+    h.hinted = false;
+    expect(await h.client.refresh()).toBeNull();
+    expect(h.calls).toHaveLength(0);
+    await h.client.login('a@example.com', 'pw');
+    expect(h.hinted).toBe(true);
+    await h.client.logout();
+    expect(h.hinted).toBe(false);
   });
 
   it('shares one refresh between concurrent callers, under the cross-tab lock', async () => {

@@ -45,6 +45,13 @@ export interface ClientDeps {
   withLock: <T>(fn: () => Promise<T>) => Promise<T>;
   /** Tells the other tabs about a login or logout. */
   broadcast: (event: 'login' | 'logout') => void;
+  /**
+   * Whether this browser probably holds a refresh cookie. Scripts cannot see the httpOnly
+   * cookie itself, so a flag (not a secret) remembers that a login happened; without it
+   * the silent refresh is skipped, sparing every visit to the login page a refused
+   * request (and its audit row and rate-limit cost).
+   */
+  hint: { get: () => boolean; set: (signedIn: boolean) => void };
 }
 
 /** Refresh at 80 % of the access token's life, and at least this long before it expires. */
@@ -96,6 +103,7 @@ export class ApiClient {
 
   private setSession(pair: TokenPair) {
     this.token = pair.access_token;
+    this.deps.hint.set(true);
     this.session = { user: pair.user, expiresAt: this.deps.now() + pair.expires_in * 1000 };
     if (this.timer !== null) this.deps.clearTimer(this.timer);
     this.timer = this.deps.setTimer(() => {
@@ -108,6 +116,7 @@ export class ApiClient {
   /** Forgets the session in this tab (the server side is untouched). */
   clear() {
     const had = this.session !== null;
+    this.deps.hint.set(false);
     this.token = null;
     this.session = null;
     if (this.timer !== null) this.deps.clearTimer(this.timer);
@@ -132,6 +141,7 @@ export class ApiClient {
    * request. Network failures reject and leave the session as it was.
    */
   refresh(): Promise<Session | null> {
+    if (!this.session && !this.deps.hint.get()) return Promise.resolve(null);
     if (!this.inflight) {
       this.inflight = this.deps
         .withLock(() => this.doRefresh())
@@ -288,6 +298,8 @@ export async function toError(res: Response): Promise<ApiError> {
 
 // ---- the app's instance -------------------------------------------------------------
 
+const HINT_KEY = 'corral.signedIn';
+
 const channel: BroadcastChannel | null =
   typeof BroadcastChannel === 'undefined' ? null : new BroadcastChannel('corral-auth');
 
@@ -303,6 +315,23 @@ export const api = new ApiClient({
   clearTimer: (h) => clearTimeout(h as ReturnType<typeof setTimeout>),
   withLock: browserLock,
   broadcast: (event) => channel?.postMessage(event),
+  hint: {
+    get: () => {
+      try {
+        return localStorage.getItem(HINT_KEY) === '1';
+      } catch {
+        return true; // Storage blocked: always try the cookie.
+      }
+    },
+    set: (signedIn) => {
+      try {
+        if (signedIn) localStorage.setItem(HINT_KEY, '1');
+        else localStorage.removeItem(HINT_KEY);
+      } catch {
+        // Storage blocked: the refresh is simply always tried.
+      }
+    },
+  },
 });
 
 if (channel) {

@@ -87,7 +87,7 @@ export function AppLayout() {
           >
             <MenuIcon />
           </IconButton>
-          <Logo size={26} />
+          <Logo size={26} inverted />
           <Typography variant="h6" component="span" noWrap sx={{ fontWeight: 700, flexShrink: 0 }}>
             {t('app.name')}
           </Typography>

@@ -27,6 +27,7 @@ import { ConfirmDialog } from '../components/ConfirmDialog';
 import { CopyButton } from '../components/CopyButton';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Loading } from '../components/Loading';
+import { Markup } from '../components/Markup';
 import { PageHeader } from '../components/PageHeader';
 import { useI18n } from '../i18n/I18nProvider';
 import { visuallyHidden } from '../lib/a11y';
@@ -93,7 +94,7 @@ export default function KeysPage() {
     <Box sx={{ maxWidth: 1000 }}>
       <PageHeader title={t('keys.title')} />
       <Typography variant="body2" color="text.secondary" sx={{ mb: 2 }}>
-        {t('keys.intro')}
+        <Markup text={t('keys.intro')} />
       </Typography>
       <Card variant="outlined" sx={{ mb: 2 }}>
         <CardContent>

@@ -7,6 +7,7 @@ import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
 import { ErrorAlert } from '../components/ErrorAlert';
+import { Markup } from '../components/Markup';
 import { PasswordChecklist } from '../components/PasswordChecklist';
 import { PasswordField } from '../components/PasswordField';
 import { PublicPage } from '../components/PublicPage';
@@ -31,7 +32,7 @@ export function SetupPage() {
     return (
       <PublicPage title={t('setup.title')}>
         <Alert severity="warning" sx={{ my: 2 }}>
-          {t('setup.noToken')}
+          <Markup text={t('setup.noToken')} />
         </Alert>
       </PublicPage>
     );

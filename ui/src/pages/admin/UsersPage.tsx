@@ -40,6 +40,7 @@ import { visuallyHidden } from '../../lib/a11y';
 import { isAcceptable, rulesFromDetails, type Rule } from '../../lib/password';
 
 const wide = { display: { xs: 'none', md: 'table-cell' } } as const;
+const notPhone = { display: { xs: 'none', sm: 'table-cell' } } as const;
 
 export default function UsersPage() {
   const { t, dateTime } = useI18n();
@@ -65,6 +66,18 @@ export default function UsersPage() {
   useEffect(() => {
     void load();
   }, [load]);
+
+  const statusChips = (u: User) => (
+    <Stack direction="row" spacing={0.5} useFlexGap sx={{ flexWrap: 'wrap' }}>
+      {u.disabled ? (
+        <Chip size="small" color="error" label={t('users.locked')} />
+      ) : (
+        <Chip size="small" color="success" variant="outlined" label={t('users.active')} />
+      )}
+      {!u.email_verified && <Chip size="small" color="warning" variant="outlined" label={t('users.unverified')} />}
+      {u.mfa_enabled && <Chip size="small" variant="outlined" label={t('users.mfa')} />}
+    </Stack>
+  );
 
   const act = async (u: User, fn: () => Promise<unknown>, done: string) => {
     setBusyId(u.id);
@@ -109,12 +122,12 @@ export default function UsersPage() {
         !error && <Loading />
       ) : (
         <TableContainer component={Card} variant="outlined">
-          <Table size="small" data-testid="users-table">
+          <Table size="small" data-testid="users-table" sx={{ '& td, & th': { px: { xs: 1, sm: 2 } } }}>
             <TableHead>
               <TableRow>
                 <TableCell>{t('common.email')}</TableCell>
                 <TableCell>{t('users.role')}</TableCell>
-                <TableCell>{t('users.status')}</TableCell>
+                <TableCell sx={notPhone}>{t('users.status')}</TableCell>
                 <TableCell sx={wide}>{t('users.lastLogin')}</TableCell>
                 <TableCell align="right">
                   <Box component="span" sx={visuallyHidden}>
@@ -129,7 +142,7 @@ export default function UsersPage() {
                 const busy = busyId === u.id;
                 return (
                   <TableRow key={u.id} data-testid="user-row" data-email={u.email}>
-                    <TableCell sx={{ maxWidth: 280 }}>
+                    <TableCell sx={{ maxWidth: 280, minWidth: 120 }}>
                       <Typography variant="body2" sx={{ overflowWrap: 'anywhere' }}>
                         {u.email}
                         {self && <Chip size="small" label={t('users.you')} sx={{ ml: 1 }} />}
@@ -137,6 +150,8 @@ export default function UsersPage() {
                       <Typography variant="caption" color="text.secondary">
                         {u.display_name}
                       </Typography>
+                      {/* On phones the status goes under the address instead of its own column. */}
+                      <Box sx={{ display: { xs: 'block', sm: 'none' }, mt: 0.5 }}>{statusChips(u)}</Box>
                     </TableCell>
                     <TableCell>
                       {self ? (
@@ -159,17 +174,7 @@ export default function UsersPage() {
                         </TextField>
                       )}
                     </TableCell>
-                    <TableCell>
-                      <Stack direction="row" spacing={0.5} useFlexGap sx={{ flexWrap: 'wrap' }}>
-                        {u.disabled ? (
-                          <Chip size="small" color="error" label={t('users.locked')} />
-                        ) : (
-                          <Chip size="small" color="success" variant="outlined" label={t('users.active')} />
-                        )}
-                        {!u.email_verified && <Chip size="small" color="warning" variant="outlined" label={t('users.unverified')} />}
-                        {u.mfa_enabled && <Chip size="small" variant="outlined" label={t('users.mfa')} />}
-                      </Stack>
-                    </TableCell>
+                    <TableCell sx={notPhone}>{statusChips(u)}</TableCell>
                     <TableCell sx={wide}>{dateTime(u.last_login_at)}</TableCell>
                     <TableCell align="right" sx={{ whiteSpace: 'nowrap' }}>
                       {!self && (

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The web UI's checks: typecheck, lint, unit tests (Vitest), production build, initial
+# bundle budget, and end-to-end tests in headless Chromium against a real `corral serve`.
+# Installs Debian's chromium (and Japanese fonts for the screenshots) when missing.
+# Screenshots and the server log go to artifacts/ui/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+CARGO="${CARGO:-cargo}"
+BUNDLE_LIMIT_KB="${BUNDLE_LIMIT_KB:-400}"
+start=$(date +%s)
+log="$(mktemp -d)"
+trap 'rm -rf "$log"' EXIT
+
+step() { echo; echo "== test-ui: $* [$(($(date +%s) - start))s]"; }
+
+step "system packages"
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+# Without a CJK font the Japanese screenshots show empty boxes (the tests still pass).
+dpkg-query -W -f='${Status}' fonts-noto-cjk 2>/dev/null | grep -q "install ok installed" || need+=(fonts-noto-cjk)
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing ${need[*]} (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+/usr/bin/chromium --version 2>/dev/null | head -1
+
+step "npm packages"
+cd ui
+if [ "${UI_NPM_CI:-0}" = 1 ] || [ ! -f node_modules/.package-lock.json ] ||
+  [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+else
+  echo "up to date (UI_NPM_CI=1 reinstalls)"
+fi
+
+step "typecheck (tsc --noEmit)"
+npx --no-install tsc --noEmit -p tsconfig.json
+echo "ok"
+
+step "lint (eslint)"
+npx --no-install eslint --max-warnings 0 .
+echo "ok"
+
+step "unit tests (vitest)"
+npx --no-install vitest run 2>&1 | tee "$log/vitest"
+unit=$(sed 's/\x1b\[[0-9;]*m//g' "$log/vitest" | sed -n 's/^ *Tests  *\([0-9][0-9]*\) passed.*/\1/p' | tail -1)
+
+step "build"
+cd "$root"
+UI_NPM_CI=0 scripts/build-ui.sh
+
+step "bundle size (initial JS <= ${BUNDLE_LIMIT_KB} kB gzipped)"
+node ui/scripts/bundle-size.mjs "$BUNDLE_LIMIT_KB" | tee "$log/size"
+
+step "corral (cargo build -p corral)"
+$CARGO build -p corral --quiet
+
+step "end-to-end (headless chromium + corral serve)"
+CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral" node ui/e2e/run.mjs 2>&1 | tee "$log/e2e"
+e2e=$(sed -n 's/^e2e: \([0-9][0-9]*\) passed, 0 failed.*/\1/p' "$log/e2e" | tail -1)
+[ -n "$e2e" ] || { echo "test-ui: the end-to-end run did not pass" >&2; exit 1; }
+
+size=$(sed -n 's/.*initial JS \([0-9.]*\) kB.*/\1/p' "$log/size")
+echo
+echo "test-ui: typecheck ok, lint ok, unit ${unit:-?} passed, initial JS ${size} kB gzipped, e2e ${e2e} passed; screenshots in artifacts/ui/ [$(($(date +%s) - start))s]"
+echo "ui: $((${unit:-0} + e2e)) passed, 0 failed"
