@@ -1,8 +1,12 @@
 //! Generation settings shared by the Ollama and OpenAI endpoints: validation, and the
 //! llama.cpp sampler chain they turn into.
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -121,18 +125,18 @@ impl SamplingParams {
         )
     }
 
-    /// The llama.cpp sampler chain, in llama.cpp's own order: grammar first so every later
-    /// stage only sees allowed tokens, then penalties, the truncations, temperature, draw.
-    pub fn build(&self, model: &LlamaModel, num_ctx: u32) -> Result<LlamaSampler, ApiError> {
+    /// The sampler for one request, in llama.cpp's order: penalties, the truncations,
+    /// temperature, the draw. A grammar, if any, is kept apart (see [`TokenSampler`]).
+    pub fn build(&self, model: &LlamaModel, num_ctx: u32) -> Result<TokenSampler, ApiError> {
         self.validate()?;
-        let mut chain = Vec::new();
-        if let Some(format) = &self.format {
-            let grammar = format.grammar()?;
-            chain.push(
-                LlamaSampler::grammar(model, &grammar, "root")
+        let grammar = match &self.format {
+            Some(format) => Some(
+                LlamaSampler::grammar(model, &format.grammar()?, "root")
                     .map_err(|e| ApiError::invalid(format!("cannot use format: {e}")))?,
-            );
-        }
+            ),
+            None => None,
+        };
+        let mut chain = Vec::new();
         let penalised = self.repeat_penalty != 1.0
             || self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0;
@@ -162,7 +166,46 @@ impl SamplingParams {
                 LlamaSampler::dist(self.seed.unwrap_or_else(random_seed)),
             ]);
         }
-        Ok(LlamaSampler::chain_simple(chain))
+        Ok(TokenSampler {
+            chain: LlamaSampler::chain_simple(chain),
+            grammar,
+        })
+    }
+}
+
+/// Chooses a request's next token from the logits of one batch position.
+pub struct TokenSampler {
+    chain: LlamaSampler,
+    grammar: Option<LlamaSampler>,
+}
+
+impl TokenSampler {
+    pub fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> Option<LlamaToken> {
+        let Some(grammar) = self.grammar.as_mut() else {
+            // Applies the chain and records the token in one call.
+            return Some(self.chain.sample(ctx, idx));
+        };
+        // Checking the grammar against the whole vocabulary costs more than decoding a
+        // token with a small model. Like llama.cpp's own sampler, draw without it first and
+        // check only the drawn token; the full check is needed only when that token breaks
+        // the grammar.
+        let mut candidates = ctx.token_data_array_ith(idx);
+        candidates.apply_sampler(&mut self.chain);
+        let drawn = candidates.selected_token()?;
+        let mut single =
+            LlamaTokenDataArray::new(vec![LlamaTokenData::new(drawn, 0.0, 0.0)], false);
+        single.apply_sampler(grammar);
+        let token = if single.data.first().is_some_and(|d| d.logit().is_finite()) {
+            drawn
+        } else {
+            let mut candidates = ctx.token_data_array_ith(idx);
+            candidates.apply_sampler(grammar);
+            candidates.apply_sampler(&mut self.chain);
+            candidates.selected_token()?
+        };
+        grammar.accept(token);
+        self.chain.accept(token);
+        Some(token)
     }
 }
 

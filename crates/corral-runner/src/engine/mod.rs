@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::sampling::TokenSampler;
 
 /// Prompt tokens evaluated per step, all slots together. Matches llama.cpp's default
 /// micro-batch: larger chunks are no faster on CPU, and smaller ones keep the other
@@ -41,7 +41,7 @@ pub struct EngineConfig {
 /// A validated generation request.
 pub struct GenerationRequest {
     pub prompt: Vec<LlamaToken>,
-    pub sampler: LlamaSampler,
+    pub sampler: TokenSampler,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     /// Context length for this request; `prompt.len() < num_ctx <= slot_ctx`.

@@ -59,7 +59,7 @@ impl Slot {
         self.job.events.is_closed()
     }
 
-    pub fn sampler(&mut self) -> &mut llama_cpp_2::sampling::LlamaSampler {
+    pub fn sampler(&mut self) -> &mut crate::sampling::TokenSampler {
         &mut self.job.request.sampler
     }
 

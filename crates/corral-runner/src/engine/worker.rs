@@ -171,7 +171,13 @@ impl<'m> Worker<'m> {
             let Some(at) = slot.logits_at.take() else {
                 continue;
             };
-            let token = slot.sampler().sample(&self.ctx, at);
+            let Some(token) = slot.sampler().sample(&self.ctx, at) else {
+                // Every candidate was ruled out (a grammar with no way forward).
+                if let Some(slot) = self.release(i) {
+                    slot.finish(FinishReason::Stop);
+                }
+                continue;
+            };
             let is_eog = vocab.is_eog(token);
             self.piece.clear();
             if !is_eog {

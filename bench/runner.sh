@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Benchmark corral-runner against llama.cpp's own figures for the same model and machine.
+#
+# Builds the release runner, starts it with 8 slots, and measures through the HTTP API:
+#   prompt tok/s      one request with a ~500-token prompt (Ollama's prompt_eval_* fields)
+#   generation tok/s  one stream, greedy, 128 tokens (eval_count / eval_duration)
+#   8 parallel tok/s  8 streams at once, generated tokens of all / wall time of generation
+# and prints them next to the llama-bench reference of ARCHITECTURE.md (2 threads, the
+# 2-core build machine). Goal: >= 95 %.
+#
+# Usage: bench/runner.sh [--threads N] [--debug]   (--debug: bench the debug build that
+# `make test` uses instead of building release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=2
+profile=release
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --threads) threads="$2"; shift 2 ;;
+        --debug) profile=debug; shift ;;
+        *) echo "usage: bench/runner.sh [--threads N] [--debug]" >&2; exit 2 ;;
+    esac
+done
+
+# llama-bench reference figures (ARCHITECTURE.md), tok/s.
+REF_PP=225
+REF_TG=109
+REF_PAR8=133
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ "$profile" = release ]; then
+    cargo build --release -p corral-runner --locked >&2
+else
+    cargo build -p corral-runner --locked >&2
+fi
+model="$(scripts/fetch-model.sh "${DATA_DIR:-.corral}/models" | tail -n1)"
+scripts/venv.sh
+
+out="$(mktemp)"
+"$target_dir/$profile/corral-runner" --model "$model" --name bench --port 0 \
+    --parallel 8 --ctx 1024 --threads "$threads" >"$out" 2>/dev/null &
+pid=$!
+trap 'kill $pid 2>/dev/null; rm -f "$out"' EXIT
+for _ in $(seq 100); do
+    grep -q "listening on" "$out" && break
+    sleep 0.1
+done
+url="$(sed -n 's/^listening on //p' "$out")"
+[ -n "$url" ] || { echo "runner did not start" >&2; exit 1; }
+
+.venv/bin/python - "$url" "$REF_PP" "$REF_TG" "$REF_PAR8" "$threads" "$profile" <<'PY'
+import json, statistics, sys, threading, time
+import httpx
+
+url, ref_pp, ref_tg, ref_par, threads, profile = sys.argv[1:]
+ref_pp, ref_tg, ref_par = float(ref_pp), float(ref_tg), float(ref_par)
+http = httpx.Client(base_url=url, timeout=300)
+# Greedy and no repetition penalty: the counting never ends before num_predict, so every
+# run generates exactly the tokens asked for.
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
+COUNT = "1, 2, 3, 4, 5,"
+
+def generate(prompt, n, **extra):
+    body = {"model": "bench", "prompt": prompt, "raw": True, "stream": False,
+            "options": {**GREEDY, "num_predict": n, **extra}}
+    r = http.post("/api/generate", json=body)
+    r.raise_for_status()
+    return r.json()
+
+generate(COUNT, 8)  # warm up
+
+# Prompt processing: ~500 tokens of prose, one generated token.
+prose = " ".join(f"Sentence number {i} talks about the weather in a quiet town." for i in range(40))
+runs = [generate(prose, 1) for _ in range(3)]
+pp = max(r["prompt_eval_count"] / r["prompt_eval_duration"] * 1e9 for r in runs)
+pp_tokens = runs[0]["prompt_eval_count"]
+
+# Single-stream generation.
+runs = [generate(COUNT, 128) for _ in range(3)]
+tg = max(r["eval_count"] / r["eval_duration"] * 1e9 for r in runs)
+
+# 8 streams at once: tokens after each stream's first one, over the window from the
+# first first-token to the last end.
+def parallel_run():
+    firsts, ends, counts = [], [], []
+    def one(i):
+        body = {"model": "bench", "prompt": f"{i + 1}, {i + 2}, {i + 3}, {i + 4},", "raw": True,
+                "options": {**GREEDY, "num_predict": 128}}
+        first = None
+        with httpx.stream("POST", url + "/api/generate", json=body, timeout=300) as r:
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                chunk = json.loads(line)
+                if first is None:
+                    first = time.monotonic()
+                if chunk["done"]:
+                    ends.append(time.monotonic())
+                    firsts.append(first)
+                    counts.append(chunk["eval_count"] - 1)
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for w in workers: w.start()
+    for w in workers: w.join()
+    return sum(counts) / (max(ends) - min(firsts))
+
+par = max(parallel_run() for _ in range(2))
+
+def row(name, ours, ref):
+    print(f"{name:<26}{ours:>12.1f}{ref:>14.1f}{ours / ref * 100:>9.1f} %")
+
+print(f"corral-runner ({profile} build, {threads} threads) vs llama-bench reference (ARCHITECTURE.md)")
+print(f"{'':<26}{'corral tok/s':>12}{'llama.cpp tok/s':>14}{'ratio':>11}")
+row(f"prompt ({pp_tokens} tokens)", pp, ref_pp)
+row("generation, 1 stream", tg, ref_tg)
+row("generation, 8 parallel", par, ref_par)
+PY
