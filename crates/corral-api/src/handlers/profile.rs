@@ -3,7 +3,6 @@
 //! Every role may edit its own profile, viewers included.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use chrono::Utc;
 use corral_core::{User, password};
 use corral_store::UserPatch;
@@ -164,16 +163,7 @@ async fn verify_current_password(
         return Err(wrong_password());
     };
     let now = Utc::now();
-    if let Some(until) = state
-        .store
-        .login_failures(&user.email)
-        .await?
-        .and_then(|f| f.locked_until)
-        .filter(|until| *until > now)
-    {
-        audit.detail("locked");
-        return Err(account_locked(until - now));
-    }
+    super::auth::ensure_not_locked(state, audit, &user.email, now).await?;
     // Argon2's cost grows with the input; anything over the policy's maximum cannot be
     // the password, so it is refused without hashing.
     let plausible = current.chars().count() <= password::MAX_LEN;
@@ -181,30 +171,9 @@ async fn verify_current_password(
         return Ok(());
     }
     audit.detail("wrong_password");
-    let lock_for =
-        chrono::Duration::from_std(state.settings.lockout_duration).map_err(ApiError::internal)?;
-    let failures = state
-        .store
-        .record_login_failure(&user.email, state.settings.lockout_threshold, lock_for, now)
-        .await?;
-    Err(match failures.locked_until.filter(|until| *until > now) {
-        Some(until) => account_locked(until - now),
-        None => wrong_password(),
-    })
+    Err(super::auth::record_failure(state, &user.email, now, wrong_password()).await)
 }
 
 fn wrong_password() -> ApiError {
     ApiError::bad_request("wrong_password", "current_password is missing or wrong")
-}
-
-/// The same answer as a locked login, since it is the same lock.
-fn account_locked(remaining: chrono::Duration) -> ApiError {
-    ApiError::Denied {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        code: "account_locked",
-        message: "too many failed attempts: this account is locked for a while; \
-                  try again later or reset the password"
-            .into(),
-        retry_after: Some(remaining.to_std().unwrap_or_default()),
-    }
 }

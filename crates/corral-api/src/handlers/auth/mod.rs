@@ -155,7 +155,7 @@ fn account_disabled() -> ApiError {
 }
 
 /// One message for every locked address, whether or not it has an account.
-fn account_locked(remaining: chrono::Duration) -> ApiError {
+pub(crate) fn account_locked(remaining: chrono::Duration) -> ApiError {
     ApiError::Denied {
         status: StatusCode::TOO_MANY_REQUESTS,
         code: "account_locked",
@@ -167,7 +167,7 @@ fn account_locked(remaining: chrono::Duration) -> ApiError {
 }
 
 /// 429 `account_locked` while the address is locked out.
-async fn ensure_not_locked(
+pub(crate) async fn ensure_not_locked(
     state: &AppState,
     audit: &Audit,
     email: &str,
@@ -190,7 +190,7 @@ async fn ensure_not_locked(
 
 /// Counts a failed attempt against `email` and returns the error to answer with:
 /// `refusal`, or `account_locked` when this failure reached the threshold.
-async fn record_failure(
+pub(crate) async fn record_failure(
     state: &AppState,
     email: &str,
     now: DateTime<Utc>,
