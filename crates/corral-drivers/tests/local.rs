@@ -269,7 +269,12 @@ async fn runner_lifecycle_crash_adoption_orphans_stop() {
     let second_pid = pid(&second);
     cleanup.pids.push(second_pid);
     let endpoint = wait_running(&driver, &second).await;
-    let restarted = LocalDriver::new(config.clone()).unwrap();
+    let before = driver.logs(&second, None, 1).await.unwrap().next.unwrap();
+    // The restarted server also keeps logs small: the runner's startup output is past
+    // this cap, so its first observe rotates the log.
+    let mut small_logs = config.clone();
+    small_logs.log_max_bytes = 4096;
+    let restarted = LocalDriver::new(small_logs).unwrap();
     assert_eq!(
         restarted.observe(&second).await.unwrap(),
         Observed::Running {
@@ -277,14 +282,21 @@ async fn runner_lifecycle_crash_adoption_orphans_stop() {
         }
     );
     assert!(restarted.resources(&second).await.unwrap().is_some());
+    let log = data.path().join(format!(
+        "logs/{}/{}.log",
+        second.instance_id, second.replica_id
+    ));
+    let mut rotated = log.clone().into_os_string();
+    rotated.push(".1");
     assert!(
-        !restarted
-            .logs(&second, None, 5)
-            .await
+        fs::read_to_string(&rotated)
             .unwrap()
-            .lines
-            .is_empty()
+            .contains("listening on")
     );
+    assert!(fs::metadata(&log).unwrap().len() < 4096);
+    // A cursor from before the rotation is past the new end: reading starts over.
+    let after = restarted.logs(&second, Some(&before), 10).await.unwrap();
+    assert!(after.next.unwrap().parse::<u64>().unwrap() < 4096);
 
     // Orphans: a replica the restarted server does not know about.
     let orphans = restarted.orphans(&[first.replica_id]).await.unwrap();
