@@ -864,14 +864,18 @@ fn find_runner(exe_dir: Option<&Path>, path_var: Option<&OsStr>) -> Option<PathB
     exe_dir
         .map(|d| d.join(RUNNER_NAME))
         .filter(|p| is_executable(p))
+        .and_then(|p| fs::canonicalize(p).ok())
         .or_else(|| find_in_path(RUNNER_NAME, path_var))
 }
 
+/// The binary resolved through symlinks: `orphans` matches it by the name in
+/// `/proc/<pid>/exe`, which is the link's target.
 fn find_in_path(name: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
     std::env::split_paths(path_var?)
         .filter(|d| d.is_absolute())
         .map(|d| d.join(name))
         .find(|p| is_executable(p))
+        .and_then(|p| fs::canonicalize(p).ok())
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -936,12 +940,12 @@ mod tests {
         let path_var = std::env::join_paths([path_dir.path()]).unwrap();
         assert_eq!(find_runner(Some(exe_dir.path()), Some(&path_var)), None);
 
-        let in_path = make(path_dir.path());
+        let in_path = make(path_dir.path()).canonicalize().unwrap();
         assert_eq!(
             find_runner(Some(exe_dir.path()), Some(&path_var)),
             Some(in_path)
         );
-        let beside = make(exe_dir.path());
+        let beside = make(exe_dir.path()).canonicalize().unwrap();
         assert_eq!(
             find_runner(Some(exe_dir.path()), Some(&path_var)),
             Some(beside)
