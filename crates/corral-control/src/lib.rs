@@ -1,6 +1,28 @@
 //! The control plane's moving parts: the reconciler that drives instances toward what
-//! users asked for, and the in-memory routing table the gateway reads on every request.
+//! users asked for (`Control`), and the in-memory routing table the gateway reads on
+//! every request.
+//!
+//! The API changes only `desired` (through `Control::start` / `Control::set_desired`,
+//! or the store followed by `Control::nudge`); the reconciler moves `state`.
 
+mod adopt;
+pub mod autoscale;
+pub mod backoff;
+mod control;
+mod error;
+mod health;
+pub mod idle;
+mod reconcile;
+pub mod resolver;
 pub mod routing;
+mod settings;
+pub mod stats;
+mod wake;
 
+pub use autoscale::ScalePolicy;
+pub use control::Control;
+pub use error::{Error, Result};
+pub use resolver::{FileWeights, WeightsError, WeightsResolver};
 pub use routing::{InstanceRoute, ReplicaRoute, RoutingTable};
+pub use settings::ControlSettings;
+pub use stats::{ControlStats, Histogram};

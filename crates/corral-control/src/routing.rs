@@ -138,6 +138,11 @@ impl RoutingTable {
         routes.insert(instance_id, Arc::new(route));
     }
 
+    /// Every routed instance (for gauges such as ready replicas and requests in flight).
+    pub fn all(&self) -> Vec<Arc<InstanceRoute>> {
+        self.read().values().cloned().collect()
+    }
+
     pub fn remove(&self, instance_id: Uuid) {
         self.write().remove(&instance_id);
     }

@@ -1,0 +1,132 @@
+//! Adoption after a restart of `corral serve`: replicas that are still running are kept
+//! (the instance tasks health-check and route them, no relaunch); lost ones are
+//! recorded and dropped; processes the store does not know are stopped.
+
+use std::collections::HashMap;
+
+use chrono::Utc;
+use corral_core::Instance;
+use corral_drivers::{Observed, ReplicaRef};
+use uuid::Uuid;
+
+use crate::control::Inner;
+
+fn short(id: Uuid) -> String {
+    id.simple().to_string()[..8].to_string()
+}
+
+/// Runs once before any instance task. Fails only when the store cannot list the
+/// replicas (the caller retries); every other problem is logged and adoption goes on.
+pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
+    let rows = ctl.store.all_replicas().await?;
+    let mut instances: HashMap<Uuid, Option<Instance>> = HashMap::new();
+    // Replica ids each driver may keep running.
+    let mut known: HashMap<&'static str, Vec<Uuid>> = HashMap::new();
+    let (mut adopted, mut lost) = (0usize, 0usize);
+    for row in rows {
+        let inst = match instances.get(&row.instance_id) {
+            Some(i) => i.clone(),
+            None => {
+                let i = ctl.store.instance(row.instance_id).await?;
+                instances.insert(row.instance_id, i.clone());
+                i
+            }
+        };
+        let Some(inst) = inst else { continue };
+        let Some(driver) = ctl.driver(&inst.driver) else {
+            tracing::warn!(instance = %inst.id, driver = %inst.driver, "replica of a driver this server does not have; leaving it alone");
+            continue;
+        };
+        let event = |message: String| {
+            let store = ctl.store.clone();
+            async move {
+                tracing::info!(instance = %row.instance_id, "{message}");
+                if let Err(e) = store
+                    .append_event(row.instance_id, &message, Utc::now())
+                    .await
+                {
+                    tracing::warn!(instance = %row.instance_id, error = %e, "recording an adoption event failed");
+                }
+            }
+        };
+        if row.driver_ref.is_empty() {
+            // The server stopped between creating the row and recording the launch: a
+            // process, if it started, is unknown here and the orphan sweep stops it.
+            ctl.store.delete_replica(row.id).await?;
+            event(format!(
+                "replica {} was being launched when the server stopped; it will be replaced",
+                short(row.id)
+            ))
+            .await;
+            continue;
+        }
+        let rref = ReplicaRef {
+            instance_id: row.instance_id,
+            replica_id: row.id,
+            driver_ref: row.driver_ref.clone(),
+        };
+        let why = match driver.observe(&rref).await {
+            Ok(Observed::Running { endpoint }) => {
+                known.entry(driver.name()).or_default().push(row.id);
+                adopted += 1;
+                event(format!(
+                    "adopted replica {} still running at {endpoint}",
+                    short(row.id)
+                ))
+                .await;
+                continue;
+            }
+            Ok(Observed::Starting) => {
+                known.entry(driver.name()).or_default().push(row.id);
+                adopted += 1;
+                event(format!(
+                    "adopted replica {} (still starting)",
+                    short(row.id)
+                ))
+                .await;
+                continue;
+            }
+            Ok(Observed::Exited { reason }) => reason,
+            Ok(Observed::Lost) => "not found".into(),
+            Err(e) => e.to_string(),
+        };
+        // Dropping the row makes the instance task launch a replacement if the instance
+        // should run, or simply finish stopping it; not counting it as known lets the
+        // orphan sweep stop whatever may be left of it.
+        ctl.store.delete_replica(row.id).await?;
+        lost += 1;
+        event(format!(
+            "replica {} lost while the server was down ({why})",
+            short(row.id)
+        ))
+        .await;
+    }
+    for driver in &ctl.drivers {
+        let known = known.remove(driver.name()).unwrap_or_default();
+        let orphans = match driver.orphans(&known).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(driver = driver.name(), error = %e, "listing orphaned replicas failed");
+                continue;
+            }
+        };
+        for orphan in orphans {
+            tracing::warn!(driver = driver.name(), replica = %orphan.replica_id, driver_ref = %orphan.driver_ref, "stopping an orphaned replica");
+            if let Err(e) = driver.stop(&orphan, ctl.settings.stop_grace).await {
+                tracing::warn!(replica = %orphan.replica_id, error = %e, "stopping an orphaned replica failed");
+                continue;
+            }
+            let message = format!(
+                "stopped replica {}: it was running without a record in the store",
+                short(orphan.replica_id)
+            );
+            // The instance may be gone; the note is only for its timeline.
+            let _ = ctl
+                .store
+                .append_event(orphan.instance_id, &message, Utc::now())
+                .await;
+        }
+    }
+    tracing::info!(adopted, lost, "adoption done");
+    Ok(())
+}
