@@ -6,23 +6,23 @@
 //! or the store followed by `Control::nudge`); the reconciler moves `state`.
 
 mod adopt;
-pub mod autoscale;
-pub mod backoff;
+mod autoscale;
+mod backoff;
 mod control;
 mod error;
 mod health;
-pub mod idle;
+mod idle;
 mod reconcile;
-pub mod resolver;
+mod resolver;
 pub mod routing;
 mod settings;
-pub mod stats;
+mod stats;
 mod wake;
 
 pub use autoscale::ScalePolicy;
 pub use control::Control;
 pub use error::{Error, Result};
 pub use resolver::{FileWeights, WeightsError, WeightsResolver};
-pub use routing::{InstanceRoute, ReplicaRoute, RoutingTable};
+pub use routing::{InFlight, InstanceRoute, ReplicaRoute, RoutingTable};
 pub use settings::ControlSettings;
 pub use stats::{ControlStats, Histogram};
