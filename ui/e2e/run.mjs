@@ -22,14 +22,19 @@ const targetDir = process.env.CARGO_TARGET_DIR ? resolve(process.env.CARGO_TARGE
 const corralBin = process.env.CORRAL_BIN ?? join(targetDir, 'debug', 'corral');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const artifacts = resolve(process.env.ARTIFACTS ?? join(root, 'artifacts', 'ui'));
-const STEP_TIMEOUT_MS = 30_000;
+const STEP_TIMEOUT_MS = 60_000;
 
 const ADMIN = { email: 'admin@e2e.test', password: 'Admin-e2e-Pass1!' };
+const run_id = Date.now().toString(36);
 const USER = {
-  email: `user-${Date.now().toString(36)}@e2e.test`,
+  email: `user-${run_id}@e2e.test`,
   password: 'Corral-e2e-Pass1!',
+  resetPassword: 'Corral-e2e-Reset2#',
+  changedPassword: 'Corral-e2e-Change3$',
   newName: 'E2E テスト User',
 };
+const VIEWER = { email: `viewer-${run_id}@e2e.test`, password: 'Viewer-e2e-Pass1!' };
+const TEMP = { email: `temp-${run_id}@e2e.test`, password: 'Temp-e2e-Pass1!' };
 
 mkdirSync(artifacts, { recursive: true });
 for (const f of readdirSync(artifacts)) if (/\.(png|log)$/.test(f)) rmSync(join(artifacts, f));
@@ -56,10 +61,11 @@ function run(args, input) {
   });
 }
 
-function startServer() {
+/** Starts `corral serve`; resolves to its URL and everything it printed to stdout so far. */
+function startServer(dir, logName) {
   return new Promise((res, rej) => {
-    const logFile = createWriteStream(join(artifacts, 'server.log'));
-    const p = spawn(corralBin, ['--data-dir', dataDir, 'serve', '--listen', '127.0.0.1:0'], {
+    const logFile = createWriteStream(join(artifacts, logName));
+    const p = spawn(corralBin, ['--data-dir', dir, 'serve', '--listen', '127.0.0.1:0'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, CORRAL_LOG: 'info,tower_http=warn' },
     });
@@ -80,13 +86,13 @@ function startServer() {
       const m = buffer.match(/listening on (http:\/\/[^\s]+)/);
       if (m) {
         clearTimeout(timer);
-        res(m[1].replace(/\/$/, ''));
+        res({ url: m[1].replace(/\/$/, ''), stdout: buffer });
       }
     });
     p.stderr.on('data', (d) => logFile.write(d));
     p.on('exit', (code) => {
       clearTimeout(timer);
-      rej(new Error(`corral serve exited early (${code}); see ${join(artifacts, 'server.log')}`));
+      rej(new Error(`corral serve exited early (${code}); see ${join(artifacts, logName)}`));
     });
   });
 }
@@ -113,9 +119,13 @@ function assert(cond, message) {
 // ---- TOTP: every code must be for a later step than the last one used ---------------
 
 let lastStep = -1;
-function nextCode(secret) {
-  // The server accepts the previous, current and next step; using the next one when the
-  // current was already spent avoids waiting up to 30 s.
+async function nextCode(secret) {
+  // A code is accepted once and only for the previous, current or next 30 s step, so
+  // each code must be for a later step than the last one: use the next step early, and
+  // wait for the clock when even that one is spent.
+  while (lastStep + 1 > stepAt(Date.now() / 1000) + 1) {
+    await new Promise((r) => setTimeout(r, 500));
+  }
   const step = Math.max(stepAt(Date.now() / 1000), lastStep + 1);
   lastStep = step;
   return hotp(base32Decode(secret), step);
@@ -127,7 +137,7 @@ async function main() {
   log(`e2e: corral ${corralBin}`);
   log(`e2e: chromium ${chromiumPath}`);
   await run(['--data-dir', dataDir, 'admin', 'create-user', '--email', ADMIN.email, '--role', 'admin', '--password-stdin'], `${ADMIN.password}\n`);
-  const base = await startServer();
+  const { url: base } = await startServer(dataDir, 'server.log');
   log(`e2e: server ${base}`);
 
   // The admin's API key reads the outbox (the verification mail) during the test.
@@ -174,6 +184,28 @@ async function main() {
     const file = join(artifacts, `${String(shot).padStart(2, '0')}-${name}.png`);
     await page.screenshot({ path: file, fullPage, animations: 'disabled' });
     return file;
+  };
+  const mailLink = async (to, path) => {
+    const outbox = await http(base, 'GET', `/api/admin/outbox?to=${encodeURIComponent(to)}`, { token: ADMIN_KEY });
+    assert(outbox.status === 200, `outbox: ${outbox.status} ${outbox.text}`);
+    // Newest first: the first message with such a link is the latest one.
+    for (const m of outbox.json.messages) {
+      const link = m.body.match(new RegExp(`https?://\\S+/${path}\\?token=[A-Za-z0-9_\\-%.~]+`))?.[0];
+      if (link) return link;
+    }
+    throw new Error(`no /${path} link in the mail to ${to}`);
+  };
+  const login = async (email, password, secret) => {
+    await page.locator('input[name=email]').fill(email);
+    await page.locator('input[name=password]').fill(password);
+    // The submit button, whatever the language.
+    const submit = page.getByTestId('login-form').locator('button[type=submit]');
+    await submit.click();
+    if (secret) {
+      await page.locator('input[name=code]').fill(await nextCode(secret));
+      await submit.click();
+    }
+    await waitPath('/profile');
   };
   const ruleMet = (rule) => page.locator(`[data-testid=password-checklist] [data-rule=${rule}]`).getAttribute('data-met');
   const waitPath = (path) => page.waitForURL((u) => new URL(u).pathname === path);
@@ -226,11 +258,7 @@ async function main() {
     [
       'verify the e-mail address from the outbox link',
       async () => {
-        const outbox = await http(base, 'GET', `/api/admin/outbox?to=${encodeURIComponent(USER.email)}`, { token: ADMIN_KEY });
-        assert(outbox.status === 200, `outbox: ${outbox.status} ${outbox.text}`);
-        const body = outbox.json.messages.map((m) => m.body).join('\n');
-        const link = body.match(/https?:\/\/\S+\/verify\?token=[A-Za-z0-9_\-%.~]+/)?.[0];
-        assert(link, `a verification link in the mail: ${body}`);
+        const link = await mailLink(USER.email, 'verify');
         assert(link.startsWith(base), `link points at this server: ${link}`);
         await page.goto(link);
         await page.getByTestId('verify-done').waitFor();
@@ -275,7 +303,7 @@ async function main() {
         mfaSecret = await card.getByTestId('mfa-secret').getAttribute('data-secret');
         assert(/^[A-Z2-7]{16,}$/.test(mfaSecret ?? ''), `a base32 secret: ${mfaSecret}`);
         await screenshot('mfa-enrol');
-        await card.locator('input[name=code]').fill(nextCode(mfaSecret));
+        await card.locator('input[name=code]').fill(await nextCode(mfaSecret));
         await card.getByTestId('mfa-confirm').click();
         await card.locator('[data-testid=mfa-status][data-enabled=true]').waitFor();
       },
@@ -293,7 +321,7 @@ async function main() {
         await page.getByRole('button', { name: 'Log in' }).click();
         await page.getByText('Enter the 6-digit code from your authenticator app.').waitFor();
         await screenshot('login-mfa-step');
-        await page.locator('input[name=code]').fill(nextCode(mfaSecret));
+        await page.locator('input[name=code]').fill(await nextCode(mfaSecret));
         await page.getByRole('button', { name: 'Verify' }).click();
         await waitPath('/profile');
       },
@@ -337,6 +365,52 @@ async function main() {
       },
     ],
     [
+      'turn MFA off with the password and a code',
+      async () => {
+        await page.getByRole('link', { name: 'Profile' }).click();
+        await waitPath('/profile');
+        const card = page.getByTestId('mfa-card');
+        await card.locator('input[name=password]').fill(USER.password);
+        await card.locator('input[name=code]').fill(await nextCode(mfaSecret));
+        await card.getByRole('button', { name: 'Turn off' }).click();
+        await card.locator('[data-testid=mfa-status][data-enabled=false]').waitFor();
+      },
+    ],
+    [
+      'reset the password with the e-mailed link',
+      async () => {
+        await page.getByTestId('logout').click();
+        await waitPath('/login');
+        await page.getByRole('link', { name: 'Forgot your password?' }).click();
+        await page.locator('input[name=email]').fill(USER.email);
+        await page.getByRole('button', { name: 'Send reset link' }).click();
+        await page.getByTestId('reset-sent').waitFor();
+        await page.goto(await mailLink(USER.email, 'reset-password'));
+        await page.locator('input[name=password]').fill(USER.resetPassword);
+        await page.locator('input[name=confirmPassword]').fill(USER.resetPassword);
+        await page.getByRole('button', { name: 'Set password' }).click();
+        await page.getByTestId('reset-done').waitFor();
+        await page.getByRole('link', { name: 'Go to login' }).click();
+        await login(USER.email, USER.resetPassword);
+      },
+    ],
+    [
+      'change the password on the profile page; the session carries on',
+      async () => {
+        const form = page.getByTestId('password-form');
+        await form.locator('input[name=current_password]').fill(USER.resetPassword);
+        await form.locator('input[name=new_password]').fill(USER.changedPassword);
+        await form.locator('input[name=confirmPassword]').fill(USER.changedPassword);
+        await form.getByRole('button', { name: 'Change password' }).click();
+        // The change ends every session; the page logs in again with the new password.
+        await page.getByText('Password changed. Your other sessions were signed out.').waitFor();
+        await page.reload();
+        await page.getByTestId('current-user').filter({ hasText: USER.newName }).waitFor();
+        const old = await http(base, 'POST', '/api/auth/login', { body: { email: USER.email, password: USER.resetPassword } });
+        assert(old.status === 401, `the old password is refused: ${old.status}`);
+      },
+    ],
+    [
       'a user sees no admin navigation, and admin pages redirect',
       async () => {
         assert((await page.getByRole('link', { name: 'Users' }).count()) === 0, 'no Users link for a user');
@@ -357,11 +431,44 @@ async function main() {
         await waitPath('/admin/users');
         const row = page.locator(`[data-testid=user-row][data-email="${USER.email}"]`);
         await row.waitFor();
-        assert((await row.locator('td').nth(2).textContent()).includes('MFA'), 'the user shows MFA on');
+        const status = await row.locator('td').nth(2).textContent();
+        assert(status.includes('Active') && !status.includes('MFA'), `the user is active, MFA off: ${status}`);
         // The admin's own row has no lock/delete controls (the server refuses them anyway).
         const own = page.locator(`[data-testid=user-row][data-email="${ADMIN.email}"]`);
         assert((await own.getByRole('button').count()) === 0, 'no controls on the own row');
         await screenshot('admin-users');
+      },
+    ],
+    [
+      'admin: create a user, change the role, lock, unlock, delete',
+      async () => {
+        await page.getByRole('button', { name: 'Create user' }).click();
+        const dialog = page.getByRole('dialog');
+        await dialog.locator('input[name=email]').fill(TEMP.email);
+        await dialog.locator('input[name=password]').fill(TEMP.password);
+        await dialog.getByRole('combobox').click();
+        await page.getByRole('option', { name: 'Viewer (read-only)' }).click();
+        await dialog.getByRole('combobox').filter({ hasText: 'Viewer' }).waitFor();
+        await dialog.getByRole('button', { name: 'Create user' }).click();
+        await page.getByText('User created.').waitFor();
+        const row = page.locator(`[data-testid=user-row][data-email="${TEMP.email}"]`);
+        await row.waitFor();
+        await row.getByRole('combobox').filter({ hasText: 'Viewer' }).waitFor();
+        await row.getByRole('combobox').click();
+        await page.getByRole('option', { name: 'User', exact: true }).click();
+        await row.getByRole('combobox').filter({ hasText: 'User' }).waitFor();
+        await row.getByRole('button', { name: `Lock: ${TEMP.email}` }).click();
+        await row.locator('td').nth(2).getByText('Locked').waitFor();
+        const locked = await http(base, 'POST', '/api/auth/login', { body: TEMP });
+        assert(locked.status === 403 && locked.json.error.code === 'account_disabled', `a locked user cannot log in: ${locked.text}`);
+        await row.getByRole('button', { name: `Unlock: ${TEMP.email}` }).click();
+        await row.getByRole('button', { name: `Lock: ${TEMP.email}` }).waitFor();
+        await row.getByRole('button', { name: `Delete: ${TEMP.email}` }).click();
+        await page.getByTestId('confirm').click();
+        await page.getByText('User deleted.').waitFor();
+        await row.waitFor({ state: 'detached' });
+        const viewer = await http(base, 'POST', '/api/admin/users', { token: ADMIN_KEY, body: { ...VIEWER, role: 'viewer' } });
+        assert(viewer.status === 201, `viewer created: ${viewer.text}`);
       },
     ],
     [
@@ -424,6 +531,39 @@ async function main() {
         const tableOverflow = await page.getByTestId('users-table').evaluate((t) => t.scrollWidth - t.parentElement.clientWidth);
         assert(tableOverflow <= 0, `users table overflows its card by ${tableOverflow}px`);
         await screenshot('mobile-390-users');
+      },
+    ],
+    [
+      'viewer: only their own pages in the navigation',
+      async () => {
+        await page.getByTestId('logout').click();
+        await waitPath('/login');
+        await login(VIEWER.email, VIEWER.password);
+        await page.getByTestId('nav-open').click();
+        await page.getByRole('link', { name: 'API キー' }).waitFor();
+        const links = await page.getByRole('navigation').first().getByRole('link').allTextContents();
+        assert(JSON.stringify(links) === JSON.stringify(['プロフィール', 'API キー']), `viewer navigation: ${links}`);
+        await page.keyboard.press('Escape');
+        await page.getByTestId('logout').click();
+        await waitPath('/login');
+      },
+    ],
+    [
+      'first-admin setup from the link corral serve prints',
+      async () => {
+        const fresh = await startServer(join(work, 'fresh'), 'server-setup.log');
+        const token = fresh.stdout.match(/setup_token\W+([A-Za-z0-9_-]{16,})/)?.[1];
+        assert(token, `a setup token in the output: ${fresh.stdout}`);
+        await page.setViewportSize({ width: 1280, height: 860 });
+        await page.goto(`${fresh.url}/setup?token=${token}`);
+        await page.locator('input[name=email]').fill('first@e2e.test');
+        await page.locator('input[name=password]').fill(ADMIN.password);
+        await page.locator('input[name=confirmPassword]').fill(ADMIN.password);
+        await page.getByRole('button', { name: 'Create administrator' }).click();
+        await waitPath('/profile');
+        // A new origin (port): English again, from the browser's language.
+        await page.getByRole('link', { name: 'Users' }).waitFor();
+        await screenshot('setup-first-admin');
       },
     ],
     [

@@ -82,6 +82,7 @@ export const en = {
   'login.mfaBack': 'Start over',
   'login.resendVerification': 'Send the verification e-mail again',
   'login.resent': 'If the address is waiting for verification, a new link is on its way.',
+  'login.passwordChanged': 'Your password was changed. Log in with the new one.',
 
   'reset.title': 'Reset your password',
   'reset.prompt': 'Enter the e-mail address of your account and we will send you a link to choose a new password.',
@@ -152,7 +153,8 @@ export const en = {
 
   'role.admin': 'Admin',
   'role.user': 'User',
-  'role.viewer': 'Viewer (read-only)',
+  'role.viewer': 'Viewer',
+  'role.viewer.hint': 'read-only',
 
   'users.title': 'Users',
   'users.total': '{n} users',
@@ -317,6 +319,7 @@ export const ja: Record<MessageKey, string> = {
   'login.mfaBack': '最初からやり直す',
   'login.resendVerification': '確認メールを再送信',
   'login.resent': '確認待ちのアドレスであれば、新しいリンクを送信しました。',
+  'login.passwordChanged': 'パスワードを変更しました。新しいパスワードでログインしてください。',
 
   'reset.title': 'パスワードのリセット',
   'reset.prompt': 'アカウントのメールアドレスを入力してください。新しいパスワードを設定するためのリンクを送信します。',
@@ -387,7 +390,8 @@ export const ja: Record<MessageKey, string> = {
 
   'role.admin': '管理者',
   'role.user': 'ユーザー',
-  'role.viewer': '閲覧者（読み取り専用）',
+  'role.viewer': '閲覧者',
+  'role.viewer.hint': '読み取り専用',
 
   'users.title': 'ユーザー',
   'users.total': '{n} 人のユーザー',

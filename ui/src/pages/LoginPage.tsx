@@ -70,6 +70,11 @@ export function LoginPage() {
   return (
     <PublicPage title={mfaToken ? t('login.mfaTitle') : t('login.title')}>
       {startupError ? <ErrorAlert error={startupError} onRetry={retryStartup} /> : null}
+      {params.get('reason') === 'password_changed' && !mfaToken && (
+        <Alert severity="info" sx={{ my: 1 }}>
+          {t('login.passwordChanged')}
+        </Alert>
+      )}
       <Box component="form" onSubmit={submit} noValidate data-testid="login-form">
         {mfaToken ? (
           <>

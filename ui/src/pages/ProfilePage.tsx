@@ -182,12 +182,12 @@ function PasswordCard({ user }: { user: User }) {
       const r = await api.login(user.email, next);
       if (r.kind === 'mfa') {
         api.clear();
-        navigate(`/login?email=${encodeURIComponent(user.email)}`, { replace: true });
+        navigate(`/login?reason=password_changed&email=${encodeURIComponent(user.email)}`, { replace: true });
         return;
       }
     } catch {
       api.clear();
-      navigate('/login', { replace: true });
+      navigate('/login?reason=password_changed', { replace: true });
       return;
     }
     setCurrent('');

@@ -121,7 +121,7 @@ export default function UsersPage() {
       {data === null ? (
         !error && <Loading />
       ) : (
-        <TableContainer component={Card} variant="outlined">
+        <TableContainer component={Card} variant="outlined" sx={{ overflowX: 'auto' }}>
           <Table size="small" data-testid="users-table" sx={{ '& td, & th': { px: { xs: 1, sm: 2 } } }}>
             <TableHead>
               <TableRow>
@@ -164,11 +164,14 @@ export default function UsersPage() {
                           value={u.role}
                           disabled={busy}
                           onChange={(e) => setRole(u, e.target.value as Role)}
-                          slotProps={{ htmlInput: { 'aria-label': `${t('users.role')}: ${u.email}` } }}
+                          slotProps={{
+                            select: { renderValue: (v) => t(`role.${v as Role}`) },
+                            htmlInput: { 'aria-label': `${t('users.role')}: ${u.email}` },
+                          }}
                         >
                           {ROLES.map((r) => (
                             <MenuItem key={r} value={r}>
-                              {t(`role.${r}`)}
+                              <RoleLabel role={r} />
                             </MenuItem>
                           ))}
                         </TextField>
@@ -249,6 +252,21 @@ export default function UsersPage() {
   );
 }
 
+/** A role's name, with "read-only" after the viewer's in lists. */
+function RoleLabel({ role }: { role: Role }) {
+  const { t } = useI18n();
+  return (
+    <>
+      {t(`role.${role}`)}
+      {role === 'viewer' && (
+        <Typography component="span" variant="body2" color="text.secondary" sx={{ ml: 1 }}>
+          ({t('role.viewer.hint')})
+        </Typography>
+      )}
+    </>
+  );
+}
+
 function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreated: () => void }) {
   const { t } = useI18n();
   const [email, setEmail] = useState('');
@@ -288,6 +306,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
             fullWidth
             margin="normal"
             type="email"
+            name="email"
             label={t('common.email')}
             value={email}
             onChange={(e) => setEmail(e.target.value)}
@@ -299,6 +318,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
             fullWidth
             margin="normal"
             label={t('profile.displayName')}
+            name="display_name"
             value={displayName}
             onChange={(e) => setDisplayName(e.target.value)}
             autoComplete="off"
@@ -306,12 +326,13 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
           <TextField select fullWidth margin="normal" label={t('users.role')} value={role} onChange={(e) => setRole(e.target.value as Role)}>
             {ROLES.map((r) => (
               <MenuItem key={r} value={r}>
-                {t(`role.${r}`)}
+                <RoleLabel role={r} />
               </MenuItem>
             ))}
           </TextField>
           <PasswordField
             label={t('common.password')}
+            name="password"
             autoComplete="new-password"
             value={password}
             onChange={(e) => setPassword(e.target.value)}
