@@ -1,12 +1,15 @@
-//! Corral's HTTP API: the management API under `/api`, its OpenAPI document, and
-//! (later) the gateway and UI. `router()` builds it; `serve()` runs it.
+//! Corral's HTTP API: the management API under `/api`, its OpenAPI document, the
+//! gateway to deployed models (`gateway`), Prometheus metrics and the UI. `router()`
+//! builds it; `serve()` runs it.
 
 pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod gateway;
 mod handlers;
 pub mod mail;
+pub mod metrics;
 mod openapi;
 pub mod ratelimit;
 pub mod settings;
@@ -45,6 +48,14 @@ pub fn router(state: AppState) -> Router {
         audit::middleware,
     ))
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
+    // The gateway is metered (usage, metrics) rather than audited, and reads its own,
+    // larger bodies.
+    .merge(gateway::routes())
+    .route("/metrics", axum::routing::get(metrics::handler))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        metrics::track,
+    ))
     .layer(TraceLayer::new_for_http())
     .with_state(state)
 }

@@ -29,6 +29,11 @@ pub struct Settings {
     pub setup_token: Option<String>,
     /// Token for `GET /metrics` scrapers that do not log in.
     pub metrics_token: Option<String>,
+    /// Gateway requests per user and minute (burst of as many); 0: unlimited.
+    pub gateway_requests_per_minute: u32,
+    /// Prompt + completion tokens per user and minute, counted when a request ends, so a
+    /// spent budget refuses the next requests; 0: unlimited.
+    pub gateway_tokens_per_minute: u32,
 }
 
 /// Argon2id cost. The default is OWASP's first recommendation (19 MiB, 2 passes, 1 lane).
@@ -67,6 +72,8 @@ impl Settings {
             trust_forwarded_for: false,
             setup_token: None,
             metrics_token: None,
+            gateway_requests_per_minute: 600,
+            gateway_tokens_per_minute: 200_000,
         }
     }
 }

@@ -1,12 +1,15 @@
 //! `AppState`: what every handler shares. Cheap to clone (one `Arc`).
 
+use corral_control::{Control, RoutingTable};
 use corral_store::Store;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::jwt::Keys;
+use crate::gateway::Gateway;
 use crate::mail::Mailer;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::settings::Settings;
 
@@ -23,11 +26,26 @@ pub struct Inner {
     /// Login, reset and MFA, per target account (e-mail or user id).
     pub account_limiter: RateLimiter,
     pub started: Instant,
+    /// The reconciler: the API changes `desired` through it, the gateway wakes with it.
+    pub control: Control,
+    /// `control`'s routing table, kept at hand for the gateway's per-request lookup.
+    pub routing: RoutingTable,
+    pub gateway: Gateway,
+    pub metrics: Metrics,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, settings: Settings, mailer: Mailer) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: Settings,
+        mailer: Mailer,
+        control: Control,
+    ) -> Self {
         AppState(Arc::new(Inner {
+            routing: control.routing(),
+            gateway: Gateway::new(&settings),
+            metrics: Metrics::default(),
+            control,
             keys: Keys::new(&settings.jwt_secret),
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),

@@ -3,10 +3,15 @@
 use corral_api::mail::{Mailer, SmtpSettings};
 use corral_api::settings::Argon2Params;
 use corral_api::{AppState, Settings};
+use corral_control::{Control, ControlSettings, FileWeights};
 use corral_core::secret;
+use corral_drivers::ComputeDriver;
+use corral_drivers::local::{LocalConfig, LocalDriver};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::watch;
 
 use crate::config::{DEFAULT_LISTEN, FileConfig, ServeArgs, StoreArgs, StoreConfig};
 use crate::error::CliError;
@@ -115,17 +120,50 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         data_dir = %cfg.data_dir.display(),
         "starting"
     );
-    let state = AppState::new(store, settings, mailer);
+    let local = LocalDriver::new(LocalConfig::new(&cfg.data_dir))
+        .map_err(|e| CliError::Invalid(format!("local compute driver: {e}")))?;
+    let control_settings = ControlSettings {
+        data_dir: cfg.data_dir.clone(),
+        ..ControlSettings::default()
+    };
+    let control = Control::new(
+        store.clone(),
+        vec![Arc::new(local) as Arc<dyn ComputeDriver>],
+        Arc::new(FileWeights::new(&cfg.data_dir)),
+        control_settings,
+    );
+    let state = AppState::new(store, settings, mailer, control.clone());
+
+    // One signal stops both: the server drains its requests while the reconciler finishes
+    // the steps it is in. Replicas keep running; the next start adopts them.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = on_signal.send(true);
+    });
+    let reconciler = tokio::spawn(control.run(stopped(stop_rx.clone())));
     println!(
         "Corral {} listening on {public_url}",
         env!("CARGO_PKG_VERSION")
     );
     let _ = std::io::stdout().flush();
-    corral_api::serve(listener, state, shutdown_signal())
-        .await
-        .map_err(CliError::io("serving HTTP"))?;
+    let served = corral_api::serve(listener, state, stopped(stop_rx)).await;
+    // The server may also end on an error: the reconciler must stop with it.
+    let _ = stop_tx.send(true);
+    // Bounded: the reconciler abandons what is still busy after the replicas' stop grace.
+    if let Err(e) = reconciler.await {
+        tracing::error!(error = %e, "the reconciler ended abnormally");
+    }
+    served.map_err(CliError::io("serving HTTP"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once `stop` says true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 pub fn argon2_params(file: &FileConfig) -> Argon2Params {

@@ -5,9 +5,12 @@
 
 use corral_api::mail::Mailer;
 use corral_api::{AppState, Settings};
+use corral_control::{Control, ControlSettings, FileWeights};
+use corral_drivers::ComputeDriver;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -26,7 +29,12 @@ pub struct TestApp {
     pub state: AppState,
     _dir: tempfile::TempDir,
     _shutdown: oneshot::Sender<()>,
+    /// Stops the reconciler's loop, when it runs (replicas are the test's to stop).
+    _reconciler: Option<oneshot::Sender<()>>,
 }
+
+/// The compute drivers and control settings of a reconciler, for the app's data dir.
+pub type Reconciler = (Vec<Arc<dyn ComputeDriver>>, ControlSettings);
 
 /// Runs a test body once per backend: `both_backends!(name);` for `async fn name(Backend)`.
 #[macro_export]
@@ -68,8 +76,27 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
-/// Like `spawn_app`, with a chance to change the settings first.
+/// Like `spawn_app`, with a chance to change the settings first. The reconciler is
+/// there, with no compute driver, and does not run.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn(backend, configure, |_| None).await
+}
+
+/// Like `spawn_app_with`, with the reconciler running over the drivers `reconciler`
+/// makes for the app's data dir: for tests that deploy real instances.
+pub async fn spawn_app_with_reconciler(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+    reconciler: impl FnOnce(&Path) -> Reconciler,
+) -> TestApp {
+    spawn(backend, configure, |dir| Some(reconciler(dir))).await
+}
+
+async fn spawn(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+    reconciler: impl FnOnce(&Path) -> Option<Reconciler>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("corral.db").display()),
@@ -79,9 +106,33 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
-    let mut settings = Settings::new(base.clone(), b"test-secret-test-secret-test-secret!".to_vec());
+    let mut settings = Settings::new(
+        base.clone(),
+        b"test-secret-test-secret-test-secret!".to_vec(),
+    );
     configure(&mut settings);
-    let state = AppState::new(Arc::clone(&store), settings, Mailer::Outbox);
+    let reconciler = reconciler(dir.path());
+    let running = reconciler.is_some();
+    let (drivers, control_settings) = reconciler.unwrap_or_default();
+    let control = Control::new(
+        Arc::clone(&store),
+        drivers,
+        Arc::new(FileWeights::new(dir.path())),
+        control_settings,
+    );
+    let state = AppState::new(
+        Arc::clone(&store),
+        settings,
+        Mailer::Outbox,
+        control.clone(),
+    );
+    let reconciler = running.then(|| {
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(control.run(async {
+            let _ = rx.await;
+        }));
+        tx
+    });
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(corral_api::serve(listener, state.clone(), async {
         let _ = rx.await;
@@ -93,6 +144,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         state,
         _dir: dir,
         _shutdown: tx,
+        _reconciler: reconciler,
     }
 }
 
@@ -106,7 +158,10 @@ async fn fresh_pg_database() -> String {
         .unwrap();
     // Replace the database part of the URL (everything after the last '/', before '?').
     let (head, tail) = admin_url.rsplit_once('/').unwrap();
-    let query = tail.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = tail
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     format!("{head}/{name}{query}")
 }
 
@@ -175,7 +230,11 @@ impl TestApp {
     /// Logs in with the real endpoint and returns the access token.
     pub async fn login(&self, email: &str, password: &str) -> String {
         let (status, body) = self
-            .post("/api/auth/login", None, json!({"email": email, "password": password}))
+            .post(
+                "/api/auth/login",
+                None,
+                json!({"email": email, "password": password}),
+            )
             .await;
         assert_eq!(status, 200, "login failed: {body}");
         body["access_token"].as_str().unwrap().to_string()
