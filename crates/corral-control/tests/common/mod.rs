@@ -66,12 +66,11 @@ pub fn runner_and_model() -> Option<(PathBuf, PathBuf)> {
     Some((runner, model))
 }
 
-/// Short windows so the tests run in seconds.
+/// Short windows and back-off so the tests run in seconds; the ticks are the server's
+/// defaults, so the deploy and wake times measured here are what a user sees.
 pub fn test_settings(data_dir: &Path) -> ControlSettings {
     ControlSettings {
         data_dir: data_dir.to_path_buf(),
-        tick: Duration::from_millis(500),
-        fast_tick: Duration::from_millis(100),
         health_interval: Duration::from_millis(500),
         backoff_base: Duration::from_millis(200),
         backoff_max: Duration::from_secs(2),
