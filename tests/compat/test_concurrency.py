@@ -89,3 +89,19 @@ def test_full_queue_answers_503(runner_factory):
                 assert small.metric("requests_rejected_total") == 1
                 second.close()
     assert small.wait_idle()["queue_depth"] == 0
+
+
+def test_client_giving_up_on_a_non_streaming_answer_frees_its_slot(runner):
+    runner.wait_idle()
+    cancelled_before = runner.metric("requests_cancelled_total")
+    body = {"model": MODEL_NAME, "prompt": "1, 2, 3, 4, 5,", "raw": True, "stream": False,
+            "options": {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 100000}}
+    with httpx.Client(base_url=runner.url, timeout=30) as http:
+        # The headers arrive once generation has started; the body only at the end.
+        with http.stream("POST", "/api/generate", json=body) as r:
+            assert r.status_code == 200
+            assert runner.health()["slots"]["busy"] == 1
+        # leaving the block hangs up without reading the answer
+    health = runner.wait_idle(timeout=3)
+    assert health["slots"]["busy"] == 0
+    assert runner.metric("requests_cancelled_total") == cancelled_before + 1

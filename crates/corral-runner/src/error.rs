@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -38,15 +38,35 @@ impl ApiError {
     }
 }
 
-/// Ollama's shape: `{"error": "message"}`.
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+impl ApiError {
+    /// Ollama's shape: `{"error": "message"}`.
+    pub fn ollama_body(&self) -> Value {
+        json!({ "error": self.to_string() })
+    }
+
+    /// OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+    pub fn openai_body(&self) -> Value {
+        let (kind, code) = match self {
+            Self::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
+            Self::NotFound(_) | Self::MalformedJson(_) | Self::InvalidRequest(_) => {
+                ("invalid_request_error", None)
+            }
+            Self::QueueFull => ("server_error", Some("server_busy")),
+            Self::Engine(_) => ("server_error", None),
+        };
+        json!({
+            "error": { "message": self.to_string(), "type": kind, "param": null, "code": code }
+        })
     }
 }
 
-/// The same error in OpenAI's shape:
-/// `{"error": {"message", "type", "param", "code"}}`.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.ollama_body())).into_response()
+    }
+}
+
+/// The same error, answered in OpenAI's shape.
 #[derive(Debug)]
 pub struct OpenAiError(pub ApiError);
 
@@ -58,20 +78,7 @@ impl From<ApiError> for OpenAiError {
 
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let err = self.0;
-        let (kind, code) = match &err {
-            ApiError::ModelNotFound(_) => ("invalid_request_error", Some("model_not_found")),
-            ApiError::NotFound(_) => ("invalid_request_error", None),
-            ApiError::MalformedJson(_) | ApiError::InvalidRequest(_) => {
-                ("invalid_request_error", None)
-            }
-            ApiError::QueueFull => ("server_error", Some("server_busy")),
-            ApiError::Engine(_) => ("server_error", None),
-        };
-        let body = json!({
-            "error": { "message": err.to_string(), "type": kind, "param": null, "code": code }
-        });
-        (err.status(), Json(body)).into_response()
+        (self.0.status(), Json(self.0.openai_body())).into_response()
     }
 }
 

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::embed::Embedder;
-use crate::engine::{Engine, Event, GenerationRequest, Summary};
+use crate::engine::{Engine, Event, GenerationRequest};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::model::ServedModel;
@@ -88,22 +88,6 @@ impl AppState {
             received,
         })
     }
-}
-
-/// Waits for a whole answer (non-streaming requests). Dropping the future (the client
-/// went away) drops the receiver, which cancels the generation.
-async fn collect(mut rx: UnboundedReceiver<Event>) -> Result<(String, Summary), ApiError> {
-    let mut text = String::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Text(t) => text.push_str(&t),
-            Event::Done(summary) => return Ok((text, summary)),
-            Event::Failed(message) => return Err(ApiError::Engine(message)),
-        }
-    }
-    Err(ApiError::Engine(
-        "generation ended without an answer".to_owned(),
-    ))
 }
 
 /// Nanoseconds, the unit of Ollama's duration fields.

@@ -10,8 +10,8 @@ use chrono::{SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::stream::{event_body, line, ndjson};
-use super::{SharedState, collect, nanos};
+use super::stream::{event_body, line, ndjson, whole_answer};
+use super::{SharedState, nanos};
 use crate::embed::normalize;
 use crate::engine::{Event, Summary};
 use crate::error::{ApiError, parse_json};
@@ -220,10 +220,12 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
         v
     };
     if req.stream == Some(false) {
-        let (text, summary) = collect(rx).await?;
-        let mut v = done(&summary);
-        v["response"] = text.into();
-        return Ok(Json(v).into_response());
+        return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
+            let mut v = done(&summary);
+            v["response"] = text.into();
+            v
+        })
+        .await;
     }
     let model = state.model.name.clone();
     Ok(ndjson(event_body(rx, move |event| match event {
@@ -316,8 +318,10 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
         v
     };
     if req.stream == Some(false) {
-        let (text, summary) = collect(rx).await?;
-        return Ok(Json(done(&summary, text)).into_response());
+        return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
+            done(&summary, text)
+        })
+        .await;
     }
     let model = state.model.name.clone();
     Ok(ndjson(event_body(rx, move |event| match event {

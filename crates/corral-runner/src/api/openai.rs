@@ -5,14 +5,14 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::ollama::shorten;
-use super::stream::{data, event_body, sse};
-use super::{SharedState, collect, new_id};
+use super::stream::{data, event_body, sse, whole_answer};
+use super::{SharedState, new_id};
 use crate::embed::normalize;
 use crate::engine::{Event, Summary};
 use crate::error::{ApiError, OpenAiError, parse_json};
@@ -242,21 +242,22 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
     let created = unix_now();
     let model = req.model;
     if !req.stream {
-        let (text, summary) = collect(rx).await?;
-        return Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": text },
-                "finish_reason": summary.reason.as_str(),
-            }],
-            "usage": usage(&summary),
-        }))
-        .into_response());
+        let render = move |text: String, summary: Summary| {
+            json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [{
+                    "index": 0,
+                    "message": { "role": "assistant", "content": text },
+                    "finish_reason": summary.reason.as_str(),
+                }],
+                "usage": usage(&summary),
+            })
+        };
+        return Ok(whole_answer(rx, ApiError::openai_body, render).await?);
     }
     let include_usage = req.stream_options.include_usage;
     let chunk = move |delta: Value, finish: Option<&str>| {
@@ -367,21 +368,21 @@ pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Resul
     let model = req.model;
     let echo = req.echo.then_some(prompt_text);
     if !req.stream {
-        let (text, summary) = collect(rx).await?;
-        let text = echo.unwrap_or_default() + &text;
-        return Ok(Json(json!({
-            "id": id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "system_fingerprint": FINGERPRINT,
-            "choices": [{
-                "text": text, "index": 0, "logprobs": null,
-                "finish_reason": summary.reason.as_str(),
-            }],
-            "usage": usage(&summary),
-        }))
-        .into_response());
+        let render = move |text: String, summary: Summary| {
+            json!({
+                "id": id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "system_fingerprint": FINGERPRINT,
+                "choices": [{
+                    "text": echo.unwrap_or_default() + &text, "index": 0, "logprobs": null,
+                    "finish_reason": summary.reason.as_str(),
+                }],
+                "usage": usage(&summary),
+            })
+        };
+        return Ok(whole_answer(rx, ApiError::openai_body, render).await?);
     }
     let include_usage = req.stream_options.include_usage;
     let chunk = move |text: String, finish: Option<&str>| {

@@ -96,6 +96,16 @@ struct Job {
     events: UnboundedSender<Event>,
 }
 
+/// Clears `engine_alive` when the inference thread ends, by return or by panic, so
+/// `/health` reports it.
+struct AliveFlag(Arc<Metrics>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.engine_alive.store(false, Relaxed);
+    }
+}
+
 /// Handle to the inference thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -134,8 +144,8 @@ impl Engine {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                worker::Worker::new(ctx, &model, &config, jobs_rx, thread_metrics.clone()).run();
-                thread_metrics.engine_alive.store(false, Relaxed);
+                let _alive = AliveFlag(thread_metrics.clone());
+                worker::Worker::new(ctx, &model, &config, jobs_rx, thread_metrics).run();
             })
             .map_err(|e| format!("cannot start inference thread: {e}"))?;
         ready_rx
