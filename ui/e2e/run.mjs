@@ -62,10 +62,10 @@ function run(args, input) {
 }
 
 /** Starts `corral serve`; resolves to its URL and everything it printed to stdout so far. */
-function startServer(dir, logName) {
+function startServer(dir, logName, extraArgs = []) {
   return new Promise((res, rej) => {
     const logFile = createWriteStream(join(artifacts, logName));
-    const p = spawn(corralBin, ['--data-dir', dir, 'serve', '--listen', '127.0.0.1:0'], {
+    const p = spawn(corralBin, ['--data-dir', dir, 'serve', '--listen', '127.0.0.1:0', ...extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, CORRAL_LOG: 'info,tower_http=warn' },
     });
@@ -549,9 +549,10 @@ async function main() {
       },
     ],
     [
-      'first-admin setup from the link corral serve prints',
+      'first-admin setup from the printed token; refresh before expiry',
       async () => {
-        const fresh = await startServer(join(work, 'fresh'), 'server-setup.log');
+        // Short-lived access tokens, to watch the silent refresh before expiry.
+        const fresh = await startServer(join(work, 'fresh'), 'server-setup.log', ['--access-token-ttl', '6s']);
         const token = fresh.stdout.match(/setup_token\W+([A-Za-z0-9_-]{16,})/)?.[1];
         assert(token, `a setup token in the output: ${fresh.stdout}`);
         await page.setViewportSize({ width: 1280, height: 860 });
@@ -564,6 +565,18 @@ async function main() {
         // A new origin (port): English again, from the browser's language.
         await page.getByRole('link', { name: 'Users' }).waitFor();
         await screenshot('setup-first-admin');
+        // No user action for longer than the token lives: the client refreshes on its own
+        // (at half of the 6 s life here), and the next call just works.
+        let refreshes = 0;
+        const count = (r) => {
+          if (new URL(r.url()).pathname === '/api/auth/refresh') refreshes += 1;
+        };
+        page.on('request', count);
+        await page.waitForTimeout(7_500);
+        page.off('request', count);
+        assert(refreshes >= 2, `scheduled refreshes in 7.5 s with a 6 s token: ${refreshes}`);
+        await page.getByRole('link', { name: 'Users' }).click();
+        await page.locator('[data-testid=user-row][data-email="first@e2e.test"]').waitFor();
       },
     ],
     [
