@@ -7,7 +7,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Nothing has been asked for this model since the server started.
+    /// Nothing is being fetched: nothing was asked since the server started, or the last
+    /// resolve was cancelled (`done` then says how far it got; the next one resumes).
     Idle,
     /// Asking the Ollama registry which blob holds the GGUF.
     Manifest,
@@ -48,7 +49,9 @@ impl Progress {
 const LOG_EVERY_UNKNOWN: u64 = 64 << 20;
 
 /// Publishes progress for one resolve and logs it at info every ~5 %, so an operator
-/// tailing the server log sees a long pull move without being flooded.
+/// tailing the server log sees a long pull move without being flooded. Dropped before
+/// `Ready` or `Failed` (the resolve was cancelled: the instance was stopped meanwhile),
+/// it goes back to `Idle` so nobody waits on a download that no one is doing.
 pub(crate) struct Meter<'a> {
     tx: &'a watch::Sender<Progress>,
     model: &'a str,
@@ -103,6 +106,21 @@ impl<'a> Meter<'a> {
         self.tx.send_modify(|p| {
             p.phase = Phase::Failed;
             p.error = Some(error);
+        });
+    }
+}
+
+impl Drop for Meter<'_> {
+    fn drop(&mut self) {
+        self.tx.send_if_modified(|p| {
+            let running = matches!(
+                p.phase,
+                Phase::Manifest | Phase::Downloading | Phase::Verifying
+            );
+            if running {
+                p.phase = Phase::Idle;
+            }
+            running
         });
     }
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use corral_core::{CatalogModel, ModelSource};
 use corral_models::{Error, Phase, Weights};
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 struct Fixture {
@@ -61,6 +63,8 @@ struct Server {
     manifest_accept: Mutex<Option<String>>,
     /// Close the connection halfway through the next body.
     cut_next: AtomicBool,
+    /// Pause 1 ms between chunks, so a test can act in the middle of a download.
+    slow: AtomicBool,
     /// Advertise this digest in the manifest instead of the real one.
     manifest_digest: Mutex<Option<String>>,
 }
@@ -192,7 +196,16 @@ fn ranged(s: &Server, headers: &HeaderMap, data: Bytes, ranges: bool) -> Respons
         chunks.truncate(chunks.len() / 2);
         chunks.push(Err(std::io::Error::other("connection cut by the test")));
     }
-    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
+    let stream = futures_util::stream::iter(chunks);
+    let paced = if s.slow.load(Ordering::SeqCst) {
+        Body::from_stream(stream.then(|chunk| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            chunk
+        }))
+    } else {
+        Body::from_stream(stream)
+    };
+    let mut response = Response::new(paced);
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -492,6 +505,50 @@ async fn a_digest_mismatch_leaves_nothing_behind() {
     assert!(err.to_string().contains(&advertised), "{err}");
     assert_eq!(server.blob_gets.load(Ordering::SeqCst), 1);
     assert_eq!(listing(dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_cancelled_resolve_goes_idle_and_the_next_one_resumes() {
+    let server = serve().await;
+    let (dir, models) = setup();
+    let weights = Arc::new(Weights::new(dir.path()).with_registry(&server.base));
+    let m = model("smol:135m", ollama("library/smol:135m"));
+    let mut progress = weights.progress("smol:135m").unwrap();
+    let half = fixture().bytes.len() as u64 / 2;
+    server.slow.store(true, Ordering::SeqCst);
+    let task = tokio::spawn({
+        let (weights, m) = (weights.clone(), m.clone());
+        async move { weights.resolve(&m).await }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        progress.wait_for(|p| p.phase == Phase::Downloading && p.done >= half),
+    )
+    .await
+    .expect("the download starts")
+    .unwrap();
+    // What the reconciler does when the instance is stopped while provisioning.
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let p = progress.borrow().clone();
+    assert_eq!(p.phase, Phase::Idle);
+    assert!(p.done >= half);
+    // The last write the cancelled task started still lands; a later deploy comes long
+    // after it (and a resume that raced it would fail the hash and start over).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let kept = std::fs::metadata(models.join("smol_135m.partial"))
+        .unwrap()
+        .len();
+    assert!(kept > 0);
+
+    server.slow.store(false, Ordering::SeqCst);
+    let path = weights.resolve(&m).await.unwrap();
+    assert_is_fixture(&path);
+    assert_eq!(
+        *server.ranges.lock().unwrap(),
+        [None, Some(format!("bytes={kept}-"))]
+    );
+    assert_eq!(progress.borrow().phase, Phase::Ready);
 }
 
 #[tokio::test]
