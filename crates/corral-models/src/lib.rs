@@ -152,6 +152,10 @@ impl Weights {
     pub async fn import(&self, file: &Path, name: &str) -> Result<CatalogModel> {
         let id = normalize_model_id(name).map_err(Error::InvalidId)?;
         let stem = file_stem(&id)?;
+        // Checked first so a typo reads "No such file", not "weights not found".
+        tokio::fs::metadata(file)
+            .await
+            .map_err(Error::io(format!("reading {}", file.display())))?;
         files::check_gguf(&id, file).await?;
         self.create_models_dir().await?;
         let lock = self.lock(&stem);

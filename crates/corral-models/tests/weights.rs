@@ -627,7 +627,11 @@ async fn refuses_what_is_not_a_gguf() {
         .import(&dir.path().join("absent.gguf"), "absent")
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Missing { .. }), "{err:?}");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("absent.gguf: No such file"),
+        "{err}"
+    );
     assert_eq!(listing(dir.path()), Vec::<String>::new());
 
     // Catalog `File` entries: relative to the data dir or absolute, and checked too.
