@@ -13,6 +13,9 @@ pub enum WeightsError {
     Missing { model: String, path: PathBuf },
     #[error("weights of {model} come from {kind}, which this server cannot fetch")]
     Unsupported { model: String, kind: &'static str },
+    /// A fetch that failed (registry, network, digest, disk): the resolver's own message.
+    #[error("{0}")]
+    Fetch(String),
 }
 
 #[async_trait]

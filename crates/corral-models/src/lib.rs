@@ -350,3 +350,18 @@ fn imported_entry(id: String, source: ModelSource, size: u64) -> CatalogModel {
         id,
     }
 }
+
+/// The reconciler fetches weights through this: provisioning an instance resolves (and,
+/// for registry or URL sources, downloads and verifies) its model first.
+#[async_trait::async_trait]
+impl corral_control::WeightsResolver for Weights {
+    async fn resolve(
+        &self,
+        model: &CatalogModel,
+    ) -> std::result::Result<PathBuf, corral_control::WeightsError> {
+        Weights::resolve(self, model).await.map_err(|e| match e {
+            Error::Missing { model, path } => corral_control::WeightsError::Missing { model, path },
+            e => corral_control::WeightsError::Fetch(e.to_string()),
+        })
+    }
+}
