@@ -5,8 +5,11 @@
 #   prompt tok/s      one request with a ~500-token prompt (Ollama's prompt_eval_* fields)
 #   generation tok/s  one stream, greedy, 128 tokens (eval_count / eval_duration)
 #   8 parallel tok/s  8 streams at once, generated tokens of all / wall time of generation
-# and prints them next to the llama-bench reference of ARCHITECTURE.md (2 threads, the
-# 2-core build machine). Goal: >= 95 %.
+# In the same run, the example `llama_bench` drives the same llama.cpp build directly
+# the way llama-bench / llama-batched-bench do (pp512, tg128, 8 x tg128). Both are printed
+# next to the llama-bench reference of ARCHITECTURE.md (2 threads, the 2-core build
+# machine). Goal: >= 95 %. Other load on the machine skews all figures (llama.cpp's
+# threads spin-wait for each other), so the same-run column is the fair comparison.
 #
 # Usage: bench/runner.sh [--threads N] [--debug]   (--debug: bench the debug build that
 # `make test` uses instead of building release)
@@ -30,12 +33,16 @@ REF_PAR8=133
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 if [ "$profile" = release ]; then
-    cargo build --release -p corral-runner --locked >&2
+    cargo build --release -p corral-runner --bins --examples --locked >&2
 else
-    cargo build -p corral-runner --locked >&2
+    cargo build -p corral-runner --bins --examples --locked >&2
 fi
 model="$(scripts/fetch-model.sh "${DATA_DIR:-.corral}/models" | tail -n1)"
 scripts/venv.sh
+
+echo "bench: llama.cpp directly (examples/llama_bench.rs)" >&2
+direct="$("$target_dir/$profile/examples/llama_bench" "$model" "$threads")"
+direct_value() { echo "$direct" | sed -n "s/^$1 //p"; }
 
 out="$(mktemp)"
 "$target_dir/$profile/corral-runner" --model "$model" --name bench --port 0 \
@@ -49,12 +56,14 @@ done
 url="$(sed -n 's/^listening on //p' "$out")"
 [ -n "$url" ] || { echo "runner did not start" >&2; exit 1; }
 
-.venv/bin/python - "$url" "$REF_PP" "$REF_TG" "$REF_PAR8" "$threads" "$profile" <<'PY'
-import json, statistics, sys, threading, time
+echo "bench: corral-runner over HTTP" >&2
+.venv/bin/python - "$url" "$threads" "$profile" "$REF_PP" "$REF_TG" "$REF_PAR8" \
+    "$(direct_value pp)" "$(direct_value tg)" "$(direct_value par8)" <<'PY'
+import json, sys, threading, time
 import httpx
 
-url, ref_pp, ref_tg, ref_par, threads, profile = sys.argv[1:]
-ref_pp, ref_tg, ref_par = float(ref_pp), float(ref_tg), float(ref_par)
+url, threads, profile = sys.argv[1:4]
+ref_pp, ref_tg, ref_par, direct_pp, direct_tg, direct_par = map(float, sys.argv[4:10])
 http = httpx.Client(base_url=url, timeout=300)
 # Greedy and no repetition penalty: the counting never ends before num_predict, so every
 # run generates exactly the tokens asked for.
@@ -106,12 +115,14 @@ def parallel_run():
 
 par = max(parallel_run() for _ in range(2))
 
-def row(name, ours, ref):
-    print(f"{name:<26}{ours:>12.1f}{ref:>14.1f}{ours / ref * 100:>9.1f} %")
+def row(name, ours, direct, ref):
+    print(f"{name:<24}{ours:>9.1f}{direct:>13.1f}{ours / direct * 100:>7.0f} %"
+          f"{ref:>13.1f}{ours / ref * 100:>7.0f} %")
 
-print(f"corral-runner ({profile} build, {threads} threads) vs llama-bench reference (ARCHITECTURE.md)")
-print(f"{'':<26}{'corral tok/s':>12}{'llama.cpp tok/s':>14}{'ratio':>11}")
-row(f"prompt ({pp_tokens} tokens)", pp, ref_pp)
-row("generation, 1 stream", tg, ref_tg)
-row("generation, 8 parallel", par, ref_par)
+print(f"tok/s, {profile} build, {threads} threads")
+print(f"{'':<24}{'corral':>9}{'llama.cpp':>13}{'ratio':>9}{'reference':>13}{'ratio':>9}")
+print(f"{'':<24}{'(HTTP)':>9}{'(same run)':>13}{'':>9}{'(ARCH.md)':>13}")
+row(f"prompt ({pp_tokens} tok)", pp, direct_pp, ref_pp)
+row("generation, 1 stream", tg, direct_tg, ref_tg)
+row("generation, 8 parallel", par, direct_par, ref_par)
 PY
