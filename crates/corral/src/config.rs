@@ -86,6 +86,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub metrics_token: Option<String>,
+    /// Gateway requests allowed per user per minute (burst of the same size); 0: no limit.
+    #[arg(long, env = "CORRAL_GATEWAY_REQUESTS_PER_MINUTE", value_name = "N")]
+    pub gateway_requests_per_minute: Option<u32>,
+    /// Prompt + completion tokens allowed per user per minute through the gateway; 0: no limit.
+    #[arg(long, env = "CORRAL_GATEWAY_TOKENS_PER_MINUTE", value_name = "N")]
+    pub gateway_tokens_per_minute: Option<u32>,
     /// SMTP relay for outgoing mail. Without it, mail goes to the outbox (GET /api/admin/outbox).
     #[arg(long, env = "CORRAL_SMTP_HOST", value_name = "HOST")]
     pub smtp_host: Option<String>,
@@ -138,6 +144,8 @@ pub struct FileConfig {
     pub trust_forwarded_for: Option<bool>,
     pub jwt_secret: Option<String>,
     pub metrics_token: Option<String>,
+    pub gateway_requests_per_minute: Option<u32>,
+    pub gateway_tokens_per_minute: Option<u32>,
     pub log: Option<String>,
     #[serde(default)]
     pub smtp: SmtpFile,

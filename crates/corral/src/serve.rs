@@ -84,6 +84,18 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         settings.trust_forwarded_for = v;
     }
     settings.metrics_token = args.metrics_token.clone().or(file.metrics_token.clone());
+    if let Some(v) = args
+        .gateway_requests_per_minute
+        .or(file.gateway_requests_per_minute)
+    {
+        settings.gateway_requests_per_minute = v;
+    }
+    if let Some(v) = args
+        .gateway_tokens_per_minute
+        .or(file.gateway_tokens_per_minute)
+    {
+        settings.gateway_tokens_per_minute = v;
+    }
     settings.argon2 = argon2_params(&file);
 
     let mailer = match args.smtp_host.clone().or(file.smtp.host.clone()) {
