@@ -114,6 +114,11 @@ impl From<corral_store::Error> for ApiError {
             }
             // The store's sentence says what to do first (e.g. delete the user's instances).
             corral_store::Error::InUse(sentence) => ApiError::Conflict(sentence.to_string()),
+            // Handlers validate first; these are races (a model deleted meanwhile).
+            corral_store::Error::UnknownReference(what) => {
+                ApiError::bad_request("unknown_reference", format!("{what} does not exist"))
+            }
+            corral_store::Error::Invalid(why) => ApiError::bad_request("invalid_value", why),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub setup_token: Option<String>,
     /// Token for `GET /metrics` scrapers that do not log in.
     pub metrics_token: Option<String>,
+    /// Hourly prices for the cost of running instances (`[prices]` in corral.toml).
+    pub prices: corral_core::PriceTable,
     /// Gateway requests per user and minute (burst of as many); 0: unlimited.
     pub gateway_requests_per_minute: u32,
     /// Prompt + completion tokens per user and minute, counted when a request ends, so a
@@ -72,6 +74,7 @@ impl Settings {
             trust_forwarded_for: false,
             setup_token: None,
             metrics_token: None,
+            prices: corral_core::PriceTable::default(),
             gateway_requests_per_minute: 600,
             gateway_tokens_per_minute: 200_000,
         }

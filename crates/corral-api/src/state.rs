@@ -1,6 +1,7 @@
 //! `AppState`: what every handler shares. Cheap to clone (one `Arc`).
 
 use corral_control::{Control, RoutingTable};
+use corral_models::Weights;
 use corral_store::Store;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub routing: RoutingTable,
     pub gateway: Gateway,
     pub metrics: Metrics,
+    /// Model weights on this machine: the catalog's `present`, pulls and their progress.
+    pub weights: Arc<Weights>,
 }
 
 impl AppState {
@@ -40,12 +43,14 @@ impl AppState {
         settings: Settings,
         mailer: Mailer,
         control: Control,
+        weights: Arc<Weights>,
     ) -> Self {
         AppState(Arc::new(Inner {
             routing: control.routing(),
             gateway: Gateway::new(&settings),
             metrics: Metrics::default(),
             control,
+            weights,
             keys: Keys::new(&settings.jwt_secret),
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),

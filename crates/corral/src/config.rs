@@ -151,6 +151,10 @@ pub struct FileConfig {
     pub smtp: SmtpFile,
     #[serde(default)]
     pub argon2: Argon2File,
+    /// Hourly prices behind the cost figures (defaults: AWS us-east-1 list prices, local
+    /// compute free); any field left out keeps its default.
+    #[serde(default)]
+    pub prices: corral_core::PriceTable,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +246,19 @@ mod tests {
         assert_eq!(file.access_token_ttl, Some(Duration::from_secs(300)));
         assert_eq!(file.smtp.host.as_deref(), Some("mail"));
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn prices_override_only_what_they_name() {
+        let file: FileConfig = toml::from_str(
+            "[prices]\nlocal_hour = 0.05\n[prices.gpu_instance_hour]\n\"g5.xlarge\" = 0.8\n",
+        )
+        .unwrap();
+        let defaults = corral_core::PriceTable::default();
+        assert_eq!(file.prices.local_hour, 0.05);
+        assert_eq!(file.prices.gpu_instance_hour["g5.xlarge"], 0.8);
+        assert_eq!(file.prices.fargate_vcpu_hour, defaults.fargate_vcpu_hour);
+        assert_eq!(FileConfig::default().prices, defaults);
     }
 
     #[test]

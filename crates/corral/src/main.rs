@@ -1,6 +1,7 @@
 //! The `corral` command: runs the server and administers it.
 
 mod admin;
+mod client;
 mod config;
 mod error;
 mod serve;
@@ -33,6 +34,8 @@ enum Command {
     /// Administer a Corral installation directly through its store.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(&cli.store, *args).await,
             Command::Admin(cmd) => admin::run(&cli.store, cmd).await,
+            Command::Client(cmd) => client::run(&cli.store, cmd).await,
         }
     });
     match result {

@@ -3,7 +3,7 @@
 use corral_api::mail::{Mailer, SmtpSettings};
 use corral_api::settings::Argon2Params;
 use corral_api::{AppState, Settings};
-use corral_control::{Control, ControlSettings, FileWeights};
+use corral_control::{Control, ControlSettings};
 use corral_core::secret;
 use corral_drivers::ComputeDriver;
 use corral_drivers::local::{LocalConfig, LocalDriver};
@@ -120,6 +120,11 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     };
 
     let store = corral_store::open(&cfg.database_url).await?;
+    // The built-in catalog (the brief's table and the demo model), current at every start.
+    for model in corral_core::catalog::builtin_models() {
+        store.upsert_model(&model).await?;
+    }
+    settings.prices = file.prices.clone();
     if store.count_users().await? == 0 {
         let token = secret::random_token();
         settings.setup_token = Some(token.clone());
@@ -138,13 +143,16 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         data_dir: cfg.data_dir.clone(),
         ..ControlSettings::default()
     };
+    // One weights manager for the reconciler (deploys) and the API (presence, pulls), so
+    // they share the per-model download lock and its progress.
+    let weights = Arc::new(corral_models::Weights::new(&cfg.data_dir));
     let control = Control::new(
         store.clone(),
         vec![Arc::new(local) as Arc<dyn ComputeDriver>],
-        Arc::new(FileWeights::new(&cfg.data_dir)),
+        weights.clone(),
         control_settings,
     );
-    let state = AppState::new(store, settings, mailer, control.clone());
+    let state = AppState::new(store, settings, mailer, control.clone(), weights);
 
     // One signal stops both: the server drains its requests while the reconciler finishes
     // the steps it is in. Replicas keep running; the next start adopts them.

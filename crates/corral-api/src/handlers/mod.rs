@@ -2,9 +2,13 @@
 
 mod admin;
 mod auth;
+mod compute;
 mod health;
+mod instances;
 mod keys;
+mod models;
 mod profile;
+mod usage;
 
 use axum::middleware;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,4 +25,8 @@ pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .merge(profile::routes())
         .merge(keys::routes())
         .merge(admin::routes())
+        .merge(models::routes())
+        .merge(instances::routes())
+        .merge(compute::routes())
+        .merge(usage::routes())
 }

@@ -5,7 +5,7 @@
 
 use corral_api::mail::Mailer;
 use corral_api::{AppState, Settings};
-use corral_control::{Control, ControlSettings, FileWeights};
+use corral_control::{Control, ControlSettings};
 use corral_drivers::ComputeDriver;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -30,7 +30,9 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
     _shutdown: oneshot::Sender<()>,
     /// Stops the reconciler's loop, when it runs (replicas are the test's to stop).
-    _reconciler: Option<oneshot::Sender<()>>,
+    _reconciler: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The store's URL, for `restart`.
+    store_url: String,
 }
 
 /// The compute drivers and control settings of a reconciler, for the app's data dir.
@@ -102,6 +104,16 @@ async fn spawn(
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("corral.db").display()),
         Backend::Postgres => fresh_pg_database().await,
     };
+    launch(dir, url, configure, reconciler).await
+}
+
+/// Serves `store_url` with `dir` as the data dir.
+async fn launch(
+    dir: tempfile::TempDir,
+    url: String,
+    configure: impl FnOnce(&mut Settings),
+    reconciler: impl FnOnce(&Path) -> Option<Reconciler>,
+) -> TestApp {
     let store = corral_store::open(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -114,10 +126,11 @@ async fn spawn(
     let reconciler = reconciler(dir.path());
     let running = reconciler.is_some();
     let (drivers, control_settings) = reconciler.unwrap_or_default();
+    let weights = Arc::new(corral_models::Weights::new(dir.path()));
     let control = Control::new(
         Arc::clone(&store),
         drivers,
-        Arc::new(FileWeights::new(dir.path())),
+        weights.clone(),
         control_settings,
     );
     let state = AppState::new(
@@ -125,13 +138,14 @@ async fn spawn(
         settings,
         Mailer::Outbox,
         control.clone(),
+        weights,
     );
     let reconciler = running.then(|| {
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(control.run(async {
+        let run = tokio::spawn(control.run(async {
             let _ = rx.await;
         }));
-        tx
+        (tx, run)
     });
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(corral_api::serve(listener, state.clone(), async {
@@ -145,6 +159,7 @@ async fn spawn(
         _dir: dir,
         _shutdown: tx,
         _reconciler: reconciler,
+        store_url: url,
     }
 }
 
@@ -166,6 +181,29 @@ async fn fresh_pg_database() -> String {
 }
 
 impl TestApp {
+    /// A restart of the server: this one stops (its reconciler finishes the steps it is
+    /// in; replicas keep running, as after `corral serve` exits) and a new one, with a
+    /// fresh reconciler, serves the same store and data dir on another port.
+    pub async fn restart(
+        self,
+        configure: impl FnOnce(&mut Settings),
+        reconciler: impl FnOnce(&Path) -> Reconciler,
+    ) -> TestApp {
+        let TestApp {
+            _dir: dir,
+            _shutdown: shutdown,
+            _reconciler: running,
+            store_url,
+            ..
+        } = self;
+        let _ = shutdown.send(());
+        if let Some((stop, run)) = running {
+            let _ = stop.send(());
+            run.await.unwrap();
+        }
+        launch(dir, store_url, configure, |d| Some(reconciler(d))).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,0 +1,616 @@
+//! Instances (a deployed model) with the brief's paths: `POST /api/models/start`
+//! deploys, `DELETE /api/models/{id}/stop` stops (the id is the instance's, as in the
+//! brief), and `/api/instances/...` lists, shows, starts again, tunes, deletes and
+//! tails them.
+//!
+//! Who sees what: a user sees and changes only their own instances; another user's id
+//! answers 404 on every route, exactly like an unknown one (no IDOR). Admins see and
+//! change every instance. Viewers are read-only: they see every instance and its logs
+//! (the brief's "read-only: view models and logs") and every change answers 403.
+//!
+//! The API changes only `desired` (through `Control`); the reconciler moves `state`
+//! and records each transition in the instance's timeline.
+
+mod logs;
+mod plan;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use corral_core::catalog::normalize_model_id;
+use corral_core::{
+    CatalogModel, ComputeSpec, ComputeType, Desired, Instance, InstanceEvent, InstanceSettings,
+    ReplicaState, Role, State as Observed,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::usage::{Cost, UsageTotals};
+use crate::audit::Audit;
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+use plan::{Refusal, SizeRequest};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start_model))
+        .routes(routes!(stop_model))
+        .routes(routes!(list_instances))
+        .routes(routes!(get_instance, delete_instance))
+        .routes(routes!(start_instance))
+        .routes(routes!(update_settings))
+        .routes(routes!(logs::instance_logs))
+}
+
+/// Timeline events shown with an instance: enough for days of lifecycle changes.
+const TIMELINE_EVENTS: u32 = 200;
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::bad_request(r.code, r.message)
+    }
+}
+
+/// What `Control` refuses, as the API answers it.
+fn control_error(e: corral_control::Error) -> ApiError {
+    match e {
+        corral_control::Error::NotFound => ApiError::NotFound("instance"),
+        corral_control::Error::Store(e) => e.into(),
+        other => ApiError::Conflict(other.to_string()),
+    }
+}
+
+/// The caller's view of one instance: their own, or any for admins and viewers.
+/// Everything else is `NotFound`, whether it exists or not.
+pub(super) async fn visible(
+    state: &AppState,
+    principal: &Principal,
+    id: Uuid,
+) -> ApiResult<Instance> {
+    let found = if sees_all(principal) {
+        state.store.instance(id).await?
+    } else {
+        state
+            .store
+            .instance_for_owner(id, principal.user.id)
+            .await?
+    };
+    found.ok_or(ApiError::NotFound("instance"))
+}
+
+/// An instance the caller may change: 403 for viewers (before looking anything up), then
+/// their own or, for admins, any. Deleted ones can only be deleted again.
+async fn changeable(state: &AppState, principal: &Principal, id: Uuid) -> ApiResult<Instance> {
+    principal.require_mutate()?;
+    let found = if principal.user.role.is_admin() {
+        state.store.instance(id).await?
+    } else {
+        state
+            .store
+            .instance_for_owner(id, principal.user.id)
+            .await?
+    };
+    found.ok_or(ApiError::NotFound("instance"))
+}
+
+fn refuse_deleted(inst: &Instance) -> ApiResult<()> {
+    if inst.desired == Desired::Deleted {
+        return Err(ApiError::Conflict(
+            "the instance is being deleted; deploy the model again instead".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn sees_all(principal: &Principal) -> bool {
+    matches!(principal.user.role, Role::Admin | Role::Viewer)
+}
+
+/// The brief's spelling `llama2-7b` is the catalog's `llama2:7b`: an id that is not in
+/// the catalog as written is tried with its first `-` as the tag separator.
+async fn find_model(state: &AppState, raw: &str) -> ApiResult<CatalogModel> {
+    let id = normalize_model_id(raw).map_err(|m| ApiError::bad_request("invalid_model_id", m))?;
+    if let Some(model) = state.store.model(&id).await? {
+        return Ok(model);
+    }
+    if !id.contains(':')
+        && let Some(model) = state.store.model(&id.replacen('-', ":", 1)).await?
+    {
+        return Ok(model);
+    }
+    Err(ApiError::bad_request(
+        "unknown_model",
+        format!("{id:?} is not in the catalog; GET /api/models lists the models you can deploy"),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartModel {
+    /// Catalog id, e.g. `smollm2:135m`; the brief's `llama2-7b` spelling works too.
+    model_id: String,
+    /// `local`, `fargate` or `gpu`. Default: local where offered. An `instance_type` or
+    /// `gpu_count` alone means gpu.
+    compute_type: Option<ComputeType>,
+    /// vCPUs. Default: the smallest size that fits the model (see `GET /api/compute`).
+    cpu: Option<f64>,
+    /// Memory in MiB; at least the model's `memory_required`.
+    memory: Option<u32>,
+    /// GPUs (gpu compute); default 1.
+    gpu_count: Option<u32>,
+    /// EC2 instance type (gpu compute), e.g. `g5.xlarge`; default: the cheapest that fits.
+    instance_type: Option<String>,
+    /// Spot capacity where offered; default false.
+    spot: Option<bool>,
+    /// Sleep or stop after this many seconds without a request; 0 never. Default 1800.
+    idle_timeout_seconds: Option<u32>,
+    /// Default 1.
+    min_replicas: Option<u32>,
+    /// Default: `min_replicas`; at most 8.
+    max_replicas: Option<u32>,
+    /// When idle, sleep and start again on the next request (default) instead of stopping.
+    wake_on_request: Option<bool>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceView {
+    id: Uuid,
+    model_id: String,
+    owner_id: Uuid,
+    /// The owner's e-mail; shown to admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner_email: Option<String>,
+    /// What the reconciler observed: pending, provisioning, starting, ready, scaling,
+    /// stopping, stopped, sleeping or failed.
+    status: Observed,
+    /// Why it failed, or other context for the status.
+    status_reason: Option<String>,
+    /// What was asked for: running, sleeping, stopped or deleted.
+    desired: Desired,
+    /// This instance's endpoint on the gateway (Ollama API below it, OpenAI API under
+    /// `/v1`), e.g. `https://corral.example.com/i/{id}`. Needs an API key or token.
+    endpoint: String,
+    /// The compute driver that runs it (`local`, `ecs`).
+    driver: String,
+    compute: ComputeSpec,
+    settings: InstanceSettings,
+    /// Replicas the autoscaler wants now, between min and max.
+    target_replicas: u32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// The last request through the gateway (idle shutdown counts from it).
+    last_activity_at: DateTime<Utc>,
+    /// Seconds since it last became ready; 0 while not serving.
+    uptime_seconds: i64,
+}
+
+impl InstanceView {
+    pub(super) fn new(state: &AppState, inst: &Instance, owner_email: Option<String>) -> Self {
+        let now = Utc::now();
+        InstanceView {
+            id: inst.id,
+            model_id: inst.model_id.clone(),
+            owner_id: inst.owner_id,
+            owner_email,
+            status: inst.state,
+            status_reason: inst.state_reason.clone(),
+            desired: inst.desired,
+            endpoint: format!(
+                "{}/i/{}",
+                state.settings.public_url.trim_end_matches('/'),
+                inst.id
+            ),
+            driver: inst.driver.clone(),
+            compute: inst.compute.clone(),
+            settings: inst.settings.clone(),
+            target_replicas: inst.target_replicas,
+            created_at: inst.created_at,
+            updated_at: inst.updated_at,
+            last_activity_at: inst.last_activity_at,
+            uptime_seconds: inst
+                .running_since
+                .map_or(0, |since| (now - since).num_seconds().max(0)),
+        }
+    }
+}
+
+/// The view for `principal`: admins also get the owner's e-mail.
+async fn view(state: &AppState, principal: &Principal, inst: &Instance) -> ApiResult<InstanceView> {
+    let email = if principal.user.role.is_admin() {
+        owner_email(state, principal, inst.owner_id).await?
+    } else {
+        None
+    };
+    Ok(InstanceView::new(state, inst, email))
+}
+
+async fn owner_email(
+    state: &AppState,
+    principal: &Principal,
+    owner: Uuid,
+) -> ApiResult<Option<String>> {
+    if owner == principal.user.id {
+        return Ok(Some(principal.user.email.clone()));
+    }
+    Ok(state.store.user_by_id(owner).await?.map(|u| u.email))
+}
+
+/// Deploys a model: validates the model, the size against what the drivers offer and
+/// the settings, then creates the instance (desired running, status pending) for the
+/// reconciler to launch. Nothing is created when any check fails.
+#[utoipa::path(post, path = "/api/models/start", tag = "instances",
+    security(("bearer" = [])),
+    request_body = StartModel,
+    responses(
+        (status = 201, body = InstanceView, description = "created; poll `GET /api/instances/{id}` until status is ready"),
+        (status = 400, description = "invalid_model_id, unknown_model, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "viewers are read-only"),
+    ))]
+async fn start_model(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Json(body): Json<StartModel>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    audit.action("instances.start");
+    principal.require_mutate()?;
+    let model = find_model(&state, &body.model_id).await?;
+    let size = SizeRequest {
+        compute_type: body.compute_type,
+        cpu: body.cpu,
+        memory: body.memory,
+        gpu_count: body.gpu_count,
+        instance_type: body.instance_type,
+        spot: body.spot.unwrap_or(false),
+    };
+    let planned = plan::plan(&model, &size, &state.control.offers())?;
+    let defaults = InstanceSettings::default();
+    let min_replicas = body.min_replicas.unwrap_or(defaults.min_replicas);
+    let settings = InstanceSettings {
+        idle_timeout_seconds: body
+            .idle_timeout_seconds
+            .unwrap_or(defaults.idle_timeout_seconds),
+        min_replicas,
+        max_replicas: body.max_replicas.unwrap_or(min_replicas.max(1)),
+        wake_on_request: body.wake_on_request.unwrap_or(defaults.wake_on_request),
+    };
+    plan::check_settings(&settings)?;
+
+    let now = Utc::now();
+    let inst = Instance {
+        id: Uuid::now_v7(),
+        owner_id: principal.user.id,
+        model_id: model.id.clone(),
+        driver: planned.driver,
+        compute: planned.spec,
+        target_replicas: settings.min_replicas,
+        settings,
+        desired: Desired::Running,
+        state: Observed::Pending,
+        state_reason: None,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: now,
+        running_since: None,
+        running_seconds: 0,
+    };
+    state.store.create_instance(&inst).await?;
+    audit.target(inst.id);
+    audit.detail(&format!("model={}", inst.model_id));
+    let c = &inst.compute;
+    state
+        .store
+        .append_event(
+            inst.id,
+            &format!(
+                "deployed by {}: {} on {} ({} vCPU, {} MiB{}), {}..{} replicas",
+                principal.user.email,
+                inst.model_id,
+                c.compute_type.as_str(),
+                c.cpu,
+                c.memory,
+                c.instance_type
+                    .as_deref()
+                    .map(|t| format!(", {t}"))
+                    .unwrap_or_default(),
+                inst.settings.min_replicas,
+                inst.settings.max_replicas
+            ),
+            now,
+        )
+        .await?;
+    state.control.nudge();
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&state, &principal, &inst).await?),
+    ))
+}
+
+/// Stops an instance (the brief's path; `id` is the instance id). Its replicas finish
+/// their requests and stop; it stays listed as stopped and can be started again.
+#[utoipa::path(delete, path = "/api/models/{id}/stop", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "instance id")),
+    responses(
+        (status = 202, body = InstanceView, description = "stopping; status becomes stopped"),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "viewers are read-only"),
+        (status = 404, description = "no such instance among the caller's"),
+        (status = 409, description = "the instance is being deleted"),
+    ))]
+async fn stop_model(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Path(id): Path<Uuid>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    audit.action("instances.stop");
+    audit.target(id);
+    let inst = changeable(&state, &principal, id).await?;
+    refuse_deleted(&inst)?;
+    let inst = state
+        .control
+        .set_desired(id, Desired::Stopped)
+        .await
+        .map_err(control_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view(&state, &principal, &inst).await?),
+    ))
+}
+
+/// Starts a stopped, sleeping or failed instance again (a failed one is retried from
+/// the start). Starting one that runs changes nothing.
+#[utoipa::path(post, path = "/api/instances/{id}/start", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "instance id")),
+    responses(
+        (status = 202, body = InstanceView),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "viewers are read-only"),
+        (status = 404, description = "no such instance among the caller's"),
+        (status = 409, description = "the instance is being deleted"),
+    ))]
+async fn start_instance(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Path(id): Path<Uuid>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    audit.action("instances.resume");
+    audit.target(id);
+    let inst = changeable(&state, &principal, id).await?;
+    refuse_deleted(&inst)?;
+    let inst = state.control.start(id).await.map_err(control_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view(&state, &principal, &inst).await?),
+    ))
+}
+
+/// Stops an instance and then removes it with its timeline; its usage stays in the
+/// usage report. It is listed with desired `deleted` until its compute is gone.
+#[utoipa::path(delete, path = "/api/instances/{id}", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "instance id")),
+    responses(
+        (status = 202, body = InstanceView),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "viewers are read-only"),
+        (status = 404, description = "no such instance among the caller's"),
+    ))]
+async fn delete_instance(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Path(id): Path<Uuid>,
+) -> ApiResult<(StatusCode, Json<InstanceView>)> {
+    audit.action("instances.delete");
+    audit.target(id);
+    changeable(&state, &principal, id).await?;
+    let inst = state
+        .control
+        .set_desired(id, Desired::Deleted)
+        .await
+        .map_err(control_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(view(&state, &principal, &inst).await?),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// 0 never stops it; at most a week.
+    idle_timeout_seconds: Option<u32>,
+    min_replicas: Option<u32>,
+    /// At most 8.
+    max_replicas: Option<u32>,
+    wake_on_request: Option<bool>,
+}
+
+/// Changes an instance's settings; fields left out keep their value. Takes effect at
+/// the reconciler's next step (replicas are added or removed to fit the new bounds).
+#[utoipa::path(put, path = "/api/instances/{id}/settings", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "instance id")),
+    request_body = UpdateSettings,
+    responses(
+        (status = 200, body = InstanceView),
+        (status = 400, description = "invalid_replicas or invalid_idle_timeout"),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 403, description = "viewers are read-only"),
+        (status = 404, description = "no such instance among the caller's"),
+        (status = 409, description = "the instance is being deleted"),
+    ))]
+async fn update_settings(
+    State(state): State<AppState>,
+    principal: Principal,
+    audit: Audit,
+    Path(id): Path<Uuid>,
+    Json(body): Json<UpdateSettings>,
+) -> ApiResult<Json<InstanceView>> {
+    audit.action("instances.settings");
+    audit.target(id);
+    let inst = changeable(&state, &principal, id).await?;
+    refuse_deleted(&inst)?;
+    let old = &inst.settings;
+    let new = InstanceSettings {
+        idle_timeout_seconds: body
+            .idle_timeout_seconds
+            .unwrap_or(old.idle_timeout_seconds),
+        min_replicas: body.min_replicas.unwrap_or(old.min_replicas),
+        max_replicas: body.max_replicas.unwrap_or(old.max_replicas),
+        wake_on_request: body.wake_on_request.unwrap_or(old.wake_on_request),
+    };
+    plan::check_settings(&new)?;
+    let now = Utc::now();
+    let inst = state
+        .store
+        .update_instance_settings(id, &new, now)
+        .await?
+        .ok_or(ApiError::NotFound("instance"))?;
+    let change = format!(
+        "idle_timeout_seconds={} replicas={}..{} wake_on_request={}",
+        new.idle_timeout_seconds, new.min_replicas, new.max_replicas, new.wake_on_request
+    );
+    audit.detail(&change);
+    state
+        .store
+        .append_event(
+            id,
+            &format!("settings changed by {}: {change}", principal.user.email),
+            now,
+        )
+        .await?;
+    state.control.nudge();
+    Ok(Json(view(&state, &principal, &inst).await?))
+}
+
+/// The caller's instances, newest first; admins and viewers see everyone's (admins with
+/// the owner's e-mail).
+#[utoipa::path(get, path = "/api/instances", tag = "instances",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = [InstanceView]),
+        (status = 401, description = "missing or invalid credentials"),
+    ))]
+async fn list_instances(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Vec<InstanceView>>> {
+    let scope = (!sees_all(&principal)).then_some(principal.user.id);
+    let list = state.store.list_instances(scope).await?;
+    let mut emails = std::collections::HashMap::new();
+    let mut views = Vec::with_capacity(list.len());
+    for inst in &list {
+        let email = if principal.user.role.is_admin() {
+            match emails.get(&inst.owner_id) {
+                Some(email) => Option::clone(email),
+                None => {
+                    let email = owner_email(&state, &principal, inst.owner_id).await?;
+                    emails.insert(inst.owner_id, email.clone());
+                    email
+                }
+            }
+        } else {
+            None
+        };
+        views.push(InstanceView::new(&state, inst, email));
+    }
+    Ok(Json(views))
+}
+
+/// One replica: a running copy of the model server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplicaView {
+    id: Uuid,
+    state: ReplicaState,
+    /// Times it was started again after exiting or failing its health check.
+    restarts: u32,
+    started_at: DateTime<Utc>,
+    /// Percent of one core, over the last sample interval.
+    cpu_percent: Option<f64>,
+    /// Resident memory.
+    memory_bytes: Option<u64>,
+    /// The replica's own address behind the gateway; admins only, since calling it
+    /// directly skips authentication, rate limits and metering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+}
+
+/// An instance with its replicas, timeline, usage and cost.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceDetail {
+    #[serde(flatten)]
+    instance: InstanceView,
+    replicas: Vec<ReplicaView>,
+    /// Lifecycle transitions and notable events, oldest first (the latest 200).
+    timeline: Vec<InstanceEvent>,
+    /// Requests and tokens through the gateway, all time.
+    usage: UsageTotals,
+    /// What it has cost so far, from its running time and the price table.
+    cost: Cost,
+}
+
+/// An instance's status, endpoint, size, settings, replicas (with CPU and memory),
+/// timeline, usage and cost.
+#[utoipa::path(get, path = "/api/instances/{id}", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "instance id")),
+    responses(
+        (status = 200, body = InstanceDetail),
+        (status = 401, description = "missing or invalid credentials"),
+        (status = 404, description = "no such instance among the caller's"),
+    ))]
+async fn get_instance(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<InstanceDetail>> {
+    let inst = visible(&state, &principal, id).await?;
+    let resources = state.control.replica_resources(id);
+    let admin = principal.user.role.is_admin();
+    let replicas = state
+        .store
+        .list_replicas(id)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let usage = resources
+                .iter()
+                .find(|(rid, _)| *rid == r.id)
+                .map(|(_, u)| u);
+            ReplicaView {
+                id: r.id,
+                state: r.state,
+                restarts: r.restarts,
+                started_at: r.started_at,
+                cpu_percent: usage.map(|u| u.cpu_percent),
+                memory_bytes: usage.map(|u| u.memory_bytes),
+                endpoint: r.endpoint.filter(|_| admin),
+            }
+        })
+        .collect();
+    let usage = state
+        .store
+        .usage(Some(inst.owner_id), None, None)
+        .await?
+        .iter()
+        .filter(|row| row.instance_id == id)
+        .fold(UsageTotals::default(), |t, row| t.add(row));
+    Ok(Json(InstanceDetail {
+        timeline: state.store.list_events(id, TIMELINE_EVENTS).await?,
+        cost: Cost::of(&state.settings.prices, &inst, Utc::now()),
+        usage,
+        replicas,
+        instance: view(&state, &principal, &inst).await?,
+    }))
+}
