@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # corral-runner's compatibility tests, the entry point `make test` calls: fetch the test
-# model, build the runner (debug profile, the build `cargo test` already made), set up the
-# Python venv, run pytest against a real runner with the official ollama and openai clients.
+# model, build the runner (debug profile: llama.cpp itself is compiled optimised either
+# way, so the debug binary runs as fast as a release one), set up the Python venv, run
+# pytest against a real runner with the official ollama and openai clients.
 #
 # Honours CARGO_TARGET_DIR (default: target/) and DATA_DIR (default: .corral).
 # Extra arguments go to pytest, e.g. scripts/test-runner.sh -k chat
@@ -16,7 +17,11 @@ echo "== test-runner: model" >&2
 model="$(scripts/fetch-model.sh "$data_dir/models" | tail -n1)"
 
 echo "== test-runner: build corral-runner" >&2
-"$CARGO" build -p corral-runner --locked
+# The whole workspace with all targets, not `-p corral-runner`: the same package set and
+# features as `cargo clippy/test --workspace` in `make test`, so cargo reuses their
+# llama.cpp build instead of compiling it a second time with other build-dependency
+# features. After `cargo test --workspace` this only links the binaries.
+"$CARGO" build --workspace --all-targets --locked
 
 echo "== test-runner: python venv" >&2
 scripts/venv.sh
