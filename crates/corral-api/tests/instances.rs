@@ -584,6 +584,26 @@ async fn owners_only_and_viewers_read_only(backend: Backend) {
         .await;
     assert_eq!(status, 403);
 
+    // The routes are in the OpenAPI document, behind the bearer scheme.
+    let (_, doc) = app.get("/api/openapi.json", None).await;
+    for path in [
+        "/api/models",
+        "/api/models/start",
+        "/api/models/{id}/stop",
+        "/api/models/{id}/pull",
+        "/api/compute",
+        "/api/instances",
+        "/api/instances/{id}",
+        "/api/instances/{id}/logs",
+        "/api/instances/{id}/settings",
+        "/api/usage",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+
     // The admin sees it with its owner and can stop it.
     let (_, all) = app.get("/api/instances", Some(&admin)).await;
     assert_eq!(all[0]["owner_email"], a_email);
@@ -694,6 +714,60 @@ async fn catalog_admin(backend: Backend) {
     assert_eq!(status, 204);
     let (status, _) = app.get("/api/models/phi3:mini", Some(&user)).await;
     assert_eq!(status, 404);
+}
+
+/// An admin pulls a URL model ahead of a deploy: 202 at once, progress on the model,
+/// then present. The "registry" is a local HTTP server.
+async fn pull_shows_progress_until_present(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, admin) = app.user_with_role(Role::Admin).await;
+    let (_, user) = app.user_with_role(Role::User).await;
+    let gguf = format!("GGUF{}", "x".repeat(300_000));
+    let sha256 = corral_core::secret::hash(&gguf);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let weights_url = format!("http://{}/m.gguf", listener.local_addr().unwrap());
+    let files = axum::Router::new().route(
+        "/m.gguf",
+        axum::routing::get(move || std::future::ready(gguf.clone())),
+    );
+    tokio::spawn(async move { axum::serve(listener, files).await.unwrap() });
+
+    let (status, created) = app
+        .post(
+            "/api/models",
+            Some(&admin),
+            json!({"id": "tiny:1m", "memory_required": 512,
+                   "source": {"kind": "url", "url": weights_url, "sha256": sha256}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["present"], false);
+    let (status, _) = app
+        .post("/api/models/tiny:1m/pull", Some(&user), json!({}))
+        .await;
+    assert_eq!(status, 403, "pulling is for admins");
+    let (status, pulling) = app
+        .post("/api/models/tiny:1m/pull", Some(&admin), json!({}))
+        .await;
+    assert_eq!(status, 202, "{pulling}");
+    let start = Instant::now();
+    let model = loop {
+        let (_, model) = app.get("/api/models/tiny:1m", Some(&user)).await;
+        if model["present"] == true {
+            break model;
+        }
+        assert_ne!(model["pull"]["phase"], "failed", "{model}");
+        assert!(start.elapsed() < Duration::from_secs(20), "{model}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(model["pull"]["phase"], "ready", "{model}");
+    assert_eq!(model["pull"]["percent"], 100, "{model}");
+    assert_eq!(model["pull"]["done_bytes"], 300_004);
+    // Pulling what is present changes nothing.
+    let (status, again) = app
+        .post("/api/models/tiny:1m/pull", Some(&admin), json!({}))
+        .await;
+    assert_eq!((status, again["present"].as_bool()), (202, Some(true)));
 }
 
 async fn impossible_sizes_launch_nothing(backend: Backend) {
@@ -894,6 +968,7 @@ both_backends!(
     deploy_show_logs_and_stop,
     owners_only_and_viewers_read_only,
     catalog_admin,
+    pull_shows_progress_until_present,
     impossible_sizes_launch_nothing,
     restart_adopts_and_kill_restarts,
 );
