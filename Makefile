@@ -5,14 +5,14 @@ CARGO ?= cargo
 DATA_DIR ?= .corral
 export CARGO_TERM_COLOR ?= always
 
-.PHONY: run test deps ui build model lint test-rust test-runner test-ui bench clean
+.PHONY: run test deps ui build model lint test-rust test-runner test-e2e test-ui bench clean
 
 ## run: build the UI and binaries, fetch the demo model, create the first admin, start `corral serve`
 run: deps ui build model
 	scripts/run.sh
 
 ## test: fmt check, clippy -D warnings, and every test suite
-test: deps lint model test-rust test-runner test-ui
+test: deps lint model test-rust test-runner test-e2e test-ui
 
 deps:
 	scripts/install-deps.sh
@@ -41,6 +41,11 @@ test-rust:
 # corral-runner against the official ollama and openai Python clients.
 test-runner:
 	scripts/test-runner.sh
+
+# The platform end to end: real `corral serve`, official openai and ollama clients,
+# deploy → chat → usage → stop, idle sleep and wake, the CLI.
+test-e2e:
+	scripts/test-e2e.sh
 
 # Typecheck, lint, Vitest, build, bundle budget, and Chromium end-to-end tests.
 test-ui:
