@@ -74,6 +74,7 @@ impl AppState {
         prompt: Vec<llama_cpp_2::token::LlamaToken>,
         settings: GenerationSettings,
         received: Instant,
+        stream: bool,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         prompt::check_fits(prompt.len(), settings.num_ctx)?;
         let sampler = settings
@@ -86,6 +87,7 @@ impl AppState {
             stop: settings.stop,
             num_ctx: settings.num_ctx,
             received,
+            whole: !stream,
         })
     }
 }

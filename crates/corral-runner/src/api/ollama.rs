@@ -206,7 +206,8 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
     // the start-of-text token, if the model uses one.
     let mut tokens = prompt::tokens_from_ids(llama, &context)?;
     tokens.extend(prompt::tokenize(llama, &text, context.is_empty()));
-    let rx = state.generate(tokens, settings, received)?;
+    let stream = req.stream != Some(false);
+    let rx = state.generate(tokens, settings, received, stream)?;
     let model = req.model;
     let done = move |summary: &Summary| {
         let mut v = final_fields(&model, summary, received);
@@ -219,7 +220,7 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
             .into();
         v
     };
-    if req.stream == Some(false) {
+    if !stream {
         return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
             let mut v = done(&summary);
             v["response"] = text.into();
@@ -234,6 +235,7 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
         })),
         Event::Done(summary) => line(&done(&summary)),
         Event::Failed(message) => line(&json!({ "error": message })),
+        Event::Started => String::new(),
     })))
 }
 
@@ -310,14 +312,20 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
     let text = prompt::render_chat(llama, &messages)?;
-    let rx = state.generate(prompt::tokenize(llama, &text, true), settings, received)?;
+    let stream = req.stream != Some(false);
+    let rx = state.generate(
+        prompt::tokenize(llama, &text, true),
+        settings,
+        received,
+        stream,
+    )?;
     let model = req.model;
     let done = move |summary: &Summary, content: String| {
         let mut v = final_fields(&model, summary, received);
         v["message"] = json!({ "role": "assistant", "content": content });
         v
     };
-    if req.stream == Some(false) {
+    if !stream {
         return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
             done(&summary, text)
         })
@@ -333,6 +341,7 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
         })),
         Event::Done(summary) => line(&done(&summary, String::new())),
         Event::Failed(message) => line(&json!({ "error": message })),
+        Event::Started => String::new(),
     })))
 }
 

@@ -236,7 +236,12 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
     let text = prompt::render_chat(llama, &messages)?;
-    let rx = state.generate(prompt::tokenize(llama, &text, true), settings, received)?;
+    let rx = state.generate(
+        prompt::tokenize(llama, &text, true),
+        settings,
+        received,
+        req.stream,
+    )?;
 
     let id = new_id("chatcmpl");
     let created = unix_now();
@@ -284,6 +289,7 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
             out
         }
         Event::Failed(message) => stream_error(message),
+        Event::Started => String::new(),
     })))
 }
 
@@ -361,7 +367,7 @@ pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Resul
     let settings = req
         .sampling
         .into_settings(None, state.model.context_length)?;
-    let rx = state.generate(tokens, settings, received)?;
+    let rx = state.generate(tokens, settings, received, req.stream)?;
 
     let id = new_id("cmpl");
     let created = unix_now();
@@ -413,6 +419,7 @@ pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Resul
             out
         }
         Event::Failed(message) => stream_error(message),
+        Event::Started => String::new(),
     })))
 }
 

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 /// How often a non-streaming answer that is still being generated writes a space.
 const HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// A non-streaming answer, rendered by `render` from the whole text.
+/// A non-streaming answer (a `whole` request), rendered by `render` from the text.
 ///
 /// The server only notices that a client went away when a write fails, and a plain
 /// response writes nothing until the end; a client that gave up would keep its slot busy
@@ -35,6 +35,7 @@ where
 {
     let mut text = String::new();
     match rx.recv().await {
+        Some(Event::Started) => {}
         Some(Event::Text(t)) => text.push_str(&t),
         Some(Event::Done(summary)) => return Ok(axum::Json(render(text, summary)).into_response()),
         Some(Event::Failed(message)) => return Err(ApiError::Engine(message)),
@@ -47,6 +48,7 @@ where
             tokio::select! {
                 event = rx.recv() => {
                     let body = match event {
+                        Some(Event::Started) => continue,
                         Some(Event::Text(t)) => {
                             text.push_str(&t);
                             continue;
@@ -72,7 +74,8 @@ where
 
 const NO_ANSWER: &str = "generation ended without an answer";
 
-/// A body that renders each event with `render` and ends after the final one.
+/// A body that renders each event with `render` and ends after the final one. Events
+/// rendered as nothing are skipped.
 pub fn event_body<F>(rx: UnboundedReceiver<Event>, render: F) -> Body
 where
     F: FnMut(Event) -> String + Send + 'static,
@@ -83,10 +86,14 @@ where
             if finished {
                 return None;
             }
-            let event = rx.recv().await?;
-            let last = matches!(event, Event::Done(_) | Event::Failed(_));
-            let chunk = Bytes::from(render(event));
-            Some((Ok::<_, Infallible>(chunk), (rx, render, last)))
+            loop {
+                let event = rx.recv().await?;
+                let last = matches!(event, Event::Done(_) | Event::Failed(_));
+                let chunk = render(event);
+                if !chunk.is_empty() || last {
+                    return Some((Ok::<_, Infallible>(Bytes::from(chunk)), (rx, render, last)));
+                }
+            }
         },
     );
     Body::from_stream(stream)

@@ -48,12 +48,17 @@ pub struct GenerationRequest {
     pub num_ctx: u32,
     /// When the HTTP request arrived, for the timing fields.
     pub received: Instant,
+    /// The client wants the answer in one piece: the text comes in one event at the end
+    /// instead of one per token, which saves waking the HTTP side for every token.
+    pub whole: bool,
 }
 
-/// What the engine sends back for one request, in order: text pieces, then `Done` or
-/// `Failed`.
+/// What the engine sends back for one request, in order: `Started` (only for `whole`
+/// requests), text pieces, then `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
+    /// The prompt is read and generation has begun.
+    Started,
     Text(String),
     Done(Summary),
     Failed(String),

@@ -19,6 +19,8 @@ pub(super) struct Slot {
     pub logits_at: Option<i32>,
     generated: Vec<LlamaToken>,
     text: TextStream,
+    /// The answer so far, for `whole` requests.
+    buffered: String,
     admitted: Instant,
     first_token: Option<Instant>,
 }
@@ -42,6 +44,7 @@ impl Slot {
             logits_at: None,
             generated: Vec::new(),
             text,
+            buffered: String::new(),
             admitted: Instant::now(),
             first_token: None,
         }
@@ -70,7 +73,12 @@ impl Slot {
     /// Takes a sampled token: streams its text and decides whether generation goes on.
     /// `is_eog` and `piece` come from the vocabulary (the slot does not hold the model).
     pub fn accept(&mut self, token: LlamaToken, is_eog: bool, piece: &[u8]) -> Next {
-        self.first_token.get_or_insert_with(Instant::now);
+        if self.first_token.is_none() {
+            self.first_token = Some(Instant::now());
+            if self.job.request.whole && self.job.events.send(Event::Started).is_err() {
+                return Next::Cancelled;
+            }
+        }
         if is_eog {
             return Next::Finished(FinishReason::Stop);
         }
@@ -79,7 +87,9 @@ impl Slot {
             Push::Text(t) => (t, false),
             Push::Stopped(t) => (t, true),
         };
-        if !text.is_empty() && self.job.events.send(Event::Text(text)).is_err() {
+        if self.job.request.whole {
+            self.buffered.push_str(&text);
+        } else if !text.is_empty() && self.job.events.send(Event::Text(text)).is_err() {
             return Next::Cancelled;
         }
         if stopped {
@@ -104,7 +114,8 @@ impl Slot {
     /// Sends the rest of the text and the summary. Consumes the slot.
     pub fn finish(mut self, reason: FinishReason) {
         let now = Instant::now();
-        let rest = self.text.finish();
+        let mut rest = std::mem::take(&mut self.buffered);
+        rest.push_str(&self.text.finish());
         if !rest.is_empty() {
             let _ = self.job.events.send(Event::Text(rest));
         }
