@@ -79,8 +79,9 @@ def generate(prompt, n, **extra):
 
 generate(COUNT, 8)  # warm up
 
-# Prompt processing: ~500 tokens of prose, one generated token.
-prose = " ".join(f"Sentence number {i} talks about the weather in a quiet town." for i in range(40))
+# Prompt processing: just under 512 tokens of prose (one prefill chunk, like pp512),
+# one generated token.
+prose = " ".join(f"Sentence number {i} talks about the weather in a quiet town." for i in range(36))
 runs = [generate(prose, 1) for _ in range(3)]
 pp = max(r["prompt_eval_count"] / r["prompt_eval_duration"] * 1e9 for r in runs)
 pp_tokens = runs[0]["prompt_eval_count"]
