@@ -1,6 +1,7 @@
 //! corral-runner: serves one GGUF model over Ollama's and OpenAI's HTTP APIs.
 
 mod api;
+mod chat_template;
 mod cli;
 mod embed;
 mod engine;

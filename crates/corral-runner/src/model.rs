@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::chat_template::ChatTemplate;
+
 pub struct ServedModel {
     pub llama: Arc<LlamaModel>,
     /// Name clients use, `name:tag`.
@@ -17,6 +19,7 @@ pub struct ServedModel {
     pub size: u64,
     pub modified_at: DateTime<Utc>,
     pub details: ModelDetails,
+    pub chat: ChatTemplate,
     /// Context length of one slot.
     pub context_length: u32,
     /// SHA-256 of the file, computed on first use: hashing 100 MB at startup would delay
@@ -65,6 +68,7 @@ impl ServedModel {
             quantization_level,
         };
         Ok(Self {
+            chat: ChatTemplate::from_model(&llama),
             llama,
             name,
             path: path.to_owned(),

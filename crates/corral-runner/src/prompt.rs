@@ -1,11 +1,12 @@
-//! From request text to prompt tokens: the chat template, tokenization and the context
-//! length check.
+//! From request text to prompt tokens: messages, tokenization and the context length
+//! check.
 
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::error::ApiError;
 
+#[derive(serde::Serialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -22,27 +23,6 @@ pub fn normalize_role(role: &str) -> Result<&'static str, ApiError> {
             "invalid message role '{other}': expected system, user, assistant or tool"
         ))),
     }
-}
-
-/// Renders messages with the model's own chat template, ending with the opening of the
-/// assistant's turn.
-pub fn render_chat(model: &LlamaModel, messages: &[Message]) -> Result<String, ApiError> {
-    let template = match model.chat_template(None) {
-        Ok(t) => t,
-        // What llama.cpp's server does for a model without a template.
-        Err(_) => LlamaChatTemplate::new("chatml")
-            .map_err(|e| ApiError::Engine(format!("chat template: {e}")))?,
-    };
-    let chat = messages
-        .iter()
-        .map(|m| {
-            LlamaChatMessage::new(m.role.clone(), m.content.clone())
-                .map_err(|_| ApiError::invalid("message content must not contain NUL characters"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    model
-        .apply_chat_template(&template, &chat, true)
-        .map_err(|e| ApiError::Engine(format!("cannot apply the chat template: {e}")))
 }
 
 /// Tokenizes prompt text. Special tokens written in the text (`<|im_start|>`) are parsed,

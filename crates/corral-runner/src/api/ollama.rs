@@ -186,8 +186,8 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
         .options
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
-    let text = if req.raw {
-        req.prompt
+    let (text, add_special) = if req.raw {
+        (req.prompt, true)
     } else {
         let mut messages = Vec::new();
         if let Some(system) = req.system.filter(|s| !s.is_empty()) {
@@ -200,12 +200,17 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
             role: "user".into(),
             content: req.prompt,
         });
-        prompt::render_chat(llama, &messages)?
+        let rendered = state.model.chat.render(llama, &messages)?;
+        (rendered.text, rendered.add_special)
     };
     // A `context` from an earlier answer continues that conversation; it already holds
     // the start-of-text token, if the model uses one.
     let mut tokens = prompt::tokens_from_ids(llama, &context)?;
-    tokens.extend(prompt::tokenize(llama, &text, context.is_empty()));
+    tokens.extend(prompt::tokenize(
+        llama,
+        &text,
+        add_special && context.is_empty(),
+    ));
     let stream = req.stream != Some(false);
     let rx = state.generate(tokens, settings, received, stream)?;
     let model = req.model;
@@ -311,10 +316,10 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
         .options
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
-    let text = prompt::render_chat(llama, &messages)?;
+    let rendered = state.model.chat.render(llama, &messages)?;
     let stream = req.stream != Some(false);
     let rx = state.generate(
-        prompt::tokenize(llama, &text, true),
+        prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
         received,
         stream,

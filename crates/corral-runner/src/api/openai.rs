@@ -235,9 +235,9 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
         .sampling
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
-    let text = prompt::render_chat(llama, &messages)?;
+    let rendered = state.model.chat.render(llama, &messages)?;
     let rx = state.generate(
-        prompt::tokenize(llama, &text, true),
+        prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
         received,
         req.stream,
