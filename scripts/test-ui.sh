@@ -58,8 +58,9 @@ UI_NPM_CI=0 scripts/build-ui.sh
 step "bundle size (initial JS <= ${BUNDLE_LIMIT_KB} kB gzipped)"
 node ui/scripts/bundle-size.mjs "$BUNDLE_LIMIT_KB" | tee "$log/size"
 
-step "corral (cargo build -p corral)"
-$CARGO build -p corral --quiet
+# `corral serve` starts its local driver, which needs corral-runner next to it.
+step "corral and corral-runner (cargo build)"
+$CARGO build -p corral -p corral-runner --quiet
 
 step "end-to-end (headless chromium + corral serve)"
 CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral" node ui/e2e/run.mjs 2>&1 | tee "$log/e2e"
