@@ -1,0 +1,630 @@
+//! The `ecs` compute driver: each replica is one ECS task on a configured cluster, on
+//! Fargate (FARGATE or FARGATE_SPOT) or on GPU EC2 instances through a capacity provider.
+//!
+//! - `launch`: registers (or reuses) the task definition for the model and size (see
+//!   [`taskdef`]) and runs it with RunTask in the configured subnets and security groups.
+//!   The task carries the tags `corral:instance-id` and `corral:replica-id`, and
+//!   `startedBy` is the replica id. The `driver_ref` is the task ARN.
+//! - `observe`: DescribeTasks; the endpoint is the private IPv4 of the task's ENI.
+//! - `logs`: the awslogs driver writes to `<log group>/<instance id>/model/<task id>`;
+//!   read back with GetLogEvents, the forward token being the cursor.
+//! - `resources`: none; per-task CPU and memory would come from Container Insights.
+//!
+//! Endpoints: `AWS_ENDPOINT_URL` (read by aws-config) or `EcsConfig::endpoint_url`, which
+//! is how the tests point the driver at moto.
+
+mod taskdef;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
+use aws_sdk_ecs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, CapacityProviderStrategyItem, NetworkConfiguration, Tag,
+    Task, TaskField,
+};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use chrono::DateTime;
+use corral_core::compute::{GpuInstanceType, fargate_sizes, known_gpu_instance_types};
+use corral_core::{ComputeOffer, ComputeType};
+use corral_drivers::{
+    ComputeDriver, Error, LaunchSpec, LogLine, LogPage, Observed, ReplicaRef, ResourceUsage, Result,
+};
+use uuid::Uuid;
+
+pub use taskdef::{CONTAINER, PORT};
+
+pub const TAG_INSTANCE: &str = "corral:instance-id";
+pub const TAG_REPLICA: &str = "corral:replica-id";
+/// GetLogEvents returns at most this many events per call.
+const MAX_LOG_EVENTS: usize = 10_000;
+/// DescribeTasks takes at most this many tasks per call.
+const DESCRIBE_BATCH: usize = 100;
+
+/// Settings of the ECS driver (`[ecs]` in corral.toml).
+#[derive(Debug, Clone)]
+pub struct EcsConfig {
+    /// Cluster name or ARN.
+    pub cluster: String,
+    /// Subnets the tasks' ENIs go in (private ones, normally).
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    /// Only for public subnets without a NAT: the task needs a route to pull its image.
+    pub assign_public_ip: bool,
+    /// Image for the Ollama runtime.
+    pub runtime_image: String,
+    /// Image for the corral-runner runtime; None: that runtime is not offered on ECS.
+    pub runner_image: Option<String>,
+    /// Role the ECS agent uses to pull the image and write logs.
+    pub execution_role_arn: String,
+    /// Role the model server runs as; it needs no AWS access, so usually none.
+    pub task_role_arn: Option<String>,
+    /// CloudWatch Logs group of the awslogs driver (it must exist).
+    pub log_group: String,
+    pub region: String,
+    /// EC2 capacity provider of GPU instances; None: no GPU offer.
+    pub gpu_capacity_provider: Option<String>,
+    /// GPU instance types the capacity provider can launch (from `known_gpu_instance_types`).
+    pub gpu_instance_types: Vec<String>,
+    /// Overrides the AWS endpoint (otherwise `AWS_ENDPOINT_URL` or AWS's own).
+    pub endpoint_url: Option<String>,
+}
+
+impl EcsConfig {
+    pub const DEFAULT_RUNTIME_IMAGE: &str = "ollama/ollama:latest";
+}
+
+pub struct EcsDriver {
+    cfg: EcsConfig,
+    ecs: aws_sdk_ecs::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
+    offers: Vec<ComputeOffer>,
+}
+
+impl EcsDriver {
+    /// Checks the configuration and builds the AWS clients. Makes no AWS call:
+    /// credentials are resolved (from the usual chain) on first use.
+    pub async fn new(cfg: EcsConfig) -> Result<Self> {
+        for (what, empty) in [
+            ("cluster", cfg.cluster.is_empty()),
+            ("subnets", cfg.subnets.is_empty()),
+            ("security_groups", cfg.security_groups.is_empty()),
+            ("execution_role_arn", cfg.execution_role_arn.is_empty()),
+            ("log_group", cfg.log_group.is_empty()),
+            ("region", cfg.region.is_empty()),
+        ] {
+            if empty {
+                return Err(Error::Invalid(format!("ecs driver: {what} is not set")));
+            }
+        }
+        let offers = offers(&cfg)?;
+        let sdk = sdk_config(&cfg.region, cfg.endpoint_url.as_deref()).await;
+        tracing::info!(cluster = %cfg.cluster, region = %cfg.region, "ecs driver ready");
+        Ok(EcsDriver {
+            ecs: aws_sdk_ecs::Client::new(&sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            cfg,
+            offers,
+        })
+    }
+
+    /// The family's latest ACTIVE revision when it is this definition, else a new one.
+    async fn task_definition(&self, def: &taskdef::TaskDef) -> Result<String> {
+        // A family that does not exist yet is an error here; registering creates it.
+        if let Ok(out) = self
+            .ecs
+            .describe_task_definition()
+            .task_definition(&def.family)
+            .send()
+            .await
+            && let Some(td) = out.task_definition()
+            && td.status() == Some(&aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+            && td
+                .container_definitions()
+                .first()
+                .is_some_and(|c| def.matches(c))
+            && let Some(arn) = td.task_definition_arn()
+        {
+            return Ok(arn.to_string());
+        }
+        let out = self
+            .ecs
+            .register_task_definition()
+            .family(&def.family)
+            .requires_compatibilities(def.compatibility.clone())
+            .network_mode(taskdef::TaskDef::network_mode())
+            .set_cpu(def.cpu.clone())
+            .set_memory(def.memory.clone())
+            .execution_role_arn(&self.cfg.execution_role_arn)
+            .set_task_role_arn(self.cfg.task_role_arn.clone())
+            .container_definitions(def.container.clone())
+            .set_placement_constraints(def.placement.clone().map(|p| vec![p]))
+            .send()
+            .await
+            .map_err(provider("RegisterTaskDefinition"))?;
+        let arn = out
+            .task_definition()
+            .and_then(|td| td.task_definition_arn())
+            .ok_or_else(|| Error::Provider("RegisterTaskDefinition returned no ARN".into()))?;
+        tracing::info!(family = %def.family, arn, "registered task definition");
+        Ok(arn.to_string())
+    }
+
+    async fn describe(&self, arns: Vec<String>) -> Result<Vec<Task>> {
+        let out = self
+            .ecs
+            .describe_tasks()
+            .cluster(&self.cfg.cluster)
+            .set_tasks(Some(arns))
+            .include(TaskField::Tags)
+            .send()
+            .await
+            .map_err(provider("DescribeTasks"))?;
+        Ok(out.tasks().to_vec())
+    }
+}
+
+/// The AWS SDK configuration the driver uses: the region, the endpoint override if any
+/// (else `AWS_ENDPOINT_URL`), credentials from the usual chain, and HTTPS through rustls
+/// on ring, which the workspace already builds (see Cargo.toml).
+pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .http_client(http);
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+fn offers(cfg: &EcsConfig) -> Result<Vec<ComputeOffer>> {
+    let mut offers = vec![ComputeOffer {
+        driver: "ecs".into(),
+        compute_type: ComputeType::Fargate,
+        sizes: fargate_sizes(),
+        gpu_instance_types: vec![],
+        spot: true,
+    }];
+    if cfg.gpu_capacity_provider.is_some() {
+        let known = known_gpu_instance_types();
+        let types = cfg
+            .gpu_instance_types
+            .iter()
+            .map(|name| {
+                known
+                    .iter()
+                    .find(|t| t.name == *name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = known.iter().map(|t| t.name.as_str()).collect();
+                        Error::Invalid(format!(
+                            "ecs driver: unknown GPU instance type {name:?}; known: {}",
+                            names.join(", ")
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<GpuInstanceType>>>()?;
+        if types.is_empty() {
+            return Err(Error::Invalid(
+                "ecs driver: a GPU capacity provider needs gpu_instance_types".into(),
+            ));
+        }
+        offers.push(ComputeOffer {
+            driver: "ecs".into(),
+            compute_type: ComputeType::Gpu,
+            sizes: vec![],
+            gpu_instance_types: types,
+            // Spot for GPU would be the capacity provider's own (ASG) business.
+            spot: false,
+        });
+    }
+    Ok(offers)
+}
+
+/// The service's code and message for a refusal; the whole error chain otherwise (the
+/// SDK's Display of a service error carries the raw response, too long for a log line).
+fn provider<E, R>(call: &'static str) -> impl Fn(SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    move |e| {
+        Error::Provider(match e.as_service_error() {
+            Some(s) => format!(
+                "{call}: {}: {}",
+                s.code().unwrap_or("error"),
+                s.message().unwrap_or("no message")
+            ),
+            None => format!("{call}: {}", DisplayErrorContext(&e)),
+        })
+    }
+}
+
+fn task_id(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+fn tag<'a>(task: &'a Task, key: &str) -> Option<&'a str> {
+    task.tags()
+        .iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// `http://<private IPv4>:11434` from the task's ENI attachment, once it has one.
+fn endpoint(task: &Task) -> Option<String> {
+    task.attachments()
+        .iter()
+        .filter(|a| a.r#type() == Some("ElasticNetworkInterface"))
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .map(|ip| format!("http://{ip}:{PORT}"))
+}
+
+fn observed(task: &Task) -> Observed {
+    match task.last_status().unwrap_or("PROVISIONING") {
+        "PROVISIONING" | "PENDING" | "ACTIVATING" => Observed::Starting,
+        // No address yet would be an ECS oddity; look again rather than guess.
+        "RUNNING" => endpoint(task).map_or(Observed::Starting, |endpoint| Observed::Running {
+            endpoint,
+        }),
+        // DEACTIVATING, STOPPING, DEPROVISIONING, STOPPED: it is not coming back.
+        _ => {
+            let mut reason = task
+                .stopped_reason()
+                .filter(|r| !r.is_empty())
+                .unwrap_or("task stopped")
+                .to_string();
+            if let Some(code) = task.containers().iter().find_map(|c| c.exit_code()) {
+                reason.push_str(&format!(" (container exit code {code})"));
+            }
+            Observed::Exited { reason }
+        }
+    }
+}
+
+#[async_trait]
+impl ComputeDriver for EcsDriver {
+    fn name(&self) -> &'static str {
+        "ecs"
+    }
+
+    fn offers(&self) -> Vec<ComputeOffer> {
+        self.offers.clone()
+    }
+
+    async fn launch(&self, spec: &LaunchSpec) -> Result<ReplicaRef> {
+        // Checked again here so nothing invalid ever reaches AWS.
+        let offer = self
+            .offers
+            .iter()
+            .find(|o| o.compute_type == spec.compute.compute_type)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the ecs driver offers no {} compute",
+                    spec.compute.compute_type.as_str()
+                ))
+            })?;
+        offer.validate(&spec.compute).map_err(Error::Invalid)?;
+        if spec.parallel == 0 || spec.context == 0 {
+            return Err(Error::Invalid(
+                "parallel and context must be at least 1".into(),
+            ));
+        }
+        let def = taskdef::build(&self.cfg, spec)?;
+        let task_definition = self.task_definition(&def).await?;
+
+        let capacity_provider = match spec.compute.compute_type {
+            ComputeType::Gpu => self
+                .cfg
+                .gpu_capacity_provider
+                .clone()
+                .expect("a GPU offer exists only with a capacity provider"),
+            _ if spec.compute.spot => "FARGATE_SPOT".into(),
+            _ => "FARGATE".into(),
+        };
+        let network = AwsVpcConfiguration::builder()
+            .set_subnets(Some(self.cfg.subnets.clone()))
+            .set_security_groups(Some(self.cfg.security_groups.clone()))
+            .assign_public_ip(if self.cfg.assign_public_ip {
+                AssignPublicIp::Enabled
+            } else {
+                AssignPublicIp::Disabled
+            })
+            .build()
+            .map_err(|e| Error::Invalid(format!("network configuration: {e}")))?;
+        let tags = [
+            (TAG_INSTANCE, spec.instance_id),
+            (TAG_REPLICA, spec.replica_id),
+        ]
+        .map(|(k, v)| Tag::builder().key(k).value(v.to_string()).build());
+        let out = self
+            .ecs
+            .run_task()
+            .cluster(&self.cfg.cluster)
+            .task_definition(&task_definition)
+            .count(1)
+            .capacity_provider_strategy(
+                CapacityProviderStrategyItem::builder()
+                    .capacity_provider(&capacity_provider)
+                    .weight(1)
+                    .build()
+                    .map_err(|e| Error::Invalid(format!("capacity provider: {e}")))?,
+            )
+            .network_configuration(
+                NetworkConfiguration::builder()
+                    .awsvpc_configuration(network)
+                    .build(),
+            )
+            // A UUID is 36 characters, ECS's limit for startedBy; ListTasks can filter on it.
+            .started_by(spec.replica_id.to_string())
+            .set_tags(Some(tags.to_vec()))
+            .enable_ecs_managed_tags(true)
+            .send()
+            .await
+            .map_err(provider("RunTask"))?;
+        let Some(arn) = out.tasks().first().and_then(|t| t.task_arn()) else {
+            let why: Vec<String> = out
+                .failures()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}{}",
+                        f.reason().unwrap_or("unknown"),
+                        f.detail().map(|d| format!(": {d}")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            return Err(Error::Provider(format!(
+                "RunTask placed no task on {capacity_provider}: {}",
+                if why.is_empty() {
+                    "no reason given".into()
+                } else {
+                    why.join("; ")
+                }
+            )));
+        };
+        tracing::info!(
+            replica = %spec.replica_id,
+            task = arn,
+            %capacity_provider,
+            "started ECS task"
+        );
+        Ok(ReplicaRef {
+            instance_id: spec.instance_id,
+            replica_id: spec.replica_id,
+            driver_ref: arn.to_string(),
+        })
+    }
+
+    async fn observe(&self, replica: &ReplicaRef) -> Result<Observed> {
+        let tasks = self.describe(vec![replica.driver_ref.clone()]).await?;
+        Ok(tasks
+            .iter()
+            .find(|t| t.task_arn() == Some(&replica.driver_ref))
+            .map_or(Observed::Lost, observed))
+    }
+
+    /// ECS sends SIGTERM and, after the container's stop timeout (30 s by default), SIGKILL;
+    /// `grace` cannot change that per call.
+    async fn stop(&self, replica: &ReplicaRef, _grace: Duration) -> Result<()> {
+        let result = self
+            .ecs
+            .stop_task()
+            .cluster(&self.cfg.cluster)
+            .task(&replica.driver_ref)
+            .reason(format!(
+                "stopped by Corral (replica {})",
+                replica.replica_id
+            ))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A task ECS has forgotten (stopped long ago) is as stopped as it gets.
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_invalid_parameter_exception()
+                        && s.message().is_some_and(|m| m.contains("not found"))
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(provider("StopTask")(e)),
+        }
+    }
+
+    async fn logs(
+        &self,
+        replica: &ReplicaRef,
+        cursor: Option<&str>,
+        tail: usize,
+    ) -> Result<LogPage> {
+        let stream = format!(
+            "{}/{CONTAINER}/{}",
+            replica.instance_id,
+            task_id(&replica.driver_ref)
+        );
+        let mut req = self
+            .logs
+            .get_log_events()
+            .log_group_name(&self.cfg.log_group)
+            .log_stream_name(&stream);
+        req = match cursor {
+            Some(token) => req.next_token(token).start_from_head(true),
+            None => req
+                .start_from_head(false)
+                .limit(tail.clamp(1, MAX_LOG_EVENTS) as i32),
+        };
+        let out = match req.send().await {
+            Ok(out) => out,
+            // The stream appears with the container's first line; until then there is
+            // nothing to read, and following starts from the tail next time.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                return Ok(LogPage {
+                    lines: vec![],
+                    next: cursor.map(String::from),
+                });
+            }
+            Err(e) => return Err(provider("GetLogEvents")(e)),
+        };
+        let lines = out
+            .events()
+            .iter()
+            .map(|e| LogLine {
+                at: e.timestamp().and_then(DateTime::from_timestamp_millis),
+                replica_id: replica.replica_id,
+                line: e.message().unwrap_or_default().trim_end().to_string(),
+            })
+            .collect();
+        Ok(LogPage {
+            lines,
+            next: out
+                .next_forward_token()
+                .map(String::from)
+                .or_else(|| cursor.map(String::from)),
+        })
+    }
+
+    async fn resources(&self, _replica: &ReplicaRef) -> Result<Option<ResourceUsage>> {
+        // Per-task CPU and memory are only in Container Insights (CloudWatch metrics),
+        // which is optional on a cluster and lags by a minute; not read yet.
+        Ok(None)
+    }
+
+    async fn orphans(&self, known: &[Uuid]) -> Result<Vec<ReplicaRef>> {
+        let known: HashSet<Uuid> = known.iter().copied().collect();
+        let mut arns = Vec::new();
+        let mut pages = self
+            .ecs
+            .list_tasks()
+            .cluster(&self.cfg.cluster)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            arns.extend(page.map_err(provider("ListTasks"))?.task_arns().to_vec());
+        }
+        let mut orphans = Vec::new();
+        for batch in arns.chunks(DESCRIBE_BATCH) {
+            for task in self.describe(batch.to_vec()).await? {
+                // Only tasks Corral started (both tags) and that still hold capacity.
+                let ids = (
+                    tag(&task, TAG_INSTANCE).and_then(|v| v.parse().ok()),
+                    tag(&task, TAG_REPLICA).and_then(|v| v.parse().ok()),
+                    task.task_arn(),
+                );
+                if let (Some(instance_id), Some(replica_id), Some(arn)) = ids
+                    && !known.contains(&replica_id)
+                    && task.last_status() != Some("STOPPED")
+                {
+                    orphans.push(ReplicaRef {
+                        instance_id,
+                        replica_id,
+                        driver_ref: arn.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(orphans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::{ComputeSpec, ModelSource};
+    use corral_drivers::Runtime;
+
+    fn config() -> EcsConfig {
+        EcsConfig {
+            cluster: "corral".into(),
+            subnets: vec!["subnet-1".into()],
+            security_groups: vec!["sg-1".into()],
+            assign_public_ip: false,
+            runtime_image: EcsConfig::DEFAULT_RUNTIME_IMAGE.into(),
+            runner_image: None,
+            execution_role_arn: "arn:aws:iam::123456789012:role/x".into(),
+            task_role_arn: None,
+            log_group: "/corral".into(),
+            region: "us-east-1".into(),
+            gpu_capacity_provider: None,
+            gpu_instance_types: vec![],
+            // Nothing listens there: a call that reached "AWS" would fail as Provider.
+            endpoint_url: Some("http://127.0.0.1:9".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_fargate_pair_is_refused_before_any_aws_call() {
+        let driver = EcsDriver::new(config()).await.unwrap();
+        let spec = LaunchSpec {
+            instance_id: Uuid::now_v7(),
+            replica_id: Uuid::now_v7(),
+            model_id: "smollm2:135m".into(),
+            source: ModelSource::Ollama {
+                name: "smollm2:135m".into(),
+            },
+            model_path: None,
+            compute: ComputeSpec {
+                compute_type: ComputeType::Fargate,
+                cpu: 0.25,
+                memory: 4096,
+                gpu_count: 0,
+                instance_type: None,
+                spot: false,
+            },
+            runtime: Runtime::Ollama,
+            parallel: 1,
+            context: 2048,
+        };
+        match driver.launch(&spec).await {
+            Err(Error::Invalid(why)) => assert!(why.contains("not valid with 0.25 vCPU"), "{why}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        let gpu = ComputeSpec {
+            compute_type: ComputeType::Gpu,
+            gpu_count: 1,
+            instance_type: Some("g5.xlarge".into()),
+            ..spec.compute.clone()
+        };
+        let spec = LaunchSpec {
+            compute: gpu,
+            ..spec
+        };
+        assert!(
+            matches!(driver.launch(&spec).await, Err(Error::Invalid(_))),
+            "no GPU offer without a capacity provider"
+        );
+    }
+
+    #[tokio::test]
+    async fn gpu_offer_lists_the_configured_types() {
+        let mut cfg = config();
+        cfg.gpu_capacity_provider = Some("gpu".into());
+        cfg.gpu_instance_types = vec!["g5.xlarge".into(), "g4dn.xlarge".into()];
+        let offers = EcsDriver::new(cfg.clone()).await.unwrap().offers();
+        assert_eq!(offers.len(), 2);
+        assert!(offers[0].spot && offers[0].compute_type == ComputeType::Fargate);
+        let names: Vec<&str> = offers[1]
+            .gpu_instance_types
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["g5.xlarge", "g4dn.xlarge"]);
+        cfg.gpu_instance_types = vec!["p9.huge".into()];
+        assert!(matches!(
+            EcsDriver::new(cfg).await.map(|_| ()),
+            Err(Error::Invalid(_))
+        ));
+    }
+}
