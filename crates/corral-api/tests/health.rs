@@ -18,7 +18,10 @@ async fn unknown_route_is_json_404(backend: Backend) {
     assert_eq!(body["error"]["code"], "not_found");
 }
 
-both_backends!(health_is_public_and_reports_store, unknown_route_is_json_404);
+both_backends!(
+    health_is_public_and_reports_store,
+    unknown_route_is_json_404
+);
 
 #[tokio::test]
 async fn openapi_document_lists_routes() {
