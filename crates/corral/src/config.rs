@@ -3,6 +3,7 @@
 //! precedence, and falls back to a default that suits a laptop.
 
 use clap::Args;
+use corral_driver_ecs::EcsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,32 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or corral_api=debug.
     #[arg(long, env = "CORRAL_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// ECS cluster for the `ecs` compute driver; the driver is enabled when this (or
+    /// `[ecs] cluster`) is set. The rest of its settings are in `[ecs]` of corral.toml.
+    #[arg(long, env = "CORRAL_ECS_CLUSTER", value_name = "NAME")]
+    pub ecs_cluster: Option<String>,
+    /// Subnets of the ECS tasks, comma-separated.
+    #[arg(
+        long,
+        env = "CORRAL_ECS_SUBNETS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub ecs_subnets: Option<Vec<String>>,
+    /// Security groups of the ECS tasks, comma-separated.
+    #[arg(
+        long,
+        env = "CORRAL_ECS_SECURITY_GROUPS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub ecs_security_groups: Option<Vec<String>>,
+    /// CloudWatch Logs group the ECS tasks log to.
+    #[arg(long, env = "CORRAL_ECS_LOG_GROUP", value_name = "NAME")]
+    pub ecs_log_group: Option<String>,
+    /// Role ECS uses to pull the images and write the logs.
+    #[arg(long, env = "CORRAL_ECS_EXECUTION_ROLE_ARN", value_name = "ARN")]
+    pub ecs_execution_role_arn: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -155,6 +182,79 @@ pub struct FileConfig {
     /// compute free); any field left out keeps its default.
     #[serde(default)]
     pub prices: corral_core::PriceTable,
+    /// The `ecs` compute driver; absent: only the local driver.
+    pub ecs: Option<EcsFile>,
+}
+
+/// `[ecs]`: where and how the ECS driver runs replicas.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcsFile {
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub assign_public_ip: bool,
+    pub runtime_image: Option<String>,
+    pub runner_image: Option<String>,
+    pub execution_role_arn: Option<String>,
+    pub task_role_arn: Option<String>,
+    pub log_group: Option<String>,
+    /// Default: AWS_REGION, then AWS_DEFAULT_REGION.
+    pub region: Option<String>,
+    pub gpu_capacity_provider: Option<String>,
+    #[serde(default)]
+    pub gpu_instance_types: Vec<String>,
+    /// Default: AWS_ENDPOINT_URL, else AWS's own endpoints.
+    pub endpoint_url: Option<String>,
+}
+
+/// The ECS driver's settings after precedence (flags and CORRAL_ECS_* over `[ecs]`), or
+/// None when no cluster is configured. What is still missing is reported by the driver.
+pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Option<EcsConfig> {
+    let ecs = file.ecs.as_ref();
+    let from_file = |f: fn(&EcsFile) -> Option<String>| ecs.and_then(f);
+    let cluster = args
+        .ecs_cluster
+        .clone()
+        .or_else(|| from_file(|e| e.cluster.clone()))?;
+    let list = |flag: &Option<Vec<String>>, f: fn(&EcsFile) -> Vec<String>| {
+        flag.clone()
+            .map(|v| v.into_iter().filter(|s| !s.is_empty()).collect())
+            .or_else(|| ecs.map(f))
+            .unwrap_or_default()
+    };
+    Some(EcsConfig {
+        cluster,
+        subnets: list(&args.ecs_subnets, |e| e.subnets.clone()),
+        security_groups: list(&args.ecs_security_groups, |e| e.security_groups.clone()),
+        assign_public_ip: ecs.is_some_and(|e| e.assign_public_ip),
+        runtime_image: from_file(|e| e.runtime_image.clone())
+            .unwrap_or_else(|| EcsConfig::DEFAULT_RUNTIME_IMAGE.into()),
+        runner_image: from_file(|e| e.runner_image.clone()),
+        execution_role_arn: args
+            .ecs_execution_role_arn
+            .clone()
+            .or_else(|| from_file(|e| e.execution_role_arn.clone()))
+            .unwrap_or_default(),
+        task_role_arn: from_file(|e| e.task_role_arn.clone()),
+        log_group: args
+            .ecs_log_group
+            .clone()
+            .or_else(|| from_file(|e| e.log_group.clone()))
+            .unwrap_or_default(),
+        region: from_file(|e| e.region.clone())
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_default(),
+        gpu_capacity_provider: from_file(|e| e.gpu_capacity_provider.clone()),
+        gpu_instance_types: ecs
+            .map(|e| e.gpu_instance_types.clone())
+            .unwrap_or_default(),
+        endpoint_url: from_file(|e| e.endpoint_url.clone()),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +359,46 @@ mod tests {
         assert_eq!(file.prices.gpu_instance_hour["g5.xlarge"], 0.8);
         assert_eq!(file.prices.fargate_vcpu_hour, defaults.fargate_vcpu_hour);
         assert_eq!(FileConfig::default().prices, defaults);
+    }
+
+    #[test]
+    fn ecs_from_file_and_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let file: FileConfig = toml::from_str(
+            "[ecs]\ncluster = \"corral\"\nsubnets = [\"subnet-a\"]\nsecurity_groups = [\"sg-a\"]\n\
+             execution_role_arn = \"arn:role\"\nlog_group = \"/corral\"\nregion = \"eu-west-1\"\n\
+             gpu_capacity_provider = \"gpu\"\ngpu_instance_types = [\"g5.xlarge\"]\n",
+        )
+        .unwrap();
+        let none = Cli::parse_from(["corral"]).serve;
+        assert!(ecs_config(&none, &FileConfig::default()).is_none());
+        let cfg = ecs_config(&none, &file).unwrap();
+        assert_eq!(cfg.cluster, "corral");
+        assert_eq!(cfg.subnets, ["subnet-a"]);
+        assert_eq!(cfg.runtime_image, "ollama/ollama:latest");
+        assert_eq!(cfg.region, "eu-west-1");
+        assert_eq!(cfg.gpu_instance_types, ["g5.xlarge"]);
+        let flags = Cli::parse_from([
+            "corral",
+            "--ecs-cluster",
+            "other",
+            "--ecs-subnets",
+            "subnet-b,subnet-c",
+            "--ecs-log-group",
+            "/other",
+        ])
+        .serve;
+        let cfg = ecs_config(&flags, &file).unwrap();
+        assert_eq!(cfg.cluster, "other");
+        assert_eq!(cfg.subnets, ["subnet-b", "subnet-c"]);
+        assert_eq!(cfg.security_groups, ["sg-a"], "from the file");
+        assert_eq!(cfg.log_group, "/other");
+        assert!(toml::from_str::<FileConfig>("[ecs]\nclustr = \"x\"").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use corral_api::settings::Argon2Params;
 use corral_api::{AppState, Settings};
 use corral_control::{Control, ControlSettings};
 use corral_core::secret;
+use corral_driver_ecs::EcsDriver;
 use corral_drivers::ComputeDriver;
 use corral_drivers::local::{LocalConfig, LocalDriver};
 use std::io::Write;
@@ -137,8 +138,6 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         data_dir = %cfg.data_dir.display(),
         "starting"
     );
-    let local = LocalDriver::new(LocalConfig::new(&cfg.data_dir))
-        .map_err(|e| CliError::Invalid(format!("local compute driver: {e}")))?;
     let control_settings = ControlSettings {
         data_dir: cfg.data_dir.clone(),
         ..ControlSettings::default()
@@ -146,12 +145,23 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     // One weights manager for the reconciler (deploys) and the API (presence, pulls), so
     // they share the per-model download lock and its progress.
     let weights = Arc::new(corral_models::Weights::new(&cfg.data_dir));
-    let control = Control::new(
-        store.clone(),
-        vec![Arc::new(local) as Arc<dyn ComputeDriver>],
-        weights.clone(),
-        control_settings,
-    );
+    // Without corral-runner (or ollama) this host cannot run models itself; accounts,
+    // the catalog and any cloud driver still work, so warn instead of refusing to start.
+    let mut drivers: Vec<Arc<dyn ComputeDriver>> = Vec::new();
+    match LocalDriver::new(LocalConfig::new(&cfg.data_dir)) {
+        Ok(local) => drivers.push(Arc::new(local)),
+        Err(e) => {
+            tracing::warn!("local compute driver disabled: {e}");
+            eprintln!("warning: local compute is disabled: {e}");
+        }
+    }
+    if let Some(ecs) = crate::config::ecs_config(&args, &file) {
+        let ecs = EcsDriver::new(ecs)
+            .await
+            .map_err(|e| CliError::Invalid(format!("ecs compute driver: {e}")))?;
+        drivers.push(Arc::new(ecs));
+    }
+    let control = Control::new(store.clone(), drivers, weights.clone(), control_settings);
     let state = AppState::new(store, settings, mailer, control.clone(), weights);
 
     // One signal stops both: the server drains its requests while the reconciler finishes
