@@ -308,7 +308,8 @@ run aws cloudformation deploy --region "$region" --stack-name "$stack_name" \
     --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND \
     --no-fail-on-empty-changeset \
     --tags "Project=corral" "Environment=$env_name" \
-    --parameter-overrides "${overrides[@]}"
+    --parameter-overrides "${overrides[@]}" ||
+    die "the stack did not deploy; the first failed resource is in: aws cloudformation describe-stack-events --region $region --stack-name $stack_name (a stack that failed its first creation must be deleted before the next try)"
 
 placeholder_outputs='[
   {"OutputKey": "Url", "OutputValue": "https://<DistributionDomainName>"},
