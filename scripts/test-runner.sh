@@ -17,11 +17,11 @@ echo "== test-runner: model" >&2
 model="$(scripts/fetch-model.sh "$data_dir/models" | tail -n1)"
 
 echo "== test-runner: build corral-runner" >&2
-# The whole workspace with all targets, not `-p corral-runner`: the same package set and
-# features as `cargo clippy/test --workspace` in `make test`, so cargo reuses their
-# llama.cpp build instead of compiling it a second time with other build-dependency
-# features. After `cargo test --workspace` this only links the binaries.
-"$CARGO" build --workspace --all-targets --locked
+# The workspace's binaries, not `-p corral-runner`: building one package alone resolves
+# bindgen's build dependencies with other features than `cargo clippy/test --workspace`
+# do, which compiles llama.cpp a second time (checked with `cargo build --unit-graph`).
+# After `cargo test --workspace` this only links the binaries.
+"$CARGO" build --workspace --bins --locked
 
 echo "== test-runner: python venv" >&2
 scripts/venv.sh
