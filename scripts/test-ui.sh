@@ -62,6 +62,10 @@ node ui/scripts/bundle-size.mjs "$BUNDLE_LIMIT_KB" | tee "$log/size"
 step "corral and corral-runner (cargo build)"
 $CARGO build -p corral -p corral-runner --quiet
 
+# The e2e test deploys smollm2:135m on the local driver: it needs the model file.
+step "test model (scripts/fetch-model.sh)"
+scripts/fetch-model.sh >/dev/null
+
 step "end-to-end (headless chromium + corral serve)"
 CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral" node ui/e2e/run.mjs 2>&1 | tee "$log/e2e"
 e2e=$(sed -n 's/^e2e: \([0-9][0-9]*\) passed, 0 failed.*/\1/p' "$log/e2e" | tail -1)

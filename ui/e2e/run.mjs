@@ -9,7 +9,7 @@
 // Prints one line per step and ends with `e2e: N passed, M failed`.
 
 import { spawn } from 'node:child_process';
-import { createWriteStream, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +23,8 @@ const corralBin = process.env.CORRAL_BIN ?? join(targetDir, 'debug', 'corral');
 const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const artifacts = resolve(process.env.ARTIFACTS ?? join(root, 'artifacts', 'ui'));
 const STEP_TIMEOUT_MS = 60_000;
+// The local driver runs corral-runner (next to `corral`) on <data-dir>/models/<name>.gguf.
+const MODEL_FILE = process.env.CORRAL_TEST_MODEL ?? join(root, '.corral', 'models', 'smollm2-135m.gguf');
 
 const ADMIN = { email: 'admin@e2e.test', password: 'Admin-e2e-Pass1!' };
 const run_id = Date.now().toString(36);
@@ -136,6 +138,9 @@ async function nextCode(secret) {
 async function main() {
   log(`e2e: corral ${corralBin}`);
   log(`e2e: chromium ${chromiumPath}`);
+  assert(existsSync(MODEL_FILE), `the test model ${MODEL_FILE} is missing: run scripts/fetch-model.sh`);
+  mkdirSync(join(dataDir, 'models'), { recursive: true });
+  symlinkSync(MODEL_FILE, join(dataDir, 'models', 'smollm2-135m.gguf'));
   await run(['--data-dir', dataDir, 'admin', 'create-user', '--email', ADMIN.email, '--role', 'admin', '--password-stdin'], `${ADMIN.password}\n`);
   const { url: base } = await startServer(dataDir, 'server.log');
   log(`e2e: server ${base}`);
@@ -168,7 +173,10 @@ async function main() {
   const page = context.pages()[0] ?? (await context.newPage());
 
   const problems = [];
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('pageerror', (e) => {
+    problems.push(`page error: ${e.message}`);
+    log(`       page error: ${e.message}`);
+  });
   page.on('console', (m) => {
     if (m.type() !== 'error') return;
     const text = m.text();
@@ -205,12 +213,14 @@ async function main() {
       await page.locator('input[name=code]').fill(await nextCode(secret));
       await submit.click();
     }
-    await waitPath('/profile');
+    await waitPath('/dashboard');
   };
   const ruleMet = (rule) => page.locator(`[data-testid=password-checklist] [data-rule=${rule}]`).getAttribute('data-met');
   const waitPath = (path) => page.waitForURL((u) => new URL(u).pathname === path);
 
   let mfaSecret = null;
+  let instanceId = null;
+  let deployStarted = 0;
   let createdKey = null;
 
   const steps = [
@@ -276,7 +286,7 @@ async function main() {
         await page.getByText('Wrong e-mail address or password.').waitFor();
         await page.locator('input[name=password]').fill(USER.password);
         await page.getByRole('button', { name: 'Log in' }).click();
-        await waitPath('/profile');
+        await waitPath('/dashboard');
         await page.getByTestId('current-user').waitFor();
         const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }) + document.cookie);
         assert(!/eyJ|corral_refresh/.test(stored), `no token in storage or readable cookies: ${stored}`);
@@ -285,6 +295,8 @@ async function main() {
     [
       'change the display name',
       async () => {
+        await page.getByRole('link', { name: 'Profile' }).click();
+        await waitPath('/profile');
         const form = page.getByTestId('display-name-form');
         await form.locator('input[name=display_name]').fill(USER.newName);
         await form.getByRole('button', { name: 'Save' }).click();
@@ -323,7 +335,7 @@ async function main() {
         await screenshot('login-mfa-step');
         await page.locator('input[name=code]').fill(await nextCode(mfaSecret));
         await page.getByRole('button', { name: 'Verify' }).click();
-        await waitPath('/profile');
+        await waitPath('/dashboard');
       },
     ],
     [
@@ -397,6 +409,8 @@ async function main() {
     [
       'change the password on the profile page; the session carries on',
       async () => {
+        await page.getByRole('link', { name: 'Profile' }).click();
+        await waitPath('/profile');
         const form = page.getByTestId('password-form');
         await form.locator('input[name=current_password]').fill(USER.resetPassword);
         await form.locator('input[name=new_password]').fill(USER.changedPassword);
@@ -411,11 +425,125 @@ async function main() {
       },
     ],
     [
+      'dashboard: the start page, empty for a new user',
+      async () => {
+        await page.getByRole('link', { name: 'Dashboard' }).click();
+        await waitPath('/dashboard');
+        await page.getByTestId('dash-empty').waitFor();
+      },
+    ],
+    [
+      'deploy smollm2:135m on local compute at the smallest size',
+      async () => {
+        await page.getByTestId('dash-deploy').click();
+        await waitPath('/deploy');
+        const form = page.getByTestId('deploy-form');
+        await form.getByTestId('deploy-model').click();
+        await page.getByTestId('model-option-smollm2:135m').click();
+        await form.getByTestId('model-present').filter({ hasText: 'On this server' }).waitFor();
+        // Only what /api/compute offers: here local compute alone.
+        await form.locator('input[name=compute_type]').evaluate((i) => i.value).then((v) => assert(v === 'local', `compute type ${v}`));
+        const cpu = await form.locator('input[name=cpu]').inputValue();
+        const memory = await form.locator('input[name=memory]').inputValue();
+        assert(cpu === '0.5' && memory === '512', `smallest size that fits: ${cpu} vCPU ${memory} MiB`);
+        await form.locator('[data-testid=deploy-fit][data-fits=true]').waitFor();
+        await screenshot('deploy-form');
+        deployStarted = Date.now();
+        await form.getByTestId('deploy-submit').click();
+        await page.waitForURL((u) => /^\/instances\/[0-9a-f-]{36}$/.test(new URL(u).pathname));
+        instanceId = new URL(page.url()).pathname.split('/').pop();
+      },
+    ],
+    [
+      'instance page: live lifecycle until ready, timeline shows ready',
+      async () => {
+        await page.locator('[data-testid=instance-page][data-status=ready]').waitFor({ timeout: 55_000 });
+        log(`       deploy to ready in the UI: ${Date.now() - deployStarted} ms`);
+        await page.getByTestId('tab-timeline').click();
+        await page.locator('[data-testid=timeline-event][data-to=ready]').waitFor();
+        const states = await page.getByTestId('timeline-event').evaluateAll((els) => els.map((e) => e.getAttribute('data-to')).filter(Boolean));
+        assert(JSON.stringify(states.slice(0, 3)) === JSON.stringify(['provisioning', 'starting', 'ready']), `timeline: ${states}`);
+        const endpoint = await page.getByTestId('instance-endpoint').textContent();
+        assert(endpoint === `${base}/i/${instanceId}`, `endpoint ${endpoint}`);
+      },
+    ],
+    [
+      'chat playground streams tokens',
+      async () => {
+        await page.getByTestId('tab-chat').click();
+        await page.locator('[data-testid=chat-form] textarea[name=prompt]').fill('Name three colours of the rainbow.');
+        await page.getByTestId('chat-send').click();
+        const answer = page.getByTestId('chat-assistant').last();
+        const lengths = [];
+        const t0 = Date.now();
+        while (Date.now() - t0 < 30_000) {
+          const text = (await answer.textContent()) ?? '';
+          lengths.push(text === '…' ? 0 : text.length);
+          if (await page.getByTestId('chat-send').isVisible()) break;
+          await page.waitForTimeout(50);
+        }
+        const final = ((await answer.textContent()) ?? '').trim();
+        const distinct = new Set(lengths.filter((n) => n > 0));
+        assert(final.length > 0, 'the answer is not empty');
+        assert(distinct.size >= 3, `the text grew while streaming (lengths seen: ${[...distinct].slice(0, 10)})`);
+        log(`       streamed ${final.length} chars, ${distinct.size} distinct lengths`);
+        await screenshot('instance-chat');
+      },
+    ],
+    [
+      'logs follow, charts, connect snippets',
+      async () => {
+        await page.getByTestId('tab-logs').click();
+        await page.getByTestId('log-line').first().waitFor();
+        await page.getByTestId('tab-metrics').click();
+        await page.getByTestId('chart-cpu').waitFor();
+        await page.getByTestId('tab-connect').click();
+        const text = (await page.getByTestId('snippet').allTextContents()).join('\n');
+        assert(text.includes(`base_url="${base}/i/${instanceId}/v1"`), 'openai snippet with base_url=<endpoint>/v1');
+        assert(text.includes(`Client(host="${base}/i/${instanceId}", headers={"Authorization": "Bearer <your API key>"})`), 'ollama snippet');
+        await screenshot('instance-connect', false);
+      },
+    ],
+    [
+      'create an API key from the instance page and call the endpoint with it',
+      async () => {
+        await page.getByTestId('connect-keys-link').click();
+        await waitPath('/keys');
+        const form = page.getByTestId('key-create-form');
+        await form.locator('input[name=name]').fill('e2e-deploy');
+        await form.getByRole('button', { name: 'Create key' }).click();
+        const key = await page.getByTestId('created-key').inputValue();
+        assert(/^crl_/.test(key), 'a crl_ key');
+        await page.getByTestId('created-key-done').click();
+        const r = await http(base, 'POST', `/i/${instanceId}/v1/chat/completions`, {
+          token: key,
+          body: { model: 'smollm2:135m', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 8 },
+        });
+        assert(r.status === 200 && r.json?.choices?.[0]?.message, `the key works on the endpoint: ${r.status} ${r.text.slice(0, 200)}`);
+      },
+    ],
+    [
+      'dashboard: the instance with live status; stop it',
+      async () => {
+        await page.getByRole('link', { name: 'Dashboard' }).click();
+        await waitPath('/dashboard');
+        const row = page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`);
+        await row.and(page.locator('[data-status=ready]')).waitFor();
+        await screenshot('dashboard');
+        await row.getByTestId('instance-stop').click();
+        // No reload: the dashboard polls.
+        await page.locator(`[data-testid=instance-row][data-id="${instanceId}"][data-status=stopped]`).waitFor({ timeout: 30_000 });
+        await row.getByTestId('instance-start').waitFor();
+        const api = await http(base, 'GET', `/api/instances/${instanceId}`, { token: ADMIN_KEY });
+        assert(api.json?.status === 'stopped', `the API says stopped: ${api.json?.status}`);
+      },
+    ],
+    [
       'a user sees no admin navigation, and admin pages redirect',
       async () => {
         assert((await page.getByRole('link', { name: 'Users' }).count()) === 0, 'no Users link for a user');
         await page.goto(`${base}/admin/users`);
-        await waitPath('/profile');
+        await waitPath('/dashboard');
         await page.getByTestId('logout').click();
         await waitPath('/login');
       },
@@ -426,7 +554,7 @@ async function main() {
         await page.locator('input[name=email]').fill(ADMIN.email);
         await page.locator('input[name=password]').fill(ADMIN.password);
         await page.getByRole('button', { name: 'Log in' }).click();
-        await waitPath('/profile');
+        await waitPath('/dashboard');
         await page.getByRole('link', { name: 'Users' }).click();
         await waitPath('/admin/users');
         const row = page.locator(`[data-testid=user-row][data-email="${USER.email}"]`);
@@ -469,6 +597,23 @@ async function main() {
         await row.waitFor({ state: 'detached' });
         const viewer = await http(base, 'POST', '/api/admin/users', { token: ADMIN_KEY, body: { ...VIEWER, role: 'viewer' } });
         assert(viewer.status === 201, `viewer created: ${viewer.text}`);
+      },
+    ],
+    [
+      'admin: everyone\'s instances with owners, model catalog, usage per user',
+      async () => {
+        await page.getByRole('link', { name: 'Dashboard' }).click();
+        await page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`).filter({ hasText: USER.email }).waitFor();
+        await page.getByRole('link', { name: 'Model catalog' }).click();
+        await waitPath('/admin/models');
+        await page.locator('[data-testid=model-row][data-id="smollm2:135m"]').filter({ hasText: 'On this server' }).waitFor();
+        await screenshot('admin-models');
+        await page.getByRole('link', { name: 'Usage and cost' }).click();
+        await waitPath('/admin/usage');
+        await page.getByTestId('usage-row').filter({ hasText: USER.email }).waitFor();
+        await page.getByTestId('usage-by-model').click();
+        await page.getByTestId('usage-row').filter({ hasText: 'smollm2:135m' }).waitFor();
+        await screenshot('admin-usage');
       },
     ],
     [
@@ -531,6 +676,16 @@ async function main() {
         const tableOverflow = await page.getByTestId('users-table').evaluate((t) => t.scrollWidth - t.parentElement.clientWidth);
         assert(tableOverflow <= 0, `users table overflows its card by ${tableOverflow}px`);
         await screenshot('mobile-390-users');
+        await page.goto(`${base}/dashboard`);
+        await page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`).waitFor();
+        const dashWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+        assert(dashWidth <= 390, `dashboard is ${dashWidth}px wide at 390px`);
+        await screenshot('mobile-390-dashboard');
+        await page.goto(`${base}/instances/${instanceId}`);
+        await page.getByTestId('instance-page').waitFor();
+        const instWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+        assert(instWidth <= 390, `instance page is ${instWidth}px wide at 390px`);
+        await screenshot('mobile-390-instance');
       },
     ],
     [
@@ -542,8 +697,19 @@ async function main() {
         await page.getByTestId('nav-open').click();
         await page.getByRole('link', { name: 'API キー' }).waitFor();
         const links = await page.getByRole('navigation').first().getByRole('link').allTextContents();
-        assert(JSON.stringify(links) === JSON.stringify(['プロフィール', 'API キー']), `viewer navigation: ${links}`);
+        assert(JSON.stringify(links) === JSON.stringify(['ダッシュボード', 'プロフィール', 'API キー']), `viewer navigation: ${links}`);
         await page.keyboard.press('Escape');
+        // Viewers see every instance and its logs, and no control that changes anything.
+        const row = page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`);
+        await row.waitFor();
+        assert((await page.getByTestId('dash-deploy').count()) === 0, 'no deploy button for a viewer');
+        assert((await row.getByRole('button').count()) === 0, 'no instance controls for a viewer');
+        await row.getByTestId('instance-link').click();
+        await page.getByTestId('instance-page').waitFor();
+        assert((await page.getByTestId('instance-start').count()) === 0 && (await page.getByTestId('instance-delete').count()) === 0, 'no controls on the instance page');
+        assert((await page.getByTestId('instance-settings').count()) === 0, 'no settings for a viewer');
+        await page.getByTestId('tab-logs').click();
+        await page.getByTestId('logs').waitFor();
         await page.getByTestId('logout').click();
         await waitPath('/login');
       },
@@ -561,7 +727,7 @@ async function main() {
         await page.locator('input[name=password]').fill(ADMIN.password);
         await page.locator('input[name=confirmPassword]').fill(ADMIN.password);
         await page.getByRole('button', { name: 'Create administrator' }).click();
-        await waitPath('/profile');
+        await waitPath('/dashboard');
         // A new origin (port): English again, from the browser's language.
         await page.getByRole('link', { name: 'Users' }).waitFor();
         await screenshot('setup-first-admin');

@@ -16,6 +16,11 @@ const KeysPage = lazy(() => import('./pages/KeysPage'));
 const UsersPage = lazy(() => import('./pages/admin/UsersPage'));
 const AuditPage = lazy(() => import('./pages/admin/AuditPage'));
 const OutboxPage = lazy(() => import('./pages/admin/OutboxPage'));
+const DashboardPage = lazy(() => import('./pages/DashboardPage'));
+const DeployPage = lazy(() => import('./pages/DeployPage'));
+const InstancePage = lazy(() => import('./pages/InstancePage'));
+const ModelsPage = lazy(() => import('./pages/admin/ModelsPage'));
+const UsagePage = lazy(() => import('./pages/admin/UsagePage'));
 
 export function App() {
   return (
@@ -35,11 +40,16 @@ export function App() {
           }
         >
           <Route index element={<Navigate to={HOME_PATH} replace />} />
+          <Route path="/dashboard" element={<DashboardPage />} />
+          <Route path="/deploy" element={<RequireAuth roles={['admin', 'user']}><DeployPage /></RequireAuth>} />
+          <Route path="/instances/:id" element={<InstancePage />} />
           <Route path="/profile" element={<ProfilePage />} />
           <Route path="/keys" element={<KeysPage />} />
           <Route path="/admin" element={<RequireAuth roles={['admin']}><Navigate to="/admin/users" replace /></RequireAuth>} />
           <Route path="/admin/users" element={<RequireAuth roles={['admin']}><UsersPage /></RequireAuth>} />
           <Route path="/admin/audit" element={<RequireAuth roles={['admin']}><AuditPage /></RequireAuth>} />
+          <Route path="/admin/models" element={<RequireAuth roles={['admin']}><ModelsPage /></RequireAuth>} />
+          <Route path="/admin/usage" element={<RequireAuth roles={['admin']}><UsagePage /></RequireAuth>} />
           <Route path="/admin/outbox" element={<RequireAuth roles={['admin']}><OutboxPage /></RequireAuth>} />
           <Route path="*" element={<NotFoundPage />} />
         </Route>

@@ -6,7 +6,8 @@ describe('navigation by role', () => {
     expect(navFor('admin').map((n) => n.path)).toContain('/admin/users');
     expect(navFor('user').some((n) => n.section === 'admin')).toBe(false);
     expect(navFor('viewer').some((n) => n.section === 'admin')).toBe(false);
-    expect(navFor('viewer').map((n) => n.path)).toEqual(['/profile', '/keys']);
+    expect(navFor('viewer').map((n) => n.path)).toEqual(['/dashboard', '/profile', '/keys']);
+    expect(navFor('user').map((n) => n.path)).toContain('/deploy');
   });
   it('only follows local next= paths', () => {
     expect(safeNext('/keys')).toBe('/keys');

@@ -1,5 +1,4 @@
-// The navigation, in one place. Pages that need the deployment API (dashboard, deploy,
-// instance) get their entries here when they exist; HOME_PATH then becomes the dashboard.
+// The navigation, in one place. The dashboard is the start page for signed-in users.
 
 import type { ComponentType } from 'react';
 import PersonOutline from '@mui/icons-material/PersonOutline';
@@ -7,10 +6,14 @@ import VpnKeyOutlined from '@mui/icons-material/VpnKeyOutlined';
 import PeopleOutline from '@mui/icons-material/PeopleOutline';
 import ReceiptLongOutlined from '@mui/icons-material/ReceiptLongOutlined';
 import MailOutline from '@mui/icons-material/MailOutline';
+import DashboardOutlined from '@mui/icons-material/DashboardOutlined';
+import RocketLaunchOutlined from '@mui/icons-material/RocketLaunchOutlined';
+import Inventory2Outlined from '@mui/icons-material/Inventory2Outlined';
+import QueryStatsOutlined from '@mui/icons-material/QueryStatsOutlined';
 import type { Role } from './api/types';
 import type { MessageKey } from './i18n/messages';
 
-export const HOME_PATH = '/profile';
+export const HOME_PATH = '/dashboard';
 
 export interface NavItem {
   path: string;
@@ -22,9 +25,13 @@ export interface NavItem {
 }
 
 export const NAV: readonly NavItem[] = [
+  { path: '/dashboard', label: 'nav.dashboard', icon: DashboardOutlined, section: 'main' },
+  { path: '/deploy', label: 'nav.deploy', icon: RocketLaunchOutlined, roles: ['admin', 'user'], section: 'main' },
   { path: '/profile', label: 'nav.profile', icon: PersonOutline, section: 'main' },
   { path: '/keys', label: 'nav.keys', icon: VpnKeyOutlined, section: 'main' },
   { path: '/admin/users', label: 'nav.adminUsers', icon: PeopleOutline, roles: ['admin'], section: 'admin' },
+  { path: '/admin/models', label: 'nav.adminModels', icon: Inventory2Outlined, roles: ['admin'], section: 'admin' },
+  { path: '/admin/usage', label: 'nav.adminUsage', icon: QueryStatsOutlined, roles: ['admin'], section: 'admin' },
   { path: '/admin/audit', label: 'nav.adminAudit', icon: ReceiptLongOutlined, roles: ['admin'], section: 'admin' },
   { path: '/admin/outbox', label: 'nav.adminOutbox', icon: MailOutline, roles: ['admin'], section: 'admin' },
 ];
@@ -39,3 +46,9 @@ export function safeNext(next: string | null): string {
   if (next.startsWith('/login') || next.startsWith('/api/')) return HOME_PATH;
   return next;
 }
+
+/**
+ * Set while the user logs out on purpose: the login page then opens without `?next=`,
+ * so logging in again lands on the start page rather than the page left.
+ */
+export const logoutIntent = { active: false };

@@ -214,6 +214,29 @@ export class ApiClient {
     }
   }
 
+  /**
+   * A plain fetch with the bearer token (refreshed once after a 401), for answers read
+   * as a stream (chat NDJSON, log SSE): EventSource cannot send Authorization headers.
+   * Rejects with an ApiError when the answer is not 2xx.
+   */
+  async fetchAuth(path: string, init: RequestInit = {}): Promise<Response> {
+    if (this.session && this.session.expiresAt - this.deps.now() < STALE_MS) {
+      await this.refresh().catch(() => undefined);
+    }
+    const go = () => {
+      const headers: Record<string, string> = { ...(init.headers as Record<string, string> | undefined) };
+      if (this.token) headers.Authorization = `Bearer ${this.token}`;
+      return this.deps.fetch(path, { ...init, headers, credentials: 'same-origin' });
+    };
+    let res = await go();
+    if (res.status === 401 && this.token !== null) {
+      const renewed = await this.refresh().catch(() => null);
+      if (renewed) res = await go();
+    }
+    if (!res.ok) throw await toError(res);
+    return res;
+  }
+
   get<T>(path: string, query?: RequestOptions['query'], signal?: AbortSignal) {
     return this.request<T>('GET', path, undefined, { query, signal });
   }

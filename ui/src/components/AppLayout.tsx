@@ -18,7 +18,7 @@ import Logout from '@mui/icons-material/Logout';
 import { api } from '../api/client';
 import { useAuth } from '../auth/AuthProvider';
 import { useI18n } from '../i18n/I18nProvider';
-import { navFor, type NavItem } from '../nav';
+import { logoutIntent, navFor, type NavItem } from '../nav';
 import { LanguageMenu } from './LanguageMenu';
 import { Loading } from './Loading';
 import { Logo } from './Logo';
@@ -35,6 +35,7 @@ export function AppLayout() {
   const items = navFor(user?.role);
 
   const logout = async () => {
+    logoutIntent.active = true;
     await api.logout();
     navigate('/login', { replace: true });
   };

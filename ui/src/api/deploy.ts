@@ -1,0 +1,327 @@
+// Shapes of the deployment API's JSON (models, compute, instances, usage) and the small
+// pure helpers the pages share (kept here so Vitest covers them without a browser).
+
+export type ComputeType = 'local' | 'fargate' | 'gpu';
+export type Observed =
+  | 'pending'
+  | 'provisioning'
+  | 'starting'
+  | 'ready'
+  | 'scaling'
+  | 'stopping'
+  | 'stopped'
+  | 'sleeping'
+  | 'failed';
+export type Desired = 'running' | 'sleeping' | 'stopped' | 'deleted';
+
+export type ModelSource =
+  | { kind: 'ollama'; name: string }
+  | { kind: 'url'; url: string; sha256: string }
+  | { kind: 'file'; path: string };
+
+export interface PullView {
+  phase: string;
+  done_bytes: number;
+  total_bytes: number | null;
+  percent: number | null;
+  error: string | null;
+}
+
+export interface CatalogModel {
+  id: string;
+  family: string;
+  size: string;
+  cpu_supported: boolean;
+  gpu_supported: boolean;
+  /** MiB. */
+  memory_required: number;
+  expected_deploy_seconds: number;
+  source: ModelSource;
+  weights_bytes: number | null;
+  builtin: boolean;
+  present: boolean;
+  pull: PullView | null;
+}
+
+export interface ComputeSize {
+  cpu: number;
+  /** MiB choices valid with this vCPU count. */
+  memory: number[];
+}
+
+export interface GpuInstanceType {
+  name: string;
+  gpus: number;
+  gpu_model: string;
+  cpu: number;
+  memory: number;
+  hourly_usd: number;
+}
+
+export interface ComputeOffer {
+  driver: string;
+  compute_type: ComputeType;
+  sizes: ComputeSize[];
+  gpu_instance_types: GpuInstanceType[];
+  spot: boolean;
+}
+
+export interface ComputeSpec {
+  compute_type: ComputeType;
+  cpu: number;
+  memory: number;
+  gpu_count: number;
+  instance_type?: string | null;
+  spot: boolean;
+}
+
+export interface InstanceSettings {
+  idle_timeout_seconds: number;
+  min_replicas: number;
+  max_replicas: number;
+  wake_on_request: boolean;
+}
+
+export interface Instance {
+  id: string;
+  model_id: string;
+  owner_id: string;
+  owner_email?: string;
+  status: Observed;
+  status_reason: string | null;
+  desired: Desired;
+  endpoint: string;
+  driver: string;
+  compute: ComputeSpec;
+  settings: InstanceSettings;
+  target_replicas: number;
+  created_at: string;
+  updated_at: string;
+  last_activity_at: string;
+  uptime_seconds: number;
+}
+
+export interface Replica {
+  id: string;
+  state: string;
+  restarts: number;
+  started_at: string;
+  cpu_percent: number | null;
+  memory_bytes: number | null;
+  endpoint?: string;
+}
+
+export interface InstanceEvent {
+  id: number;
+  instance_id: string;
+  at: string;
+  from_state: Observed | null;
+  to_state: Observed | null;
+  message: string;
+}
+
+export interface UsageTotals {
+  requests: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface Cost {
+  usd: number | null;
+  hourly_usd: number | null;
+  running_seconds: number;
+  replica_seconds: number;
+}
+
+export interface InstanceDetail extends Instance {
+  replicas: Replica[];
+  timeline: InstanceEvent[];
+  usage: UsageTotals;
+  cost: Cost;
+}
+
+export interface UsageGroup extends UsageTotals {
+  key: string;
+  label: string | null;
+  cost_usd: number;
+  cost_incomplete: boolean;
+}
+
+export interface UsageReport {
+  since: string | null;
+  until: string | null;
+  group_by: 'user' | 'model' | 'instance';
+  groups: UsageGroup[];
+  total: UsageTotals;
+  total_cost_usd: number;
+}
+
+export interface LogLine {
+  at: string | null;
+  replica_id: string;
+  line: string;
+}
+
+export interface StartRequest {
+  model_id: string;
+  compute_type: ComputeType;
+  cpu?: number;
+  memory?: number;
+  gpu_count?: number;
+  instance_type?: string;
+  spot?: boolean;
+  idle_timeout_seconds: number;
+  min_replicas: number;
+  max_replicas: number;
+  wake_on_request: boolean;
+}
+
+// ---- helpers -----------------------------------------------------------------------
+
+/** The lifecycle steps a deploy goes through, in order. */
+export const LIFECYCLE: readonly Observed[] = ['pending', 'provisioning', 'starting', 'ready'];
+
+/** Statuses in which the instance is on its way up or serving. */
+export function isActive(s: Observed): boolean {
+  return s !== 'stopped' && s !== 'failed' && s !== 'sleeping';
+}
+
+export function canStart(i: Pick<Instance, 'status' | 'desired'>): boolean {
+  return i.status === 'stopped' || i.status === 'sleeping' || i.status === 'failed' || i.desired === 'stopped';
+}
+
+export function canStop(i: Pick<Instance, 'status' | 'desired'>): boolean {
+  return i.desired === 'running' && i.status !== 'stopped' && i.status !== 'stopping';
+}
+
+export type StatusColor = 'success' | 'warning' | 'error' | 'default' | 'info';
+export function statusColor(s: Observed): StatusColor {
+  if (s === 'ready') return 'success';
+  if (s === 'failed') return 'error';
+  if (s === 'stopped') return 'default';
+  if (s === 'sleeping') return 'info';
+  return 'warning';
+}
+
+/** MiB as the UI shows it: 512 MiB, 1 GiB, 1.5 GiB. */
+export function formatMiB(mib: number): string {
+  if (mib < 1024) return `${mib} MiB`;
+  const g = mib / 1024;
+  return `${Number.isInteger(g) ? g : g.toFixed(1)} GiB`;
+}
+
+export function formatBytes(b: number | null | undefined): string {
+  if (b === null || b === undefined) return '—';
+  if (b < 1024 * 1024) return `${Math.round(b / 1024)} KiB`;
+  if (b < 1024 ** 3) return `${(b / 1024 / 1024).toFixed(b < 10 * 1024 * 1024 ? 1 : 0)} MiB`;
+  return `${(b / 1024 ** 3).toFixed(1)} GiB`;
+}
+
+/** 3 s, 4 min 5 s, 2 h 3 min, 1 d 2 h. */
+export function formatDuration(sec: number): string {
+  const s = Math.max(0, Math.floor(sec));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+export function formatUsd(usd: number | null | undefined): string {
+  if (usd === null || usd === undefined) return '—';
+  if (usd === 0) return '$0.00';
+  if (usd < 0.01) return `$${usd.toFixed(4)}`;
+  return `$${usd.toFixed(2)}`;
+}
+
+/** Whether a size fits the model: memory at least what it needs. */
+export function fits(model: Pick<CatalogModel, 'memory_required'> | undefined, memoryMiB: number | undefined): boolean {
+  return !!model && memoryMiB !== undefined && memoryMiB >= model.memory_required;
+}
+
+/** The smallest size (vCPU, memory) of an offer that fits the model. */
+export function smallestFit(offer: ComputeOffer, need: number): { cpu: number; memory: number } | null {
+  for (const size of [...offer.sizes].sort((a, b) => a.cpu - b.cpu)) {
+    const m = [...size.memory].sort((a, b) => a - b).find((x) => x >= need);
+    if (m !== undefined) return { cpu: size.cpu, memory: m };
+  }
+  return null;
+}
+
+/**
+ * Splits a growing text buffer into complete lines; returns them and the unfinished
+ * rest, for reading NDJSON and SSE from a ReadableStream.
+ */
+export function splitLines(buffer: string): { lines: string[]; rest: string } {
+  const parts = buffer.split('\n');
+  const rest = parts.pop() ?? '';
+  return { lines: parts.map((l) => l.replace(/\r$/, '')), rest };
+}
+
+/** The token text of one Ollama chat NDJSON line ('' for none); throws on an error line. */
+export function chatChunk(line: string): { text: string; done: boolean } {
+  if (!line.trim()) return { text: '', done: false };
+  const obj = JSON.parse(line) as { message?: { content?: string }; done?: boolean; error?: string | { message?: string } };
+  if (obj.error) throw new Error(typeof obj.error === 'string' ? obj.error : (obj.error.message ?? 'error'));
+  return { text: obj.message?.content ?? '', done: !!obj.done };
+}
+
+/** The JSON payload of an SSE `data:` line, or null for other lines (comments, events). */
+export function sseData<T>(line: string): T | null {
+  if (!line.startsWith('data:')) return null;
+  const payload = line.slice(5).trimStart();
+  if (!payload) return null;
+  try {
+    return JSON.parse(payload) as T;
+  } catch {
+    return null;
+  }
+}
+
+/** Reads a stream of lines, calling `onLine` for each complete one. */
+export async function readLines(body: ReadableStream<Uint8Array>, onLine: (line: string) => void): Promise<void> {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    const { lines, rest } = splitLines(buffer);
+    buffer = rest;
+    for (const l of lines) onLine(l);
+  }
+  buffer += decoder.decode();
+  if (buffer) onLine(buffer);
+}
+
+export const SNIPPET_MODEL_PLACEHOLDER = '<your API key>';
+
+export function snippets(endpoint: string, model: string): { curl: string; openai: string; ollama: string } {
+  const key = SNIPPET_MODEL_PLACEHOLDER;
+  return {
+    curl: `curl ${endpoint}/api/chat \\
+  -H "Authorization: Bearer ${key}" \\
+  -d '{"model": "${model}", "messages": [{"role": "user", "content": "Hello!"}]}'
+
+# OpenAI-compatible
+curl ${endpoint}/v1/chat/completions \\
+  -H "Authorization: Bearer ${key}" -H "Content-Type: application/json" \\
+  -d '{"model": "${model}", "messages": [{"role": "user", "content": "Hello!"}]}'`,
+    openai: `from openai import OpenAI
+
+client = OpenAI(base_url="${endpoint}/v1", api_key="${key}")
+stream = client.chat.completions.create(
+    model="${model}",
+    messages=[{"role": "user", "content": "Hello!"}],
+    stream=True,
+)
+for chunk in stream:
+    print(chunk.choices[0].delta.content or "", end="", flush=True)`,
+    ollama: `from ollama import Client
+
+client = Client(host="${endpoint}", headers={"Authorization": "Bearer ${key}"})
+for part in client.chat(model="${model}", messages=[{"role": "user", "content": "Hello!"}], stream=True):
+    print(part["message"]["content"], end="", flush=True)`,
+  };
+}
