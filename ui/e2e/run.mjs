@@ -488,6 +488,17 @@ async function main() {
         assert(distinct.size >= 3, `the text grew while streaming (lengths seen: ${[...distinct].slice(0, 10)})`);
         log(`       streamed ${final.length} chars, ${distinct.size} distinct lengths`);
         await screenshot('instance-chat');
+        // The stop button aborts a long answer: the text stops growing.
+        await page.locator('[data-testid=chat-form] textarea[name=prompt]').fill('Write a very long essay about the history of Rome, with many details.');
+        await page.getByTestId('chat-send').click();
+        const second = page.getByTestId('chat-assistant').nth(1);
+        await page.waitForFunction((el) => (el?.textContent ?? '').length > 20, await second.elementHandle());
+        await page.getByTestId('chat-stop').click();
+        await page.getByTestId('chat-send').waitFor();
+        const stoppedAt = ((await second.textContent()) ?? '').length;
+        await page.waitForTimeout(500);
+        const later = ((await second.textContent()) ?? '').length;
+        assert(later === stoppedAt, `no more text after stop: ${stoppedAt} -> ${later}`);
       },
     ],
     [
@@ -625,6 +636,11 @@ async function main() {
         const filters = page.getByTestId('audit-filters');
         await filters.locator('input[name=action]').fill('auth.login');
         await filters.getByRole('button', { name: 'Apply' }).click();
+        // Rows of the unfiltered list may still be shown for a moment: wait for the new list.
+        await page.waitForFunction(() => {
+          const rows = [...document.querySelectorAll('[data-testid=audit-row]')];
+          return rows.length > 0 && rows.every((r) => (r.getAttribute('data-action') ?? '').startsWith('auth.login'));
+        });
         await page.locator('[data-testid=audit-row][data-action="auth.login"]').filter({ hasText: USER.email }).first().waitFor();
         const actions = await page.getByTestId('audit-row').evaluateAll((rows) => rows.map((r) => r.getAttribute('data-action')));
         assert(actions.length > 0 && actions.every((a) => a.startsWith('auth.login')), `filtered actions: ${actions}`);

@@ -152,7 +152,7 @@ export default function DashboardPage() {
                 <TableBody>
                   {list.map((i) => (
                     <TableRow key={i.id} data-testid="instance-row" data-id={i.id} data-status={i.status}>
-                      <TableCell sx={{ wordBreak: 'break-word' }}>
+                      <TableCell sx={{ wordBreak: 'break-word', minWidth: 110 }}>
                         <Link component={RouterLink} to={`/instances/${i.id}`} data-testid="instance-link">
                           {i.model_id}
                         </Link>

@@ -271,7 +271,11 @@ function Chat({ inst }: { inst: InstanceDetail }) {
       <CardContent>
         {inst.status !== 'ready' && (
           <Alert severity="info" sx={{ mb: 2 }}>
-            {inst.status === 'sleeping' && inst.settings.wake_on_request ? t('chat.sleeping') : t('chat.notReady')}
+            {inst.status === 'sleeping' && inst.settings.wake_on_request
+              ? t('chat.sleeping')
+              : inst.status === 'stopped' || inst.status === 'failed'
+                ? t('chat.stopped')
+                : t('chat.notReady')}
           </Alert>
         )}
         <Box data-testid="chat-log" sx={{ display: 'grid', gap: 1, mb: 2, maxHeight: 420, overflowY: 'auto' }}>
