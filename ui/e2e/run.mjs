@@ -457,11 +457,15 @@ async function main() {
     [
       'instance page: live lifecycle until ready, timeline shows ready',
       async () => {
+        // The deploy's progress, live, right under the lifecycle stepper.
+        await page.getByTestId('deploy-progress').locator('[data-testid=timeline-event]').first().waitFor();
+        await screenshot('deploy-progress', false);
         await page.locator('[data-testid=instance-page][data-status=ready]').waitFor({ timeout: 55_000 });
+        await page.locator('[data-testid=progress-timeline] [data-testid=timeline-event][data-to=ready]').waitFor();
         log(`       deploy to ready in the UI: ${Date.now() - deployStarted} ms`);
         await page.getByTestId('tab-timeline').click();
-        await page.locator('[data-testid=timeline-event][data-to=ready]').waitFor();
-        const states = await page.getByTestId('timeline-event').evaluateAll((els) => els.map((e) => e.getAttribute('data-to')).filter(Boolean));
+        await page.locator('[data-testid=timeline] [data-testid=timeline-event][data-to=ready]').waitFor();
+        const states = await page.getByTestId('timeline').getByTestId('timeline-event').evaluateAll((els) => els.map((e) => e.getAttribute('data-to')).filter(Boolean));
         assert(JSON.stringify(states.slice(0, 3)) === JSON.stringify(['provisioning', 'starting', 'ready']), `timeline: ${states}`);
         const endpoint = await page.getByTestId('instance-endpoint').textContent();
         assert(endpoint === `${base}/i/${instanceId}`, `endpoint ${endpoint}`);

@@ -1,5 +1,5 @@
 import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
-import { Link as RouterLink, useNavigate, useParams } from 'react-router';
+import { Link as RouterLink, useLocation, useNavigate, useParams } from 'react-router';
 import Alert from '@mui/material/Alert';
 import Box from '@mui/material/Box';
 import Button from '@mui/material/Button';
@@ -22,6 +22,7 @@ import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
 import {
   LIFECYCLE,
+  isActive,
   chatChunk,
   formatBytes,
   formatDuration,
@@ -54,9 +55,12 @@ interface Sample {
 
 export default function InstancePage() {
   const { id = '' } = useParams();
-  const { t, dateTime } = useI18n();
+  const { t } = useI18n();
   const { user } = useAuth();
   const navigate = useNavigate();
+  const location = useLocation();
+  // Arrived from the deploy form: the progress stays in view until ready (or failed).
+  const deployed = (location.state as { deployed?: boolean } | null)?.deployed === true;
   const canManage = user?.role === 'admin' || user?.role === 'user';
   const { data: inst, error, reload } = usePoll((signal) => api.get<InstanceDetail>(`/api/instances/${id}`, undefined, signal));
   const actions = useInstanceActions(() => void reload());
@@ -120,6 +124,16 @@ export default function InstancePage() {
               ))}
             </Stepper>
           )}
+          {(deployed || (isActive(inst.status) && inst.status !== 'ready')) && inst.timeline.length > 0 && (
+            <Box sx={{ mb: 2 }} data-testid="deploy-progress">
+              <Typography variant="subtitle2" sx={{ mb: 0.5 }}>
+                {inst.status === 'ready'
+                  ? t('inst.deployedIn', { s: deploySeconds(inst) })
+                  : t('inst.deploying', { s: Math.round((Date.now() - Date.parse(inst.created_at)) / 1000) })}
+              </Typography>
+              <Timeline events={inst.timeline.slice(-6)} testId="progress-timeline" />
+            </Box>
+          )}
           <Box sx={{ display: 'grid', gridTemplateColumns: { xs: '1fr', md: '1fr 1fr' }, gap: 1.5 }}>
             <Fact label={t('inst.endpoint')}>
               <Box sx={{ display: 'flex', flexWrap: 'wrap', gap: 1, alignItems: 'center' }}>
@@ -160,25 +174,7 @@ export default function InstancePage() {
       {tab === 1 && (
         <Card variant="outlined">
           <CardContent>
-            <Box component="ol" data-testid="timeline" sx={{ listStyle: 'none', p: 0, m: 0 }}>
-              {inst.timeline.map((ev) => (
-                <Box
-                  component="li"
-                  key={ev.id}
-                  data-testid="timeline-event"
-                  data-to={ev.to_state ?? ''}
-                  sx={{ display: 'flex', flexWrap: 'wrap', gap: 1, py: 0.75, borderBottom: 1, borderColor: 'divider' }}
-                >
-                  <Typography variant="caption" color="text.secondary" sx={{ minWidth: 150 }}>
-                    {dateTime(ev.at)}
-                  </Typography>
-                  {ev.to_state && <StatusChip status={ev.to_state} />}
-                  <Typography variant="body2" sx={{ flex: '1 1 240px', wordBreak: 'break-word' }}>
-                    {ev.message}
-                  </Typography>
-                </Box>
-              ))}
-            </Box>
+            <Timeline events={inst.timeline} testId="timeline" />
           </CardContent>
         </Card>
       )}
@@ -190,6 +186,38 @@ export default function InstancePage() {
       {actions.dialog}
     </Box>
   );
+}
+
+function Timeline({ events, testId }: { events: InstanceDetail['timeline']; testId: string }) {
+  const { dateTime } = useI18n();
+  return (
+    <Box component="ol" data-testid={testId} sx={{ listStyle: 'none', p: 0, m: 0 }}>
+      {events.map((ev) => (
+        <Box
+          component="li"
+          key={ev.id}
+          data-testid="timeline-event"
+          data-to={ev.to_state ?? ''}
+          sx={{ display: 'flex', flexWrap: 'wrap', gap: 1, py: 0.75, borderBottom: 1, borderColor: 'divider' }}
+        >
+          <Typography variant="caption" color="text.secondary" sx={{ minWidth: 150 }}>
+            {dateTime(ev.at)}
+          </Typography>
+          {ev.to_state && <StatusChip status={ev.to_state} />}
+          <Typography variant="body2" sx={{ flex: '1 1 240px', wordBreak: 'break-word' }}>
+            {ev.message}
+          </Typography>
+        </Box>
+      ))}
+    </Box>
+  );
+}
+
+/** Seconds from the deploy to the first ready event. */
+function deploySeconds(inst: InstanceDetail): string {
+  const ready = inst.timeline.find((e) => e.to_state === 'ready');
+  if (!ready) return '—';
+  return ((Date.parse(ready.at) - Date.parse(inst.created_at)) / 1000).toFixed(1);
 }
 
 function Fact({ label, children }: { label: string; children: ReactNode }) {
