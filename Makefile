@@ -33,10 +33,11 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 # Store-touching tests run on SQLite and on a throwaway PostgreSQL 15 server; driver and
-# reconciler tests start the real corral-runner with the real model.
+# reconciler tests start the real corral-runner with the real model; the ECS driver's
+# tests run against a throwaway moto (AWS emulator) server.
 test-rust:
 	$(CARGO) build --locked -p corral-runner
-	scripts/with-postgres.sh $(CARGO) test --workspace --locked
+	scripts/with-postgres.sh scripts/with-moto.sh $(CARGO) test --workspace --locked
 
 # corral-runner against the official ollama and openai Python clients.
 test-runner:

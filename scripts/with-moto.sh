@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Usage: scripts/with-moto.sh CMD [ARGS...]
 #
-# Runs CMD against a throwaway moto server (the AWS emulator, from the project venv:
-# scripts/venv.sh installs it) on 127.0.0.1 and a free port, with AWS_ENDPOINT_URL,
-# test credentials and AWS_REGION=us-east-1 exported. The server is stopped when CMD
+# Runs CMD against a throwaway moto server (the AWS emulator) on 127.0.0.1 and a free
+# port, with AWS_ENDPOINT_URL, test credentials and AWS_REGION=us-east-1 exported. moto
+# comes from the project venv, which scripts/venv.sh makes when it is missing
+# (MOTO_SERVER overrides the binary). The server is stopped when CMD
 # ends (or this script is interrupted), and CMD's exit status is this script's.
 set -euo pipefail
 
@@ -14,8 +15,12 @@ fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 moto_server=${MOTO_SERVER:-$root/.venv/bin/moto_server}
+if [[ -z "${MOTO_SERVER:-}" && ! -x "$moto_server" ]]; then
+    echo "with-moto: installing moto into .venv (scripts/venv.sh)" >&2
+    "$root/scripts/venv.sh"
+fi
 if [[ ! -x "$moto_server" ]]; then
-    echo "with-moto: $moto_server not found; run scripts/venv.sh first" >&2
+    echo "with-moto: $moto_server not found; run scripts/venv.sh" >&2
     exit 1
 fi
 
@@ -23,15 +28,17 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 log=$(mktemp)
 "$moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
 pid=$!
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     rm -f "$log"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         break
     fi
     if ! kill -0 "$pid" 2>/dev/null; then

@@ -53,6 +53,7 @@ pub struct EcsConfig {
     pub subnets: Vec<String>,
     pub security_groups: Vec<String>,
     /// Only for public subnets without a NAT: the task needs a route to pull its image.
+    /// Fargate only (ECS gives tasks on EC2 instances no public IP).
     pub assign_public_ip: bool,
     /// Image for the Ollama runtime.
     pub runtime_image: String,
@@ -333,11 +334,14 @@ impl ComputeDriver for EcsDriver {
         let network = AwsVpcConfiguration::builder()
             .set_subnets(Some(self.cfg.subnets.clone()))
             .set_security_groups(Some(self.cfg.security_groups.clone()))
-            .assign_public_ip(if self.cfg.assign_public_ip {
-                AssignPublicIp::Enabled
-            } else {
-                AssignPublicIp::Disabled
-            })
+            // ECS refuses public IPs for tasks on EC2 instances; only Fargate gets one.
+            .assign_public_ip(
+                if self.cfg.assign_public_ip && spec.compute.compute_type == ComputeType::Fargate {
+                    AssignPublicIp::Enabled
+                } else {
+                    AssignPublicIp::Disabled
+                },
+            )
             .build()
             .map_err(|e| Error::Invalid(format!("network configuration: {e}")))?;
         let tags = [
