@@ -5,14 +5,14 @@ CARGO ?= cargo
 DATA_DIR ?= .corral
 export CARGO_TERM_COLOR ?= always
 
-.PHONY: run test deps ui build model lint test-rust test-runner test-e2e test-ui bench clean
+.PHONY: run test deps ui build model lint test-rust test-runner test-e2e test-ui test-aws bench bench-runner bench-gateway clean
 
 ## run: build the UI and binaries, fetch the demo model, create the first admin, start `corral serve`
 run: deps ui build model
 	scripts/run.sh
 
 ## test: fmt check, clippy -D warnings, and every test suite
-test: deps lint model test-rust test-runner test-e2e test-ui
+test: deps lint model test-rust test-runner test-e2e test-ui test-aws
 
 deps:
 	scripts/install-deps.sh
@@ -36,7 +36,9 @@ lint:
 # reconciler tests start the real corral-runner with the real model; the ECS driver's
 # tests run against a throwaway moto (AWS emulator) server.
 test-rust:
-	$(CARGO) build --locked -p corral-runner
+	# All binaries at once: building corral-runner alone resolves bindgen's build
+	# dependencies with other features and compiles llama.cpp a second time.
+	$(CARGO) build --locked --workspace --bins
 	scripts/with-postgres.sh scripts/with-moto.sh $(CARGO) test --workspace --locked
 
 # corral-runner against the official ollama and openai Python clients.
@@ -52,8 +54,19 @@ test-e2e:
 test-ui:
 	scripts/test-ui.sh
 
+# The AWS deployment: cfn-lint, shellcheck, hadolint, deploy.sh --dry-run, stacks on moto.
+test-aws:
+	scripts/test-aws.sh
+
+# Benchmarks print their figures beside the goal or reference they name.
 bench: deps
 	bench/api.sh
+
+bench-runner: deps model
+	bench/runner.sh
+
+bench-gateway: deps model
+	bench/gateway.sh
 
 clean:
 	$(CARGO) clean
