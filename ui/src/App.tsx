@@ -16,7 +16,10 @@ const KeysPage = lazy(() => import('./pages/KeysPage'));
 const UsersPage = lazy(() => import('./pages/admin/UsersPage'));
 const AuditPage = lazy(() => import('./pages/admin/AuditPage'));
 const OutboxPage = lazy(() => import('./pages/admin/OutboxPage'));
-const DashboardPage = lazy(() => import('./pages/DashboardPage'));
+const loadDashboard = () => import('./pages/DashboardPage');
+const DashboardPage = lazy(loadDashboard);
+// The start page: when the visit opens on it, fetch its chunk while the session refreshes.
+if (typeof window !== 'undefined' && ['/', '/dashboard'].includes(window.location.pathname)) void loadDashboard();
 const DeployPage = lazy(() => import('./pages/DeployPage'));
 const InstancePage = lazy(() => import('./pages/InstancePage'));
 const ModelsPage = lazy(() => import('./pages/admin/ModelsPage'));
