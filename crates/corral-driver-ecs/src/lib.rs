@@ -15,7 +15,7 @@
 
 mod taskdef;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -66,10 +66,15 @@ pub struct EcsConfig {
     /// CloudWatch Logs group of the awslogs driver (it must exist).
     pub log_group: String,
     pub region: String,
-    /// EC2 capacity provider of GPU instances; None: no GPU offer.
+    /// EC2 capacity provider of GPU instances, for the types without one of their own
+    /// in `gpu_capacity_providers`.
     pub gpu_capacity_provider: Option<String>,
-    /// GPU instance types the capacity provider can launch (from `known_gpu_instance_types`).
+    /// GPU instance types offered (from `known_gpu_instance_types`).
     pub gpu_instance_types: Vec<String>,
+    /// A capacity provider per GPU instance type, where each type has an Auto Scaling
+    /// group of its own; its types are offered too. No GPU offer when this is empty and
+    /// `gpu_capacity_provider` is None.
+    pub gpu_capacity_providers: BTreeMap<String, String>,
     /// Overrides the AWS endpoint (otherwise `AWS_ENDPOINT_URL` or AWS's own).
     pub endpoint_url: Option<String>,
 }
@@ -192,12 +197,24 @@ fn offers(cfg: &EcsConfig) -> Result<Vec<ComputeOffer>> {
         gpu_instance_types: vec![],
         spot: true,
     }];
-    if cfg.gpu_capacity_provider.is_some() {
+    if cfg.gpu_capacity_provider.is_some() || !cfg.gpu_capacity_providers.is_empty() {
         let known = known_gpu_instance_types();
-        let types = cfg
-            .gpu_instance_types
-            .iter()
+        let mut names: Vec<&String> = cfg.gpu_instance_types.iter().collect();
+        names.extend(
+            cfg.gpu_capacity_providers
+                .keys()
+                .filter(|t| !cfg.gpu_instance_types.contains(t)),
+        );
+        let types = names
+            .into_iter()
             .map(|name| {
+                if cfg.gpu_capacity_provider.is_none()
+                    && !cfg.gpu_capacity_providers.contains_key(name)
+                {
+                    return Err(Error::Invalid(format!(
+                        "ecs driver: GPU instance type {name} has no capacity provider"
+                    )));
+                }
                 known
                     .iter()
                     .find(|t| t.name == *name)
@@ -323,11 +340,14 @@ impl ComputeDriver for EcsDriver {
         let task_definition = self.task_definition(&def).await?;
 
         let capacity_provider = match spec.compute.compute_type {
-            ComputeType::Gpu => self
-                .cfg
-                .gpu_capacity_provider
-                .clone()
-                .expect("a GPU offer exists only with a capacity provider"),
+            ComputeType::Gpu => spec
+                .compute
+                .instance_type
+                .as_ref()
+                .and_then(|t| self.cfg.gpu_capacity_providers.get(t))
+                .or(self.cfg.gpu_capacity_provider.as_ref())
+                .cloned()
+                .expect("every offered GPU type has a capacity provider"),
             _ if spec.compute.spot => "FARGATE_SPOT".into(),
             _ => "FARGATE".into(),
         };
@@ -563,6 +583,7 @@ mod tests {
             region: "us-east-1".into(),
             gpu_capacity_provider: None,
             gpu_instance_types: vec![],
+            gpu_capacity_providers: BTreeMap::new(),
             // Nothing listens there: a call that reached "AWS" would fail as Provider.
             endpoint_url: Some("http://127.0.0.1:9".into()),
         }
@@ -626,6 +647,26 @@ mod tests {
             .collect();
         assert_eq!(names, ["g5.xlarge", "g4dn.xlarge"]);
         cfg.gpu_instance_types = vec!["p9.huge".into()];
+        assert!(matches!(
+            EcsDriver::new(cfg.clone()).await.map(|_| ()),
+            Err(Error::Invalid(_))
+        ));
+
+        // One provider per type: those types are offered; a listed type without one is not.
+        cfg.gpu_capacity_provider = None;
+        cfg.gpu_instance_types = vec![];
+        cfg.gpu_capacity_providers = BTreeMap::from([
+            ("g5.xlarge".to_string(), "cp-g5".to_string()),
+            ("g4dn.xlarge".to_string(), "cp-g4dn".to_string()),
+        ]);
+        let offers = EcsDriver::new(cfg.clone()).await.unwrap().offers();
+        let names: Vec<&str> = offers[1]
+            .gpu_instance_types
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["g4dn.xlarge", "g5.xlarge"]);
+        cfg.gpu_instance_types = vec!["g5.2xlarge".into()];
         assert!(matches!(
             EcsDriver::new(cfg).await.map(|_| ()),
             Err(Error::Invalid(_))

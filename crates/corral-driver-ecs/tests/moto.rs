@@ -110,11 +110,13 @@ async fn fixture(name: &str, gpu: bool) -> Option<Fixture> {
         task_role_arn: None,
         log_group: format!("/corral/{name}"),
         region: REGION.into(),
-        gpu_capacity_provider: gpu.then(|| "corral-gpu".into()),
-        gpu_instance_types: if gpu {
-            vec!["g5.xlarge".into()]
+        gpu_capacity_provider: None,
+        gpu_instance_types: vec![],
+        // One capacity provider per GPU type, as deploy/aws's compute stack makes them.
+        gpu_capacity_providers: if gpu {
+            [("g5.xlarge".to_string(), "corral-gpu".to_string())].into()
         } else {
-            vec![]
+            Default::default()
         },
         endpoint_url: Some(endpoint.clone()),
     };

@@ -5,6 +5,7 @@
 use clap::Args;
 use corral_driver_ecs::EcsConfig;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,6 +144,31 @@ pub struct ServeArgs {
     /// Role ECS uses to pull the images and write the logs.
     #[arg(long, env = "CORRAL_ECS_EXECUTION_ROLE_ARN", value_name = "ARN")]
     pub ecs_execution_role_arn: Option<String>,
+    /// Role the model servers run as (they need no AWS access; usually unset).
+    #[arg(long, env = "CORRAL_ECS_TASK_ROLE_ARN", value_name = "ARN")]
+    pub ecs_task_role_arn: Option<String>,
+    /// Image of the ollama runtime. Default: ollama/ollama:latest.
+    #[arg(long, env = "CORRAL_ECS_RUNTIME_IMAGE", value_name = "IMAGE")]
+    pub ecs_runtime_image: Option<String>,
+    /// Image of the corral-runner runtime; unset: only the ollama runtime runs on ECS.
+    #[arg(long, env = "CORRAL_ECS_RUNNER_IMAGE", value_name = "IMAGE")]
+    pub ecs_runner_image: Option<String>,
+    /// GPU instance types offered, comma-separated (with a GPU capacity provider).
+    #[arg(
+        long,
+        env = "CORRAL_ECS_GPU_INSTANCE_TYPES",
+        value_name = "TYPES",
+        value_delimiter = ','
+    )]
+    pub ecs_gpu_instance_types: Option<Vec<String>>,
+    /// A capacity provider per GPU instance type: `g5.xlarge=cp-g5,g4dn.xlarge=cp-g4dn`.
+    #[arg(
+        long,
+        env = "CORRAL_ECS_GPU_CAPACITY_PROVIDERS",
+        value_name = "TYPE=PROVIDER,...",
+        value_delimiter = ','
+    )]
+    pub ecs_gpu_capacity_providers: Option<Vec<String>>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -207,42 +233,65 @@ pub struct EcsFile {
     pub gpu_capacity_provider: Option<String>,
     #[serde(default)]
     pub gpu_instance_types: Vec<String>,
+    /// A capacity provider per GPU instance type, e.g. `{ "g5.xlarge" = "cp-g5" }`.
+    #[serde(default)]
+    pub gpu_capacity_providers: BTreeMap<String, String>,
     /// Default: AWS_ENDPOINT_URL, else AWS's own endpoints.
     pub endpoint_url: Option<String>,
 }
 
 /// The ECS driver's settings after precedence (flags and CORRAL_ECS_* over `[ecs]`), or
 /// None when no cluster is configured. What is still missing is reported by the driver.
-pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Option<EcsConfig> {
+/// Empty values count as unset, as deployment templates pass every variable, set or not.
+pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Result<Option<EcsConfig>, CliError> {
     let ecs = file.ecs.as_ref();
     let from_file = |f: fn(&EcsFile) -> Option<String>| ecs.and_then(f);
-    let cluster = args
-        .ecs_cluster
-        .clone()
-        .or_else(|| from_file(|e| e.cluster.clone()))?;
+    let flag = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let Some(cluster) = flag(&args.ecs_cluster).or_else(|| from_file(|e| e.cluster.clone())) else {
+        return Ok(None);
+    };
     let list = |flag: &Option<Vec<String>>, f: fn(&EcsFile) -> Vec<String>| {
         flag.clone()
-            .map(|v| v.into_iter().filter(|s| !s.is_empty()).collect())
+            .map(|v| v.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>())
+            .filter(|v| !v.is_empty())
             .or_else(|| ecs.map(f))
             .unwrap_or_default()
     };
-    Some(EcsConfig {
+    let gpu_capacity_providers = match &args.ecs_gpu_capacity_providers {
+        Some(pairs) if pairs.iter().any(|p| !p.is_empty()) => pairs
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(t, p)| (t.trim().to_string(), p.trim().to_string()))
+                    .filter(|(t, p)| !t.is_empty() && !p.is_empty())
+                    .ok_or_else(|| {
+                        CliError::Invalid(format!(
+                            "CORRAL_ECS_GPU_CAPACITY_PROVIDERS: {pair:?} is not TYPE=PROVIDER"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => ecs
+            .map(|e| e.gpu_capacity_providers.clone())
+            .unwrap_or_default(),
+    };
+    Ok(Some(EcsConfig {
         cluster,
         subnets: list(&args.ecs_subnets, |e| e.subnets.clone()),
         security_groups: list(&args.ecs_security_groups, |e| e.security_groups.clone()),
         assign_public_ip: ecs.is_some_and(|e| e.assign_public_ip),
-        runtime_image: from_file(|e| e.runtime_image.clone())
+        runtime_image: flag(&args.ecs_runtime_image)
+            .or_else(|| from_file(|e| e.runtime_image.clone()))
             .unwrap_or_else(|| EcsConfig::DEFAULT_RUNTIME_IMAGE.into()),
-        runner_image: from_file(|e| e.runner_image.clone()),
-        execution_role_arn: args
-            .ecs_execution_role_arn
-            .clone()
+        runner_image: flag(&args.ecs_runner_image)
+            .or_else(|| from_file(|e| e.runner_image.clone())),
+        execution_role_arn: flag(&args.ecs_execution_role_arn)
             .or_else(|| from_file(|e| e.execution_role_arn.clone()))
             .unwrap_or_default(),
-        task_role_arn: from_file(|e| e.task_role_arn.clone()),
-        log_group: args
-            .ecs_log_group
-            .clone()
+        task_role_arn: flag(&args.ecs_task_role_arn)
+            .or_else(|| from_file(|e| e.task_role_arn.clone())),
+        log_group: flag(&args.ecs_log_group)
             .or_else(|| from_file(|e| e.log_group.clone()))
             .unwrap_or_default(),
         region: from_file(|e| e.region.clone())
@@ -250,11 +299,12 @@ pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Option<EcsConfig> {
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_default(),
         gpu_capacity_provider: from_file(|e| e.gpu_capacity_provider.clone()),
-        gpu_instance_types: ecs
-            .map(|e| e.gpu_instance_types.clone())
-            .unwrap_or_default(),
+        gpu_instance_types: list(&args.ecs_gpu_instance_types, |e| {
+            e.gpu_instance_types.clone()
+        }),
+        gpu_capacity_providers,
         endpoint_url: from_file(|e| e.endpoint_url.clone()),
-    })
+    }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,8 +426,8 @@ mod tests {
         )
         .unwrap();
         let none = Cli::parse_from(["corral"]).serve;
-        assert!(ecs_config(&none, &FileConfig::default()).is_none());
-        let cfg = ecs_config(&none, &file).unwrap();
+        assert!(ecs_config(&none, &FileConfig::default()).unwrap().is_none());
+        let cfg = ecs_config(&none, &file).unwrap().unwrap();
         assert_eq!(cfg.cluster, "corral");
         assert_eq!(cfg.subnets, ["subnet-a"]);
         assert_eq!(cfg.runtime_image, "ollama/ollama:latest");
@@ -391,14 +441,29 @@ mod tests {
             "subnet-b,subnet-c",
             "--ecs-log-group",
             "/other",
+            "--ecs-runner-image",
+            "",
+            "--ecs-gpu-capacity-providers",
+            "g5.xlarge=cp-g5,g4dn.xlarge=cp-g4dn",
         ])
         .serve;
-        let cfg = ecs_config(&flags, &file).unwrap();
+        let cfg = ecs_config(&flags, &file).unwrap().unwrap();
+        assert_eq!(cfg.runner_image, None, "empty is unset");
+        assert_eq!(cfg.gpu_capacity_providers["g4dn.xlarge"], "cp-g4dn");
         assert_eq!(cfg.cluster, "other");
         assert_eq!(cfg.subnets, ["subnet-b", "subnet-c"]);
         assert_eq!(cfg.security_groups, ["sg-a"], "from the file");
         assert_eq!(cfg.log_group, "/other");
         assert!(toml::from_str::<FileConfig>("[ecs]\nclustr = \"x\"").is_err());
+        let bad = Cli::parse_from([
+            "corral",
+            "--ecs-cluster",
+            "c",
+            "--ecs-gpu-capacity-providers",
+            "g5.xlarge",
+        ])
+        .serve;
+        assert!(ecs_config(&bad, &file).is_err());
     }
 
     #[test]

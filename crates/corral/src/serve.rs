@@ -155,7 +155,7 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
             eprintln!("warning: local compute is disabled: {e}");
         }
     }
-    if let Some(ecs) = crate::config::ecs_config(&args, &file) {
+    if let Some(ecs) = crate::config::ecs_config(&args, &file)? {
         let ecs = EcsDriver::new(ecs)
             .await
             .map_err(|e| CliError::Invalid(format!("ecs compute driver: {e}")))?;
