@@ -27,6 +27,7 @@ describe('deploy helpers', () => {
     expect(formatDuration(5)).toBe('5 s');
     expect(formatDuration(3725)).toBe('1 h 2 min');
     expect(formatDuration(1800)).toBe('30 min');
+    expect(formatDuration(3725, 'ja')).toBe('1時間2分');
   });
   it('splits streamed text into complete lines', () => {
     expect(splitLines('a\nb\r\nc')).toEqual({ lines: ['a', 'b'], rest: 'c' });

@@ -218,14 +218,20 @@ export function formatBytes(b: number | null | undefined): string {
   return `${(b / 1024 ** 3).toFixed(1)} GiB`;
 }
 
-/** 3 s, 4 min 5 s, 2 h 3 min, 1 d 2 h. */
-export function formatDuration(sec: number): string {
+const UNITS = {
+  en: { s: ' s', min: ' min', h: ' h', d: ' d', sep: ' ' },
+  ja: { s: '秒', min: '分', h: '時間', d: '日', sep: '' },
+} as const;
+
+/** 3 s, 4 min 5 s, 2 h 3 min, 1 d 2 h (ja: 3秒, 4分5秒, 2時間3分, 1日2時間). */
+export function formatDuration(sec: number, lang: 'en' | 'ja' = 'en'): string {
+  const u = UNITS[lang];
   const s = Math.max(0, Math.floor(sec));
-  if (s < 60) return `${s} s`;
-  const two = (a: number, ua: string, b: number, ub: string) => (b ? `${a} ${ua} ${b} ${ub}` : `${a} ${ua}`);
-  if (s < 3600) return two(Math.floor(s / 60), 'min', s % 60, 's');
-  if (s < 86400) return two(Math.floor(s / 3600), 'h', Math.floor((s % 3600) / 60), 'min');
-  return two(Math.floor(s / 86400), 'd', Math.floor((s % 86400) / 3600), 'h');
+  if (s < 60) return `${s}${u.s}`;
+  const two = (a: number, ua: string, b: number, ub: string) => (b ? `${a}${ua}${u.sep}${b}${ub}` : `${a}${ua}`);
+  if (s < 3600) return two(Math.floor(s / 60), u.min, s % 60, u.s);
+  if (s < 86400) return two(Math.floor(s / 3600), u.h, Math.floor((s % 3600) / 60), u.min);
+  return two(Math.floor(s / 86400), u.d, Math.floor((s % 86400) / 3600), u.h);
 }
 
 export function formatUsd(usd: number | null | undefined): string {

@@ -105,7 +105,7 @@ export function InstanceButtons({ inst, actions }: { inst: Instance; actions: Re
 }
 
 export default function DashboardPage() {
-  const { t } = useI18n();
+  const { t, lang } = useI18n();
   const { user } = useAuth();
   const isAdmin = user?.role === 'admin';
   const canManage = user?.role === 'admin' || user?.role === 'user';
@@ -169,7 +169,7 @@ export default function DashboardPage() {
                       <TableCell sx={wide}>{computeLabel(t, i)}</TableCell>
                       {isAdmin && <TableCell sx={{ ...wide, wordBreak: 'break-all' }}>{i.owner_email ?? '—'}</TableCell>}
                       <TableCell sx={{ ...wide, fontFamily: 'monospace', fontSize: 12, wordBreak: 'break-all', maxWidth: 260 }}>{i.endpoint}</TableCell>
-                      <TableCell sx={{ display: { xs: 'none', sm: 'table-cell' } }}>{i.uptime_seconds > 0 ? formatDuration(i.uptime_seconds) : '—'}</TableCell>
+                      <TableCell sx={{ display: { xs: 'none', sm: 'table-cell' } }}>{i.uptime_seconds > 0 ? formatDuration(i.uptime_seconds, lang) : '—'}</TableCell>
                       <TableCell sx={wide}>
                         {!usage && !usageError ? '—' : costs.has(i.id) ? formatUsd(costs.get(i.id)) : <InstanceCost id={i.id} status={i.status} />}
                       </TableCell>

@@ -55,7 +55,7 @@ interface Sample {
 
 export default function InstancePage() {
   const { id = '' } = useParams();
-  const { t } = useI18n();
+  const { t, lang } = useI18n();
   const { user } = useAuth();
   const navigate = useNavigate();
   const location = useLocation();
@@ -145,7 +145,7 @@ export default function InstancePage() {
             </Fact>
             <Fact label={t('inst.compute')}>{computeLabel(t, inst)}</Fact>
             {inst.owner_email && <Fact label={t('inst.owner')}>{inst.owner_email}</Fact>}
-            <Fact label={t('inst.uptime')}>{inst.uptime_seconds > 0 ? formatDuration(inst.uptime_seconds) : '—'}</Fact>
+            <Fact label={t('inst.uptime')}>{inst.uptime_seconds > 0 ? formatDuration(inst.uptime_seconds, lang) : '—'}</Fact>
             <Fact label={t('inst.cost')}>
               {formatUsd(inst.cost.usd)}
               {inst.cost.hourly_usd !== null ? ` (${formatUsd(inst.cost.hourly_usd)}/h)` : ''}
@@ -155,7 +155,7 @@ export default function InstancePage() {
             </Fact>
             <Fact label={t('inst.usage')}>{t('inst.usageText', { r: inst.usage.requests, tok: inst.usage.total_tokens })}</Fact>
             <Fact label={t('deploy.idle')}>
-              {inst.settings.idle_timeout_seconds === 0 ? t('deploy.idleNever') : formatDuration(inst.settings.idle_timeout_seconds)}
+              {inst.settings.idle_timeout_seconds === 0 ? t('deploy.idleNever') : formatDuration(inst.settings.idle_timeout_seconds, lang)}
               {inst.settings.wake_on_request ? ` · ${t('deploy.wake')}` : ''}
             </Fact>
           </Box>
