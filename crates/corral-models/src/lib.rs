@@ -135,10 +135,7 @@ impl Weights {
             .fetch(&id, &stem, &model.source, remote, &mut meter)
             .await
         {
-            Ok((path, size)) => {
-                meter.phase(Phase::Ready, size, Some(size));
-                Ok(path)
-            }
+            Ok((path, _)) => Ok(path),
             Err(e) => {
                 tracing::warn!(model = %id, "weights: {e}");
                 meter.failed(e.to_string());
@@ -253,6 +250,7 @@ impl Weights {
             let (hasher, len) = files::hash_file(&dest, None).await?;
             if files::hex(hasher) == sha256 {
                 files::check_gguf(id, &dest).await?;
+                meter.phase(Phase::Ready, len, Some(len));
                 files::write_sidecar(&record, &sidecar(len)).await?;
                 tracing::info!(model = id, "weights already on disk, SHA-256 verified");
                 return Ok((dest, len));
@@ -280,6 +278,9 @@ impl Weights {
             .map_err(Error::io(format!("reading {}", partial.display())))?
             .len();
         files::rename(&partial, &dest).await?;
+        // Ready is announced before the record makes the model `present`, so whoever sees
+        // it present and then reads the progress never sees a stale "verifying".
+        meter.phase(Phase::Ready, len, Some(len));
         files::write_sidecar(&record, &sidecar(len)).await?;
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(

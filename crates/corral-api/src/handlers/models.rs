@@ -58,6 +58,9 @@ pub struct PullView {
 }
 
 async fn view(state: &AppState, model: CatalogModel) -> ModelView {
+    // Presence first: a pull announces Ready before it makes the model present, so this
+    // order never pairs `present` with a stale phase.
+    let present = state.weights.present(&model).await;
     let pull = state
         .weights
         .progress(&model.id)
@@ -72,7 +75,7 @@ async fn view(state: &AppState, model: CatalogModel) -> ModelView {
             error: p.error,
         });
     ModelView {
-        present: state.weights.present(&model).await,
+        present,
         pull,
         model,
     }
