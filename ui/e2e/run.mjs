@@ -544,10 +544,17 @@ async function main() {
         const t0 = Date.now();
         await page.goto(`${base}/dashboard`);
         const row = page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`);
-        await row.and(page.locator('[data-status=ready]')).waitFor();
+        // Checked every frame: the time the row appeared, from the navigation's start.
+        const shown = await page.waitForFunction(
+          (id) => (document.querySelector(`[data-testid=instance-row][data-id="${id}"][data-status=ready]`) ? performance.now() : null),
+          instanceId,
+          { polling: 'raf' },
+        );
+        const sinceNav = Math.round(await shown.jsonValue());
         const loadMs = Date.now() - t0;
-        log(`       dashboard loaded with the instance in ${loadMs} ms`);
-        assert(loadMs < 3000, `dashboard took ${loadMs} ms`);
+        log(`       dashboard shows the instance ${sinceNav} ms after the navigation started (${loadMs} ms with the test's overhead)`);
+        // The target is 1 s; the bound leaves room for a machine busy with other builds.
+        assert(sinceNav < 2000, `dashboard took ${sinceNav} ms`);
         await screenshot('dashboard');
         await row.getByTestId('instance-stop').click();
         // No reload: the dashboard polls.
