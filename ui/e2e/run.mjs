@@ -506,6 +506,19 @@ async function main() {
       },
     ],
     [
+      'settings: change the idle timeout',
+      async () => {
+        await page.getByTestId('instance-settings').click();
+        const dialog = page.getByRole('dialog');
+        await dialog.locator('input[name=idle_timeout_seconds]').fill('600');
+        await dialog.getByTestId('settings-save').click();
+        await dialog.waitFor({ state: 'detached' });
+        await page.getByTestId('fact-idle').filter({ hasText: '10 min' }).waitFor();
+        const r = await http(base, 'GET', `/api/instances/${instanceId}`, { token: ADMIN_KEY });
+        assert(r.json?.settings?.idle_timeout_seconds === 600, `saved: ${JSON.stringify(r.json?.settings)}`);
+      },
+    ],
+    [
       'logs follow, charts, connect snippets',
       async () => {
         await page.getByTestId('tab-logs').click();

@@ -154,7 +154,7 @@ export default function InstancePage() {
               {inst.replicas.filter((r) => r.state === 'ready').length} / {inst.target_replicas} ({inst.settings.min_replicas}..{inst.settings.max_replicas})
             </Fact>
             <Fact label={t('inst.usage')}>{t('inst.usageText', { r: inst.usage.requests, tok: inst.usage.total_tokens })}</Fact>
-            <Fact label={t('deploy.idle')}>
+            <Fact label={t('deploy.idle')} testId="fact-idle">
               {inst.settings.idle_timeout_seconds === 0 ? t('deploy.idleNever') : formatDuration(inst.settings.idle_timeout_seconds, lang)}
               {inst.settings.wake_on_request ? ` · ${t('deploy.wake')}` : ''}
             </Fact>
@@ -220,9 +220,9 @@ function deploySeconds(inst: InstanceDetail): string {
   return ((Date.parse(ready.at) - Date.parse(inst.created_at)) / 1000).toFixed(1);
 }
 
-function Fact({ label, children }: { label: string; children: ReactNode }) {
+function Fact({ label, children, testId }: { label: string; children: ReactNode; testId?: string }) {
   return (
-    <Box sx={{ minWidth: 0 }}>
+    <Box sx={{ minWidth: 0 }} data-testid={testId}>
       <Typography variant="caption" color="text.secondary" component="div">
         {label}
       </Typography>
@@ -537,6 +537,7 @@ function SettingsDialog({ inst, onClose, onSaved }: { inst: InstanceDetail; onCl
         <TextField
           type="number"
           label={t('settings.idleSeconds')}
+          name="idle_timeout_seconds"
           value={s.idle_timeout_seconds}
           size="small"
           onChange={(e) => setS({ ...s, idle_timeout_seconds: Math.max(0, Number(e.target.value)) })}
@@ -548,7 +549,7 @@ function SettingsDialog({ inst, onClose, onSaved }: { inst: InstanceDetail; onCl
       </DialogContent>
       <DialogActions>
         <Button onClick={onClose}>{t('common.cancel')}</Button>
-        <Button variant="contained" onClick={() => void save()} disabled={busy}>
+        <Button variant="contained" onClick={() => void save()} disabled={busy} data-testid="settings-save">
           {t('common.save')}
         </Button>
       </DialogActions>
