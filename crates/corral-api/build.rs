@@ -1,23 +1,29 @@
-//! Rebuilds corral-api when the web UI is rebuilt. Release builds embed `ui/dist`
-//! (`src/ui.rs`), and Cargo does not notice files appearing in a folder by itself. Debug
-//! builds read `ui/dist` at run time, so they need no rebuild.
+//! Prepares `ui/dist` for `src/ui.rs`'s `#[derive(Embed)]`.
+//!
+//! * rust-embed resolves the folder's canonical path at compile time; if `ui/dist` is
+//!   missing then, a debug build (which reads the files at run time) never serves the UI
+//!   even after it is built. An empty `ui/dist` keeps the path resolvable, and the UI
+//!   still answers "UI not built" until `scripts/build-ui.sh` fills it.
+//! * Release builds embed the files, and Cargo does not notice files appearing in a
+//!   folder by itself: watch it so a rebuilt UI is re-embedded.
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var_os("CARGO_CFG_DEBUG_ASSERTIONS").is_some() {
-        return;
-    }
     let Some(manifest) = std::env::var_os("CARGO_MANIFEST_DIR") else {
         return;
     };
     let ui = PathBuf::from(manifest).join("../../ui");
+    if !ui.is_dir() {
+        return;
+    }
     let dist = ui.join("dist");
-    if dist.is_dir() {
+    if let Err(e) = std::fs::create_dir_all(&dist) {
+        println!("cargo:warning=could not create {}: {e}", dist.display());
+        return;
+    }
+    if std::env::var_os("CARGO_CFG_DEBUG_ASSERTIONS").is_none() {
         println!("cargo:rerun-if-changed={}", dist.display());
-    } else if ui.is_dir() {
-        // Watching ui/ notices when dist/ appears there.
-        println!("cargo:rerun-if-changed={}", ui.display());
     }
 }
