@@ -759,6 +759,20 @@ async function main() {
       },
     ],
     [
+      'the user deletes the instance from the dashboard',
+      async () => {
+        await login(USER.email, USER.changedPassword);
+        const row = page.locator(`[data-testid=instance-row][data-id="${instanceId}"]`);
+        await row.getByTestId('instance-delete').click();
+        await page.getByTestId('confirm').click();
+        await row.waitFor({ state: 'detached', timeout: 30_000 });
+        const r = await http(base, 'GET', `/api/instances/${instanceId}`, { token: ADMIN_KEY });
+        assert(r.status === 404 || r.json?.desired === 'deleted', `deleted: ${r.status} ${r.json?.desired}`);
+        await page.getByTestId('logout').click();
+        await waitPath('/login');
+      },
+    ],
+    [
       'first-admin setup from the printed token; refresh before expiry',
       async () => {
         // Short-lived access tokens, to watch the silent refresh before expiry.
