@@ -207,7 +207,9 @@ pub fn argon2_params(file: &FileConfig) -> Argon2Params {
 
 fn print_setup_hint(public_url: &str, token: &str) {
     println!(
-        "No users yet. Create the first admin with this one-time setup token (valid until restart):\n\
+        "No users yet. Create the first admin in the browser (one-time link, valid until restart):\n\
+         \n  {public_url}/setup?token={token}\n\
+         \nor with curl:\n\
          \n  curl -X POST {public_url}/api/auth/setup -H 'Content-Type: application/json' \\\n\
          \x20   -d '{{\"setup_token\":\"{token}\",\"email\":\"you@example.com\",\"password\":\"...\",\"confirmPassword\":\"...\"}}'\n\
          \nor run: corral admin create-user --email you@example.com --role admin --password-stdin\n"
