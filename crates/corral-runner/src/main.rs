@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
@@ -144,6 +145,13 @@ async fn run(args: Args) -> Result<(), StartupError> {
     stdout.flush()?;
     drop(stdout);
 
+    // Tokens stream as many small writes: with Nagle's algorithm each would wait for the
+    // previous one's acknowledgement (up to 40 ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
