@@ -12,7 +12,10 @@
 mod common;
 
 use chrono::Utc;
-use common::{Backend, Reconciler, TestApp, spawn_app, spawn_app_with_reconciler};
+use common::{
+    Backend, MODEL, Reconciler, SERIAL, TestApp, runner_and_model, spawn_app,
+    spawn_app_with_reconciler,
+};
 use corral_control::ControlSettings;
 use corral_core::{
     ComputeSpec, ComputeType, Desired, Instance, InstanceSettings, Role, State,
@@ -25,50 +28,6 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-const MODEL: &str = "smollm2:135m";
-
-/// One test at a time: each launches model servers, and two loading at once on a small
-/// machine only measure contention.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The runner binary and the model, or None when `CORRAL_SKIP_RUNNER=1`.
-fn runner_and_model() -> Option<(PathBuf, PathBuf)> {
-    if std::env::var("CORRAL_SKIP_RUNNER").is_ok_and(|v| v == "1") {
-        eprintln!("SKIPPED: instance test (CORRAL_SKIP_RUNNER=1)");
-        return None;
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    let runner = std::env::var_os("CORRAL_RUNNER_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            ["debug", "release"]
-                .iter()
-                .map(|p| target.join(p).join("corral-runner"))
-                .find(|p| p.is_file())
-        })
-        .filter(|p| p.is_file())
-        .expect(
-            "corral-runner not found: `cargo build -p corral-runner` or set CORRAL_RUNNER_BIN; \
-             CORRAL_SKIP_RUNNER=1 skips these tests",
-        );
-    let model = std::env::var_os("CORRAL_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".corral/models/smollm2-135m.gguf"));
-    assert!(
-        model.is_file(),
-        "{} is missing: run scripts/fetch-model.sh (or set CORRAL_TEST_MODEL); \
-         CORRAL_SKIP_RUNNER=1 skips these tests",
-        model.display()
-    );
-    Some((runner, model.canonicalize().unwrap()))
-}
 
 /// The local driver with the runner, short control windows, and the demo model where
 /// the built-in catalog entry looks for it (`DATA_DIR/models/smollm2-135m.gguf`).

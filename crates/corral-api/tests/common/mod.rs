@@ -10,7 +10,7 @@ use corral_drivers::ComputeDriver;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -288,4 +288,50 @@ async fn read(resp: reqwest::Response) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, body)
+}
+
+/// The demo model the platform tests deploy.
+pub const MODEL: &str = "smollm2:135m";
+
+/// One test at a time: each launches model servers, and two loading at once on a small
+/// machine only measure contention.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The runner binary and the (canonical) model path, or None when `CORRAL_SKIP_RUNNER=1`.
+/// Missing either is a failure that says how to provide it.
+pub fn runner_and_model() -> Option<(PathBuf, PathBuf)> {
+    if std::env::var("CORRAL_SKIP_RUNNER").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED: test that launches replicas (CORRAL_SKIP_RUNNER=1)");
+        return None;
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    let runner = std::env::var_os("CORRAL_RUNNER_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["debug", "release"]
+                .iter()
+                .map(|p| target.join(p).join("corral-runner"))
+                .find(|p| p.is_file())
+        })
+        .filter(|p| p.is_file())
+        .expect(
+            "corral-runner not found: `cargo build -p corral-runner` or set CORRAL_RUNNER_BIN; \
+             CORRAL_SKIP_RUNNER=1 skips these tests",
+        );
+    let model = std::env::var_os("CORRAL_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".corral/models/smollm2-135m.gguf"));
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/fetch-model.sh (or set CORRAL_TEST_MODEL); \
+         CORRAL_SKIP_RUNNER=1 skips these tests",
+        model.display()
+    );
+    Some((runner, model.canonicalize().unwrap()))
 }
