@@ -134,7 +134,7 @@ fn action_token(user: &User, purpose: TokenPurpose, expires_at: DateTime<Utc>) -
 
 pub async fn ping(store: &dyn Store) {
     store.ping().await.expect("ping");
-    assert!(matches!(store.backend(), "sqlite" | "postgres"));
+    assert!(matches!(store.backend(), "sqlite" | "postgres" | "dynamodb"));
 }
 
 pub async fn user_round_trip(store: &dyn Store) {

@@ -26,6 +26,11 @@ pub enum Error {
     Corrupt(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A failure of a backend that is not built on sqlx (the DynamoDB store lives in
+    /// its own crate, `corral-store-dynamodb`): the service refused or could not be
+    /// reached. The text carries the service's own error.
+    #[error("database error: {0}")]
+    Backend(String),
     /// The SQLite file's folder could not be created.
     #[error("cannot create {}: {source}", path.display())]
     CreateDir {
