@@ -3,7 +3,9 @@
 //! `Error` variants.
 
 use chrono::{DateTime, Utc};
-use corral_core::{ComputeType, Desired, ModelSource, Outcome, ReplicaState, Role, State};
+use corral_core::{
+    ComputeSpec, ComputeType, Desired, ModelSource, Outcome, ReplicaState, Role, State,
+};
 
 use crate::Error;
 
@@ -94,6 +96,9 @@ pub(crate) const EVENT_COLUMNS: &str = "id, instance_id, from_state, to_state, m
 pub(crate) const REPLICA_COLUMNS: &str =
     "id, instance_id, driver_ref, endpoint, state, restarts, started_at, updated_at";
 
+pub(crate) const RUN_COLUMNS: &str = "id, replica_id, instance_id, owner_id, model_id, driver, \
+    driver_ref, compute, started_at, ended_at";
+
 pub(crate) const USAGE_COLUMNS: &str =
     "owner_id, instance_id, model_id, hour, requests, prompt_tokens, completion_tokens";
 
@@ -171,6 +176,16 @@ pub(crate) fn source_json(source: &ModelSource) -> Result<String, Error> {
 
 pub(crate) fn source(json: &str) -> Result<ModelSource, Error> {
     serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("model source {json:?}: {e}")))
+}
+
+/// A run's compute is kept as the JSON of `ComputeSpec`: a snapshot that is only
+/// ever read back whole, never queried by field.
+pub(crate) fn compute_json(spec: &ComputeSpec) -> Result<String, Error> {
+    serde_json::to_string(spec).map_err(|e| Error::Invalid(format!("compute spec: {e}")))
+}
+
+pub(crate) fn compute(json: &str) -> Result<ComputeSpec, Error> {
+    serde_json::from_str(json).map_err(|e| Error::Corrupt(format!("compute spec {json:?}: {e}")))
 }
 
 /// Whether an instance in this state is running (billed): the cost clock runs

@@ -14,7 +14,7 @@ use corral_core::{
 };
 use uuid::Uuid;
 
-use crate::{ActionToken, Error, Store, UserPatch};
+use crate::{ActionToken, Error, ReplicaRun, Store, UserPatch};
 
 /// Runs every check against `store`, naming each on stderr so a failure is easy to place.
 pub async fn run_all(store: &dyn Store) {
@@ -64,6 +64,10 @@ pub async fn run_all(store: &dyn Store) {
         usage_rolls_up_per_hour,
         usage_filters_and_order,
         usage_concurrent_requests_all_count,
+        runs_round_trip_and_outlive_instances,
+        end_run_closes_once,
+        end_run_concurrently_closes_once,
+        runs_overlapping_window,
     );
 }
 
@@ -134,7 +138,10 @@ fn action_token(user: &User, purpose: TokenPurpose, expires_at: DateTime<Utc>) -
 
 pub async fn ping(store: &dyn Store) {
     store.ping().await.expect("ping");
-    assert!(matches!(store.backend(), "sqlite" | "postgres" | "dynamodb"));
+    assert!(matches!(
+        store.backend(),
+        "sqlite" | "postgres" | "dynamodb"
+    ));
 }
 
 pub async fn user_round_trip(store: &dyn Store) {
@@ -2031,5 +2038,238 @@ pub async fn usage_concurrent_requests_all_count(store: &dyn Store) {
             prompt_tokens: total,
             completion_tokens: 2 * total,
         }]
+    );
+}
+
+// --- replica runs ---
+
+fn fargate_spot_spec() -> ComputeSpec {
+    ComputeSpec {
+        compute_type: ComputeType::Fargate,
+        cpu: 0.25,
+        memory: 512,
+        gpu_count: 0,
+        instance_type: None,
+        spot: true,
+    }
+}
+
+fn gpu_spec() -> ComputeSpec {
+    ComputeSpec {
+        compute_type: ComputeType::Gpu,
+        cpu: 4.0,
+        memory: 16384,
+        gpu_count: 1,
+        instance_type: Some("g5.xlarge".into()),
+        spot: false,
+    }
+}
+
+/// An open run of a new replica of `instance_id` owned by `owner_id`.
+fn run(owner_id: Uuid, instance_id: Uuid, started_at: DateTime<Utc>) -> ReplicaRun {
+    ReplicaRun {
+        id: Uuid::now_v7(),
+        replica_id: Uuid::now_v7(),
+        instance_id,
+        owner_id,
+        model_id: unique("model"),
+        driver: "local".into(),
+        driver_ref: format!("pid:{}", unique("p")),
+        compute: local_spec(),
+        started_at,
+        ended_at: None,
+    }
+}
+
+pub async fn runs_round_trip_and_outlive_instances(store: &dyn Store) {
+    let (owner, model, inst) = new_instance(store).await;
+    let t0 = now();
+    // Two runs of one replica (restarted in place), written newest first, and one of
+    // another replica; every compute kind survives the round trip.
+    let mut first = run(owner.id, inst.id, t0);
+    first.model_id = model.id.clone();
+    first.compute = gpu_spec();
+    first.ended_at = Some(t0 + Duration::seconds(30));
+    let mut second = first.clone();
+    second.id = Uuid::now_v7();
+    second.driver_ref = format!("arn:aws:ecs:us-east-1:000000000000:task/c/{}", unique("t"));
+    second.driver = "ecs".into();
+    second.compute = fargate_spot_spec();
+    second.started_at = t0 + Duration::seconds(31);
+    second.ended_at = None;
+    let mut other = run(owner.id, inst.id, t0 + Duration::seconds(10));
+    other.model_id = model.id.clone();
+    for r in [&second, &other, &first] {
+        store.start_run(r).await.expect("start run");
+    }
+    assert_eq!(
+        store.runs_for_instance(inst.id).await.unwrap(),
+        vec![first.clone(), other.clone(), second.clone()],
+        "oldest first, every field kept"
+    );
+    match store.start_run(&first).await {
+        Err(Error::Conflict("replica run")) => {}
+        other => panic!("duplicate run id: {other:?}"),
+    }
+    assert!(
+        store
+            .runs_for_instance(Uuid::now_v7())
+            .await
+            .unwrap()
+            .is_empty(),
+        "an unknown instance has no runs"
+    );
+
+    // No foreign keys: the history stays when the instance and its owner are deleted.
+    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_user(owner.id).await.unwrap());
+    assert_eq!(store.runs_for_instance(inst.id).await.unwrap().len(), 3);
+    let mine = store
+        .runs_overlapping(Some(owner.id), None, None)
+        .await
+        .unwrap();
+    assert_eq!(mine, vec![first, other, second]);
+}
+
+pub async fn end_run_closes_once(store: &dyn Store) {
+    let (owner, instance_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let t0 = now();
+    let mut closed = run(owner, instance_id, t0);
+    closed.ended_at = Some(t0 + Duration::seconds(5));
+    let mut open = closed.clone();
+    open.id = Uuid::now_v7();
+    open.started_at = t0 + Duration::seconds(6);
+    open.ended_at = None;
+    let sibling = run(owner, instance_id, t0);
+    for r in [&closed, &open, &sibling] {
+        store.start_run(r).await.unwrap();
+    }
+
+    // The wrong instance closes nothing.
+    let end = t0 + Duration::seconds(20);
+    assert_eq!(
+        store
+            .end_run(Uuid::now_v7(), open.replica_id, end)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .end_run(instance_id, open.replica_id, end)
+            .await
+            .unwrap(),
+        1,
+        "only the open run of that replica"
+    );
+    // Again, later: a no-op, the first end stays.
+    assert_eq!(
+        store
+            .end_run(instance_id, open.replica_id, end + Duration::seconds(60))
+            .await
+            .unwrap(),
+        0
+    );
+    let runs = store.runs_for_instance(instance_id).await.unwrap();
+    let by_id = |id: Uuid| runs.iter().find(|r| r.id == id).unwrap().ended_at;
+    assert_eq!(
+        by_id(closed.id),
+        closed.ended_at,
+        "an earlier run keeps its end"
+    );
+    assert_eq!(by_id(open.id), Some(end));
+    assert_eq!(by_id(sibling.id), None, "another replica's run stays open");
+
+    // An end before the start (clock skew) closes the run at its start.
+    assert_eq!(
+        store
+            .end_run(instance_id, sibling.replica_id, t0 - Duration::seconds(3))
+            .await
+            .unwrap(),
+        1
+    );
+    let runs = store.runs_for_instance(instance_id).await.unwrap();
+    let sib = runs.iter().find(|r| r.id == sibling.id).unwrap();
+    assert_eq!(sib.ended_at, Some(sib.started_at));
+}
+
+pub async fn end_run_concurrently_closes_once(store: &dyn Store) {
+    let r = run(Uuid::now_v7(), Uuid::now_v7(), now());
+    store.start_run(&r).await.unwrap();
+    let ends = (1..=8).map(|i| {
+        store.end_run(
+            r.instance_id,
+            r.replica_id,
+            r.started_at + Duration::seconds(i),
+        )
+    });
+    let closed: Vec<u64> = futures_util::future::join_all(ends)
+        .await
+        .into_iter()
+        .map(|n| n.unwrap())
+        .collect();
+    assert_eq!(
+        closed.iter().sum::<u64>(),
+        1,
+        "exactly one call closes it: {closed:?}"
+    );
+    let ended = store.runs_for_instance(r.instance_id).await.unwrap()[0].ended_at;
+    let winner = closed.iter().position(|n| *n == 1).unwrap() as i64 + 1;
+    assert_eq!(
+        ended,
+        Some(r.started_at + Duration::seconds(winner)),
+        "the winner's end"
+    );
+}
+
+pub async fn runs_overlapping_window(store: &dyn Store) {
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let instance_id = Uuid::now_v7();
+    // A fixed day far from `now()`: a closed run [10:00, 11:00), a short one
+    // [11:30, 11:45), an open one from 12:00; and bob's [10:30, 10:40).
+    let mut a = run(alice, instance_id, hour(10, 0));
+    a.ended_at = Some(hour(11, 0));
+    let mut b = run(alice, instance_id, hour(11, 30));
+    b.ended_at = Some(hour(11, 45));
+    let c = run(alice, instance_id, hour(12, 0));
+    let mut d = run(bob, Uuid::now_v7(), hour(10, 30));
+    d.ended_at = Some(hour(10, 40));
+    for r in [&c, &d, &b, &a] {
+        store.start_run(r).await.unwrap();
+    }
+    let ids = |runs: Vec<ReplicaRun>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let mine = |since, until| async move {
+        ids(store
+            .runs_overlapping(Some(alice), since, until)
+            .await
+            .unwrap())
+    };
+
+    assert_eq!(mine(None, None).await, vec![a.id, b.id, c.id], "by start");
+    // A run that ended exactly at `since` does not overlap; one that started exactly
+    // at `until` neither.
+    assert_eq!(mine(Some(hour(11, 0)), Some(hour(12, 0))).await, vec![b.id]);
+    assert_eq!(
+        mine(Some(hour(10, 59)), Some(hour(11, 31))).await,
+        vec![a.id, b.id]
+    );
+    // The open run overlaps every window after its start.
+    assert_eq!(mine(Some(hour(1000, 0)), None).await, vec![c.id]);
+    assert_eq!(mine(None, Some(hour(10, 0))).await, Vec::<Uuid>::new());
+    assert_eq!(mine(None, Some(hour(11, 31))).await, vec![a.id, b.id]);
+
+    // Everyone's (other checks' runs too): bob's is there, in start order.
+    let all = ids(store
+        .runs_overlapping(None, Some(hour(10, 0)), Some(hour(12, 1)))
+        .await
+        .unwrap());
+    let ours: Vec<Uuid> = all
+        .into_iter()
+        .filter(|id| [a.id, b.id, c.id, d.id].contains(id))
+        .collect();
+    assert_eq!(ours, vec![a.id, d.id, b.id, c.id]);
+    assert_eq!(
+        ids(store.runs_overlapping(Some(bob), None, None).await.unwrap()),
+        vec![d.id]
     );
 }

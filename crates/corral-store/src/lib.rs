@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
+    ApiKey, AuditEntry, AuditFilter, CatalogModel, ComputeSpec, Desired, Instance, InstanceEvent,
     InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, Role,
     State, TokenPurpose, UsageRow, UsageSample, User,
 };
@@ -63,6 +63,32 @@ pub struct ActionToken {
     pub purpose: TokenPurpose,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// One run of a replica: from the driver's launch until the replica was stopped,
+/// replaced, or found dead or lost. A replica that is restarted in place (same
+/// replica id, new process or task) has one run per launch. Runs are the durable
+/// history behind cost and behind the logs of instances that no longer run: they
+/// copy what they need from the instance (owner, model, compute) and have no foreign
+/// keys, so they outlive the replica, the instance and the user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaRun {
+    /// The run's own id (a replica restarted in place has several runs).
+    pub id: Uuid,
+    pub replica_id: Uuid,
+    pub instance_id: Uuid,
+    pub owner_id: Uuid,
+    pub model_id: String,
+    /// Name of the compute driver that launched it (`local`, `ecs`).
+    pub driver: String,
+    /// What that driver needs to read the run's logs again (log file, task ARN).
+    pub driver_ref: String,
+    /// The instance's compute at launch: the run is priced with it.
+    pub compute: ComputeSpec,
+    /// When the driver launched it (billing starts at launch, as AWS bills).
+    pub started_at: DateTime<Utc>,
+    /// None while it runs.
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 /// Everything Corral persists. Times are kept to the microsecond (PostgreSQL's
@@ -272,6 +298,29 @@ pub trait Store: Send + Sync + 'static {
     /// Every replica of every instance (to adopt them after a restart), grouped by
     /// instance, oldest first within one.
     async fn all_replicas(&self) -> Result<Vec<Replica>>;
+
+    // --- replica runs (history for cost and logs) ---
+    /// Records a run as given (normally with `ended_at` None).
+    /// `Error::Conflict("replica run")` for a duplicate run id; nothing else is
+    /// checked (no foreign keys: the history must outlive instances and users).
+    async fn start_run(&self, run: &ReplicaRun) -> Result<()>;
+    /// Closes every open run (`ended_at` None) of that replica of that instance at
+    /// `at` (an `at` before a run's `started_at` closes it at its start, so a run is
+    /// never negative). Runs already closed keep their end: calling it again is a
+    /// no-op, so a run is closed exactly once. Returns how many runs were closed.
+    async fn end_run(&self, instance_id: Uuid, replica_id: Uuid, at: DateTime<Utc>) -> Result<u64>;
+    /// Every run of one instance, oldest first (`started_at`, then `id`); also after
+    /// the instance was deleted.
+    async fn runs_for_instance(&self, instance_id: Uuid) -> Result<Vec<ReplicaRun>>;
+    /// The runs of one owner or (None) everyone that overlap `[since, until)`: started
+    /// before `until` and not ended by `since` (open runs overlap any later window).
+    /// Either bound optional. Ordered by `started_at`, then `id`.
+    async fn runs_overlapping(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReplicaRun>>;
 
     // --- usage ---
     /// Adds one request and its tokens to the hourly row of (owner, instance, model,

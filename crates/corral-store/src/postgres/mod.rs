@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use crate::codec::{
     self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, MODEL_COLUMNS, REPLICA_COLUMNS,
-    SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit, write_error,
+    RUN_COLUMNS, SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit,
+    write_error,
 };
-use crate::{ActionToken, Result, Store, UserPatch};
+use crate::{ActionToken, ReplicaRun, Result, Store, UserPatch};
 
 /// Enough for the API's concurrent requests; each server connection costs the
 /// database a process, so stay well below its usual `max_connections` of 100.
@@ -829,6 +830,85 @@ impl Store for PostgresStore {
         .iter()
         .map(rows::replica)
         .collect()
+    }
+
+    // --- replica runs ---
+
+    async fn start_run(&self, run: &ReplicaRun) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO replica_runs ({RUN_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ))
+        .bind(run.id)
+        .bind(run.replica_id)
+        .bind(run.instance_id)
+        .bind(run.owner_id)
+        .bind(&run.model_id)
+        .bind(&run.driver)
+        .bind(&run.driver_ref)
+        .bind(codec::compute_json(&run.compute)?)
+        .bind(run.started_at)
+        .bind(run.ended_at)
+        .execute(&self.pool)
+        .await
+        .map_err(write_error("replica run", "replica run"))?;
+        Ok(())
+    }
+
+    async fn end_run(&self, instance_id: Uuid, replica_id: Uuid, at: DateTime<Utc>) -> Result<u64> {
+        // `ended_at IS NULL` makes a second call a no-op: a run is closed once.
+        let done = sqlx::query(
+            "UPDATE replica_runs SET ended_at = GREATEST(started_at, $3) \
+             WHERE instance_id = $1 AND replica_id = $2 AND ended_at IS NULL",
+        )
+        .bind(instance_id)
+        .bind(replica_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn runs_for_instance(&self, instance_id: Uuid) -> Result<Vec<ReplicaRun>> {
+        sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM replica_runs WHERE instance_id = $1 \
+             ORDER BY started_at, id"
+        ))
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::run)
+        .collect()
+    }
+
+    async fn runs_overlapping(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReplicaRun>> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {RUN_COLUMNS} FROM replica_runs WHERE 1 = 1"
+        ));
+        if let Some(owner_id) = owner_id {
+            q.push(" AND owner_id = ").push_bind(owner_id);
+        }
+        if let Some(since) = since {
+            q.push(" AND (ended_at IS NULL OR ended_at > ")
+                .push_bind(since)
+                .push(")");
+        }
+        if let Some(until) = until {
+            q.push(" AND started_at < ").push_bind(until);
+        }
+        q.push(" ORDER BY started_at, id");
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::run)
+            .collect()
     }
 
     // --- usage ---

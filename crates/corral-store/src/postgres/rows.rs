@@ -8,7 +8,7 @@ use corral_core::{
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::{Result, codec};
+use crate::{ReplicaRun, Result, codec};
 
 pub(super) fn user(row: &PgRow) -> Result<User> {
     Ok(User {
@@ -167,6 +167,21 @@ pub(super) fn replica(row: &PgRow) -> Result<Replica> {
         restarts: get_u32(row, "restarts")?,
         started_at: row.try_get("started_at")?,
         updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub(super) fn run(row: &PgRow) -> Result<ReplicaRun> {
+    Ok(ReplicaRun {
+        id: row.try_get("id")?,
+        replica_id: row.try_get("replica_id")?,
+        instance_id: row.try_get("instance_id")?,
+        owner_id: row.try_get("owner_id")?,
+        model_id: row.try_get("model_id")?,
+        driver: row.try_get("driver")?,
+        driver_ref: row.try_get("driver_ref")?,
+        compute: codec::compute(row.try_get("compute")?)?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
     })
 }
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::SqliteRow;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use crate::{Error, Result, codec};
+use crate::{Error, ReplicaRun, Result, codec};
 
 /// Ids are bound as hyphenated text.
 pub(super) fn id(id: Uuid) -> Hyphenated {
@@ -209,6 +209,21 @@ pub(super) fn replica(row: &SqliteRow) -> Result<Replica> {
         restarts: get_u32(row, "restarts")?,
         started_at: get_ts(row, "started_at")?,
         updated_at: get_ts(row, "updated_at")?,
+    })
+}
+
+pub(super) fn run(row: &SqliteRow) -> Result<ReplicaRun> {
+    Ok(ReplicaRun {
+        id: get_uuid(row, "id")?,
+        replica_id: get_uuid(row, "replica_id")?,
+        instance_id: get_uuid(row, "instance_id")?,
+        owner_id: get_uuid(row, "owner_id")?,
+        model_id: row.try_get("model_id")?,
+        driver: row.try_get("driver")?,
+        driver_ref: row.try_get("driver_ref")?,
+        compute: codec::compute(row.try_get("compute")?)?,
+        started_at: get_ts(row, "started_at")?,
+        ended_at: get_opt_ts(row, "ended_at")?,
     })
 }
 
