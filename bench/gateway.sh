@@ -17,6 +17,7 @@
 # Goals (issue 4): p50 added < 0.5 ms; gateway >= 90 % of direct throughput.
 #
 # Usage: bench/gateway.sh [--duration SECONDS]   (needs wrk and python3; builds release)
+#        CORRAL_BIN=/path/to/corral bench/gateway.sh   (that build instead; corral-runner beside it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,15 @@ done
 conns="${CONNS:-4}"
 
 command -v wrk >/dev/null || { echo "bench: installing wrk" >&2; apt-get install -y -qq wrk >/dev/null; }
-target="${CARGO_TARGET_DIR:-target}"
-echo "bench: building release corral and corral-runner (the first time takes a while)" >&2
-cargo build --release --locked -p corral -p corral-runner >&2
-corral="$target/release/corral"
+if [ -n "${CORRAL_BIN:-}" ]; then
+    # A build kept aside (e.g. before a change, to compare); corral-runner must lie beside it.
+    corral="$CORRAL_BIN"
+else
+    target="${CARGO_TARGET_DIR:-target}"
+    echo "bench: building release corral and corral-runner (the first time takes a while)" >&2
+    cargo build --release --locked -p corral -p corral-runner >&2
+    corral="$target/release/corral"
+fi
 model="$(scripts/fetch-model.sh "${DATA_DIR:-.corral}/models" | tail -n1)"
 
 work="$(mktemp -d)"

@@ -48,6 +48,10 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         audit::middleware,
     ))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::cache::invalidate_on_change,
+    ))
     .layer(DefaultBodyLimit::max(BODY_LIMIT))
     // The gateway is metered (usage, metrics) rather than audited, and reads its own,
     // larger bodies.
@@ -73,7 +77,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves until `shutdown` resolves, then drains in-flight requests and writes the usage
+/// they left (see `gateway::Flusher`).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -86,10 +91,13 @@ pub async fn serve(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
     });
-    axum::serve(
+    let flusher = gateway::Flusher::start(state.clone());
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    flusher.stop().await;
+    served
 }

@@ -7,6 +7,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::cache::AuthCache;
 use crate::auth::jwt::Keys;
 use crate::gateway::Gateway;
 use crate::mail::Mailer;
@@ -21,6 +22,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub settings: Settings,
     pub keys: Keys,
+    /// API keys and users of recent requests (see `auth::cache`).
+    pub auth_cache: AuthCache,
     pub mailer: Mailer,
     /// Auth routes, per client IP.
     pub ip_limiter: RateLimiter,
@@ -52,6 +55,7 @@ impl AppState {
             control,
             weights,
             keys: Keys::new(&settings.jwt_secret),
+            auth_cache: AuthCache::default(),
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),
             store,

@@ -1,6 +1,7 @@
 //! `Principal`: the authenticated caller, from `Authorization: Bearer <JWT or crl_ key>`.
-//! The user row is re-read on every request, so a role change, a lock or a deletion
-//! takes effect at once rather than when the access token expires.
+//! The user row is read from the store, through the credential cache (`cache`), which
+//! the management API clears on every change: a role change, a lock or a deletion takes
+//! effect on the next request rather than when the access token expires.
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
@@ -8,13 +9,11 @@ use chrono::Utc;
 use corral_core::{User, secret};
 use uuid::Uuid;
 
+use super::cache::CachedKey;
 use super::jwt::TokenType;
 use crate::audit::Audit;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-
-/// Refresh a key's `last_used_at` at most this often: one write per minute, not per request.
-const TOUCH_EVERY_SECS: i64 = 60;
 
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -65,9 +64,7 @@ impl FromRequestParts<AppState> for Principal {
             from_api_key(state, token).await?
         } else {
             let claims = state.keys.verify(token, TokenType::Access)?;
-            let user = state
-                .store
-                .user_by_id(claims.sub)
+            let user = user(state, claims.sub, state.auth_cache.generation())
                 .await?
                 .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
             Principal {
@@ -111,28 +108,49 @@ fn bearer(parts: &Parts) -> ApiResult<&str> {
 
 async fn from_api_key(state: &AppState, token: &str) -> ApiResult<Principal> {
     let invalid = || ApiError::Unauthorized("invalid or expired API key".into());
-    let key = state
-        .store
-        .api_key_by_hash(&secret::hash(token))
-        .await?
-        .ok_or_else(invalid)?;
+    let hash = secret::hash(token);
+    let generation = state.auth_cache.generation();
+    let key = match state.auth_cache.key(&hash) {
+        Some(key) => key,
+        None => {
+            let key = state
+                .store
+                .api_key_by_hash(&hash)
+                .await?
+                .ok_or_else(invalid)?;
+            let key = CachedKey {
+                id: key.id,
+                owner_id: key.owner_id,
+                expires_at: key.expires_at,
+            };
+            state.auth_cache.put_key(generation, &hash, key);
+            key
+        }
+    };
     let now = Utc::now();
     if key.expires_at.is_some_and(|at| at <= now) {
         return Err(invalid());
     }
-    if key
-        .last_used_at
-        .is_none_or(|at| (now - at).num_seconds() >= TOUCH_EVERY_SECS)
-    {
-        state.store.touch_api_key(key.id, now).await?;
-    }
-    let user = state
-        .store
-        .user_by_id(key.owner_id)
+    let user = user(state, key.owner_id, generation)
         .await?
         .ok_or_else(invalid)?;
+    // `last_used_at` is written behind, with the usage (about once a second).
+    state.gateway.key_used(key.id, now);
     Ok(Principal {
         user,
         credential: Credential::ApiKey { id: key.id },
     })
+}
+
+/// The user row, from the cache or the store. `generation`: the cache's, taken before
+/// the caller's first lookup.
+async fn user(state: &AppState, id: Uuid, generation: u64) -> ApiResult<Option<User>> {
+    if let Some(user) = state.auth_cache.user(id) {
+        return Ok(Some(user));
+    }
+    let found = state.store.user_by_id(id).await?;
+    if let Some(user) = &found {
+        state.auth_cache.put_user(generation, user);
+    }
+    Ok(found)
 }

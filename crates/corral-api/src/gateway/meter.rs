@@ -10,8 +10,8 @@
 //!
 //! When the body ends, or is dropped because the client went away, the request is
 //! accounted once: the replica slot is released, the tokens are charged to the user's
-//! limit, the metrics are updated and the usage row is written by a spawned task, off the
-//! response path.
+//! limit, the metrics are updated and the usage is added to the write-behind buffer
+//! (`writeback`), which the store sees within about a second.
 
 use axum::body::Bytes;
 use bytes::BytesMut;
@@ -400,20 +400,7 @@ impl Metered {
             prompt_tokens: usage.prompt,
             completion_tokens: usage.completion,
         };
-        // The body may be dropped outside the runtime (server shutdown): then the sample
-        // is lost, which the log says.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    if let Err(e) = state.store.record_usage(&sample).await {
-                        tracing::error!(error = %e, instance = %sample.instance_id, "could not record usage");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(instance = %sample.instance_id, "usage not recorded: no runtime")
-            }
-        }
+        state.gateway.writeback.usage(sample);
     }
 }
 

@@ -26,6 +26,7 @@ mod meter;
 mod models;
 mod proxy;
 mod target;
+mod writeback;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -43,6 +44,8 @@ use uuid::Uuid;
 use error::{Dialect, GatewayError};
 use limits::{Refusal, UserLimits};
 use proxy::{Forward, HttpClient};
+pub use writeback::Flusher;
+use writeback::Writeback;
 
 use crate::auth::Principal;
 use crate::settings::Settings;
@@ -56,6 +59,8 @@ pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct Gateway {
     client: HttpClient,
     limits: UserLimits,
+    /// Usage and key use, written to the store by the `Flusher`.
+    writeback: Writeback,
 }
 
 impl Gateway {
@@ -66,7 +71,13 @@ impl Gateway {
                 settings.gateway_requests_per_minute,
                 settings.gateway_tokens_per_minute,
             ),
+            writeback: Writeback::default(),
         }
+    }
+
+    /// Notes an API key's use, for its `last_used_at` (written behind).
+    pub fn key_used(&self, id: Uuid, at: chrono::DateTime<chrono::Utc>) {
+        self.writeback.key_used(id, at);
     }
 }
 

@@ -1,0 +1,178 @@
+//! The credential cache: API key (by hash) → its owner, and user id → user row, held for
+//! a few seconds so that a burst of gateway calls costs no store round trip per request.
+//!
+//! Freshness rests on one assumption: every change that can make a cached answer wrong
+//! (a key revoked, a user disabled, locked, deleted, given another role or another
+//! password) is made through the management API of this same server process, by a
+//! non-GET request under `/api/`. `invalidate_on_change` clears the whole cache after
+//! every such request, before its answer reaches the client, so a revoked key is
+//! refused on the very next request. Changes made elsewhere (another `corral serve` on
+//! the same PostgreSQL, or SQL by hand) take effect after at most `TTL`.
+//!
+//! A lookup that raced with a change cannot put the old answer back: entries are only
+//! stored if no invalidation happened since the lookup began (`generation`).
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use corral_core::User;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// How long an entry is trusted without asking the store again: the delay for changes
+/// made outside this process.
+pub const TTL: Duration = Duration::from_secs(5);
+
+/// Entries beyond this are not kept (the cache starts over), so that a flood of distinct
+/// users cannot grow it without bound.
+const MAX_ENTRIES: usize = 10_000;
+
+/// What the cache knows of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedKey {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// Bumped by every invalidation.
+    generation: u64,
+    keys: HashMap<String, (CachedKey, Instant)>,
+    users: HashMap<Uuid, (User, Instant)>,
+}
+
+#[derive(Default)]
+pub struct AuthCache {
+    entries: RwLock<Entries>,
+}
+
+impl AuthCache {
+    /// Taken before a store lookup and handed to `put_*`, which then store nothing if
+    /// the cache was invalidated in between.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
+    pub fn key(&self, key_hash: &str) -> Option<CachedKey> {
+        let entries = self.read();
+        let (key, at) = entries.keys.get(key_hash)?;
+        (at.elapsed() < TTL).then_some(*key)
+    }
+
+    pub fn user(&self, id: Uuid) -> Option<User> {
+        let entries = self.read();
+        let (user, at) = entries.users.get(&id)?;
+        (at.elapsed() < TTL).then(|| user.clone())
+    }
+
+    pub fn put_key(&self, generation: u64, key_hash: &str, key: CachedKey) {
+        self.put(generation, |e| {
+            e.keys.insert(key_hash.to_string(), (key, Instant::now()));
+        });
+    }
+
+    pub fn put_user(&self, generation: u64, user: &User) {
+        self.put(generation, |e| {
+            e.users.insert(user.id, (user.clone(), Instant::now()));
+        });
+    }
+
+    fn put(&self, generation: u64, insert: impl FnOnce(&mut Entries)) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if entries.generation != generation {
+            return;
+        }
+        if entries.keys.len() + entries.users.len() >= MAX_ENTRIES {
+            entries.keys.clear();
+            entries.users.clear();
+        }
+        insert(&mut entries);
+    }
+
+    /// Forgets everything.
+    pub fn invalidate(&self) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.generation += 1;
+        entries.keys.clear();
+        entries.users.clear();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Clears the credential cache after every request that may change a user or a key
+/// (any method but GET, HEAD and OPTIONS under `/api/`), whatever its outcome: changes
+/// are rare next to gateway calls, so forgetting everything is cheaper than knowing
+/// which handler changed what, and a handler added later cannot forget to do it.
+pub async fn invalidate_on_change(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let changes = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) && request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    if changes {
+        state.auth_cache.invalidate();
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_core::Role;
+
+    fn key() -> CachedKey {
+        CachedKey {
+            id: Uuid::now_v7(),
+            owner_id: Uuid::now_v7(),
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn invalidation_clears_and_refuses_stale_inserts() {
+        let cache = AuthCache::default();
+        let k = key();
+        let user = User::new("a@example.com", "x".into(), Role::User, Utc::now());
+        let generation = cache.generation();
+        cache.put_key(generation, "h1", k);
+        cache.put_user(generation, &user);
+        assert_eq!(cache.key("h1"), Some(k));
+        assert_eq!(cache.user(user.id).map(|u| u.id), Some(user.id));
+
+        // A lookup begins, a change lands, then the lookup tries to store its answer.
+        let before_change = cache.generation();
+        cache.invalidate();
+        assert_eq!(cache.key("h1"), None);
+        assert!(cache.user(user.id).is_none());
+        cache.put_key(before_change, "h1", k);
+        assert_eq!(cache.key("h1"), None, "a stale answer is not stored");
+        cache.put_key(cache.generation(), "h1", k);
+        assert_eq!(cache.key("h1"), Some(k));
+    }
+
+    #[test]
+    fn bounded() {
+        let cache = AuthCache::default();
+        let generation = cache.generation();
+        for i in 0..MAX_ENTRIES + 5 {
+            cache.put_key(generation, &i.to_string(), key());
+        }
+        assert!(cache.read().keys.len() <= MAX_ENTRIES);
+        assert!(cache.key(&(MAX_ENTRIES + 4).to_string()).is_some());
+    }
+}
