@@ -2,7 +2,7 @@
 //! (the instance tasks health-check and route them, no relaunch); lost ones are
 //! recorded and dropped; processes the store does not know are stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Utc;
 use corral_core::Instance;
@@ -23,6 +23,8 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
     // Replica ids each driver may keep running.
     let mut known: HashMap<&'static str, Vec<Uuid>> = HashMap::new();
     let (mut adopted, mut lost) = (0usize, 0usize);
+    let with_rows: HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
+    close_runs_without_rows(ctl, &with_rows).await?;
     for row in rows {
         let inst = match instances.get(&row.instance_id) {
             Some(i) => i.clone(),
@@ -52,6 +54,9 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
         if row.driver_ref.is_empty() {
             // The server stopped between creating the row and recording the launch: a
             // process, if it started, is unknown here and the orphan sweep stops it.
+            ctl.store
+                .end_run(row.instance_id, row.id, Utc::now())
+                .await?;
             ctl.store.delete_replica(row.id).await?;
             event(format!(
                 "replica {} was being launched when the server stopped; it will be replaced",
@@ -93,6 +98,11 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
         // Dropping the row makes the instance task launch a replacement if the instance
         // should run, or simply finish stopping it; not counting it as known lets the
         // orphan sweep stop whatever may be left of it.
+        // When it ended while the server was down is unknown: its run is closed now,
+        // which bills the downtime (an overestimate, never a lost charge).
+        ctl.store
+            .end_run(row.instance_id, row.id, Utc::now())
+            .await?;
         ctl.store.delete_replica(row.id).await?;
         lost += 1;
         event(format!(
@@ -128,5 +138,27 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
         }
     }
     tracing::info!(adopted, lost, "adoption done");
+    Ok(())
+}
+
+/// Closes open runs whose replica has no row any more. The reconciler closes a run
+/// before it deletes the row, so only a store written by something else (an older
+/// version, a manual fix) can hold such a run; but an open run is billed forever, so
+/// adoption makes sure none is left.
+async fn close_runs_without_rows(
+    ctl: &Inner,
+    with_rows: &HashSet<Uuid>,
+) -> corral_store::Result<()> {
+    let now = Utc::now();
+    // Open runs overlap every window after their start, so this lists all of them
+    // (and runs that ended in the future, which the filter drops).
+    for run in ctl.store.runs_overlapping(None, Some(now), None).await? {
+        if run.ended_at.is_none() && !with_rows.contains(&run.replica_id) {
+            tracing::warn!(instance = %run.instance_id, replica = %run.replica_id, "closing the run of a replica that has no row");
+            ctl.store
+                .end_run(run.instance_id, run.replica_id, now)
+                .await?;
+        }
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use corral_core::{CatalogModel, Desired, Instance, Replica, ReplicaState, State};
 use corral_drivers::{ComputeDriver, LaunchSpec, Observed, ReplicaRef, ResourceUsage};
+use corral_store::ReplicaRun;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -444,6 +445,12 @@ impl InstanceTask {
                         return (r.id, false);
                     }
                 }
+                // The run ends once the compute is gone (billing stops there), and
+                // before the row goes, so a failure here leaves the row to retry with.
+                if let Err(e) = store.end_run(r.instance_id, r.id, Utc::now()).await {
+                    tracing::warn!(replica = %r.id, error = %e, "closing a stopped replica's run failed");
+                    return (r.id, false);
+                }
                 match store.delete_replica(r.id).await {
                     Ok(_) => (r.id, true),
                     Err(e) => {
@@ -788,6 +795,12 @@ impl InstanceTask {
         {
             tracing::warn!(replica = %r.id, error = %e, "stopping a failed replica failed");
         }
+        // The process or task is done with (exited, lost, or stopped just above): its
+        // run ends now. A relaunch after back-off starts a new run.
+        self.ctl
+            .store
+            .end_run(r.instance_id, r.id, Utc::now())
+            .await?;
         let m = self
             .mem
             .replicas
@@ -871,11 +884,30 @@ impl InstanceTask {
         };
         match driver.launch(&spec).await {
             Ok(launched) => {
+                // The run first: compute that is not billed or whose logs cannot be
+                // found again is, like untracked compute, worse than a failed launch.
+                let run = ReplicaRun {
+                    id: Uuid::now_v7(),
+                    replica_id: r.id,
+                    instance_id: inst.id,
+                    owner_id: inst.owner_id,
+                    model_id: inst.model_id.clone(),
+                    driver: driver.name().to_string(),
+                    driver_ref: launched.driver_ref.clone(),
+                    compute: inst.compute.clone(),
+                    started_at: r.started_at,
+                    ended_at: None,
+                };
+                if let Err(e) = self.ctl.store.start_run(&run).await {
+                    let _ = driver.stop(&launched, self.ctl.settings.stop_grace).await;
+                    return Err(e.into());
+                }
                 r.driver_ref = launched.driver_ref.clone();
                 r.updated_at = Utc::now();
                 if let Err(e) = self.ctl.store.update_replica(r).await {
                     // Untracked compute is worse than a failed launch.
                     let _ = driver.stop(&launched, self.ctl.settings.stop_grace).await;
+                    let _ = self.ctl.store.end_run(inst.id, r.id, Utc::now()).await;
                     return Err(e.into());
                 }
                 tracing::info!(instance = %inst.id, replica = %r.id, driver_ref = %r.driver_ref, "replica launched");

@@ -254,6 +254,10 @@ async fn refused_launches_back_off_then_fail() {
         .collect();
     assert_eq!(delays, ["0.05", "0.1", "0.2", "0.4"], "{events:#?}");
     assert!(s.store.list_replicas(id).await.unwrap().is_empty());
+    assert!(
+        s.store.runs_for_instance(id).await.unwrap().is_empty(),
+        "a refused launch runs nothing, so nothing is billed"
+    );
     assert!(s.control.stats().restarts_total >= 3);
     s.finish().await;
 }

@@ -117,8 +117,27 @@ async fn deploy_crash_restart_and_stop() {
         "{}",
         h.timeline(id).await
     );
-    assert_eq!(h.store.list_replicas(id).await.unwrap()[0].restarts, 1);
+    let replica = h.store.list_replicas(id).await.unwrap().remove(0);
+    assert_eq!(replica.restarts, 1);
     assert_eq!(h.control.stats().restarts_total, 1);
+    // One run per launch of the replica: the killed one closed, the relaunch open,
+    // both priced with the instance's compute and findable by their driver refs.
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    let compute = h.instance(id).await.compute;
+    assert!(runs.iter().all(|r| r.replica_id == replica.id
+        && r.owner_id == h.owner.id
+        && r.model_id == MODEL_ID
+        && r.driver == "local"
+        && r.compute == compute));
+    let (killed_run, relaunched_run) = (&runs[0], &runs[1]);
+    let killed_end = killed_run.ended_at.expect("the killed run is closed");
+    assert!(killed_end >= killed_run.started_at);
+    assert!(killed_run.driver_ref.contains(&format!("pid={pid}")));
+    assert_eq!(relaunched_run.ended_at, None, "the relaunched run is open");
+    assert_eq!(relaunched_run.started_at, replica.started_at);
+    assert_eq!(relaunched_run.driver_ref, replica.driver_ref);
+    assert!(relaunched_run.started_at >= killed_end);
     let endpoint = h.control.routing().get(id).unwrap().replicas[0]
         .endpoint
         .clone();
@@ -134,6 +153,11 @@ async fn deploy_crash_restart_and_stop() {
     assert!(h.control.routing().get(id).is_none());
     assert!(h.store.list_replicas(id).await.unwrap().is_empty());
     assert!(stopped.running_since.is_none() && stopped.running_seconds >= 0);
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 2, "stopping starts no run: {runs:#?}");
+    let stopped_at = runs[1].ended_at.expect("stopping closes the open run");
+    assert!(stopped_at >= runs[1].started_at && stopped_at <= stopped.updated_at);
+    assert_eq!(runs[0], killed_run.clone(), "a closed run is closed once");
     let states: Vec<_> = h
         .events(id)
         .await
@@ -149,10 +173,14 @@ async fn deploy_crash_restart_and_stop() {
         Err(Error::Stopped)
     ));
 
-    // Started again from stopped: pending → ... → ready.
+    // Started again from stopped: pending → ... → ready, with a new replica and run.
     h.control.start(id).await.unwrap();
     h.wait_state(id, State::Ready, Duration::from_secs(30))
         .await;
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 3);
+    assert_ne!(runs[2].replica_id, replica.id);
+    assert_eq!(runs[2].ended_at, None);
     println!("timeline:\n{}", h.timeline(id).await);
     h.shutdown().await;
 }
@@ -307,6 +335,9 @@ async fn adopts_running_replicas_after_a_restart_and_stops_orphans() {
     );
     assert_eq!(after[0].restarts, 0);
     assert_eq!(h.instance(id).await.state, State::Ready);
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 1, "adoption keeps the run going: {runs:#?}");
+    assert_eq!(runs[0].ended_at, None);
     let endpoint = h.control.routing().get(id).unwrap().replicas[0]
         .endpoint
         .clone();
@@ -349,6 +380,13 @@ async fn adopts_running_replicas_after_a_restart_and_stops_orphans() {
         "{timeline}"
     );
     assert_ne!(h.pids(id).await, vec![pid]);
+    // The lost replica's run was closed at adoption; its replacement has its own.
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_eq!(pid_of(&runs[0].driver_ref), Some(pid));
+    assert!(runs[0].ended_at.is_some());
+    assert_ne!(runs[1].replica_id, runs[0].replica_id);
+    assert_eq!(runs[1].ended_at, None);
     h.shutdown().await;
 }
 
