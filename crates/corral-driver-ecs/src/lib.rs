@@ -13,9 +13,11 @@
 //! Endpoints: `AWS_ENDPOINT_URL` (read by aws-config) or `EcsConfig::endpoint_url`, which
 //! is how the tests point the driver at moto.
 
+pub mod service;
 mod taskdef;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,10 +79,46 @@ pub struct EcsConfig {
     pub gpu_capacity_providers: BTreeMap<String, String>,
     /// Overrides the AWS endpoint (otherwise `AWS_ENDPOINT_URL` or AWS's own).
     pub endpoint_url: Option<String>,
+    /// How replicas become ECS tasks (see [`LaunchMode`]).
+    pub launch: LaunchMode,
+    /// Service mode: how long `launch` waits for the service scheduler to start the task
+    /// it asked for (the task, not its readiness: a task exists, PROVISIONING, within
+    /// seconds even while a capacity provider is still adding an instance).
+    pub service_start_timeout: Duration,
 }
 
 impl EcsConfig {
     pub const DEFAULT_RUNTIME_IMAGE: &str = "ollama/ollama:latest";
+    pub const DEFAULT_SERVICE_START_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// How the driver turns a replica into an ECS task (`[ecs] launch`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// One RunTask per replica (the default). Corral's reconciler already does what an
+    /// ECS service scheduler would (replacement, health checks, scaling, sleep), so a
+    /// standalone task per replica maps one to one onto it: `stop` ends exactly that
+    /// task and nothing else decides which tasks run.
+    #[default]
+    Task,
+    /// One ECS service per instance whose desiredCount is the number of replicas (see
+    /// [`service`]): the instance appears as a service in the console, with ECS's service
+    /// events and metrics, for operators who run everything as services.
+    Service,
+}
+
+impl std::str::FromStr for LaunchMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "task" => Ok(LaunchMode::Task),
+            "service" => Ok(LaunchMode::Service),
+            other => Err(Error::Invalid(format!(
+                "ecs launch mode {other:?}: expected \"task\" or \"service\""
+            ))),
+        }
+    }
 }
 
 pub struct EcsDriver {
@@ -88,6 +126,8 @@ pub struct EcsDriver {
     ecs: aws_sdk_ecs::Client,
     logs: aws_sdk_cloudwatchlogs::Client,
     offers: Vec<ComputeOffer>,
+    /// Service mode: launches and stops of one instance take turns (see [`service`]).
+    locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl EcsDriver {
@@ -114,6 +154,7 @@ impl EcsDriver {
             logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
             cfg,
             offers,
+            locks: Default::default(),
         })
     }
 
@@ -157,6 +198,152 @@ impl EcsDriver {
             .ok_or_else(|| Error::Provider("RegisterTaskDefinition returned no ARN".into()))?;
         tracing::info!(family = %def.family, arn, "registered task definition");
         Ok(arn.to_string())
+    }
+
+    /// Checks the spec (again: nothing invalid may reach AWS) and works out where its
+    /// task goes: the task definition, the capacity provider and the network.
+    async fn placement(&self, spec: &LaunchSpec) -> Result<Placement> {
+        let offer = self
+            .offers
+            .iter()
+            .find(|o| o.compute_type == spec.compute.compute_type)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "the ecs driver offers no {} compute",
+                    spec.compute.compute_type.as_str()
+                ))
+            })?;
+        offer.validate(&spec.compute).map_err(Error::Invalid)?;
+        if spec.parallel == 0 || spec.context == 0 {
+            return Err(Error::Invalid(
+                "parallel and context must be at least 1".into(),
+            ));
+        }
+        let capacity_provider = match spec.compute.compute_type {
+            ComputeType::Gpu => spec
+                .compute
+                .instance_type
+                .as_ref()
+                .and_then(|t| self.cfg.gpu_capacity_providers.get(t))
+                .or(self.cfg.gpu_capacity_provider.as_ref())
+                .cloned()
+                // `offers` lists a GPU type only with a provider; this is the same check.
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "GPU instance type {:?} has no capacity provider",
+                        spec.compute.instance_type
+                    ))
+                })?,
+            _ if spec.compute.spot => "FARGATE_SPOT".into(),
+            _ => "FARGATE".into(),
+        };
+        let def = taskdef::build(&self.cfg, spec)?;
+        let task_definition = self.task_definition(&def).await?;
+        let network = AwsVpcConfiguration::builder()
+            .set_subnets(Some(self.cfg.subnets.clone()))
+            .set_security_groups(Some(self.cfg.security_groups.clone()))
+            // ECS refuses public IPs for tasks on EC2 instances; only Fargate gets one.
+            .assign_public_ip(
+                if self.cfg.assign_public_ip && spec.compute.compute_type == ComputeType::Fargate {
+                    AssignPublicIp::Enabled
+                } else {
+                    AssignPublicIp::Disabled
+                },
+            )
+            .build()
+            .map_err(|e| Error::Invalid(format!("network configuration: {e}")))?;
+        Ok(Placement {
+            strategy: CapacityProviderStrategyItem::builder()
+                .capacity_provider(&capacity_provider)
+                .weight(1)
+                .build()
+                .map_err(|e| Error::Invalid(format!("capacity provider: {e}")))?,
+            capacity_provider,
+            task_definition,
+            network: NetworkConfiguration::builder()
+                .awsvpc_configuration(network)
+                .build(),
+        })
+    }
+
+    /// Task mode: one standalone task for the replica.
+    async fn run_task(&self, spec: &LaunchSpec, placement: Placement) -> Result<ReplicaRef> {
+        let out = self
+            .ecs
+            .run_task()
+            .cluster(&self.cfg.cluster)
+            .task_definition(&placement.task_definition)
+            .count(1)
+            .capacity_provider_strategy(placement.strategy)
+            .network_configuration(placement.network)
+            // A UUID is 36 characters, ECS's limit for startedBy; ListTasks can filter on it.
+            .started_by(spec.replica_id.to_string())
+            .set_tags(Some(replica_tags(spec.instance_id, spec.replica_id)))
+            .enable_ecs_managed_tags(true)
+            .send()
+            .await
+            .map_err(provider("RunTask"))?;
+        let capacity_provider = placement.capacity_provider;
+        let Some(arn) = out.tasks().first().and_then(|t| t.task_arn()) else {
+            let why: Vec<String> = out
+                .failures()
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}{}",
+                        f.reason().unwrap_or("unknown"),
+                        f.detail().map(|d| format!(": {d}")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            return Err(Error::Provider(format!(
+                "RunTask placed no task on {capacity_provider}: {}",
+                if why.is_empty() {
+                    "no reason given".into()
+                } else {
+                    why.join("; ")
+                }
+            )));
+        };
+        tracing::info!(
+            replica = %spec.replica_id,
+            task = arn,
+            %capacity_provider,
+            "started ECS task"
+        );
+        Ok(ReplicaRef {
+            instance_id: spec.instance_id,
+            replica_id: spec.replica_id,
+            driver_ref: arn.to_string(),
+        })
+    }
+
+    /// StopTask; a task ECS no longer knows counts as stopped.
+    async fn stop_task(&self, replica: &ReplicaRef) -> Result<()> {
+        let result = self
+            .ecs
+            .stop_task()
+            .cluster(&self.cfg.cluster)
+            .task(&replica.driver_ref)
+            .reason(format!(
+                "stopped by Corral (replica {})",
+                replica.replica_id
+            ))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // A task ECS has forgotten (stopped long ago) is as stopped as it gets.
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_invalid_parameter_exception()
+                        && s.message().is_some_and(|m| m.contains("not found"))
+                }) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(provider("StopTask")(e)),
+        }
     }
 
     async fn describe(&self, arns: Vec<String>) -> Result<Vec<Task>> {
@@ -264,6 +451,21 @@ where
     }
 }
 
+/// Where a replica's task goes, worked out before anything is started.
+struct Placement {
+    task_definition: String,
+    capacity_provider: String,
+    strategy: CapacityProviderStrategyItem,
+    network: NetworkConfiguration,
+}
+
+/// The tags that make a task a replica's (RunTask's, or the claim of a service task).
+fn replica_tags(instance_id: Uuid, replica_id: Uuid) -> Vec<Tag> {
+    [(TAG_INSTANCE, instance_id), (TAG_REPLICA, replica_id)]
+        .map(|(k, v)| Tag::builder().key(k).value(v.to_string()).build())
+        .to_vec()
+}
+
 fn task_id(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
@@ -319,113 +521,11 @@ impl ComputeDriver for EcsDriver {
     }
 
     async fn launch(&self, spec: &LaunchSpec) -> Result<ReplicaRef> {
-        // Checked again here so nothing invalid ever reaches AWS.
-        let offer = self
-            .offers
-            .iter()
-            .find(|o| o.compute_type == spec.compute.compute_type)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "the ecs driver offers no {} compute",
-                    spec.compute.compute_type.as_str()
-                ))
-            })?;
-        offer.validate(&spec.compute).map_err(Error::Invalid)?;
-        if spec.parallel == 0 || spec.context == 0 {
-            return Err(Error::Invalid(
-                "parallel and context must be at least 1".into(),
-            ));
+        let placement = self.placement(spec).await?;
+        match self.cfg.launch {
+            LaunchMode::Task => self.run_task(spec, placement).await,
+            LaunchMode::Service => self.launch_in_service(spec, placement).await,
         }
-        let def = taskdef::build(&self.cfg, spec)?;
-        let task_definition = self.task_definition(&def).await?;
-
-        let capacity_provider = match spec.compute.compute_type {
-            ComputeType::Gpu => spec
-                .compute
-                .instance_type
-                .as_ref()
-                .and_then(|t| self.cfg.gpu_capacity_providers.get(t))
-                .or(self.cfg.gpu_capacity_provider.as_ref())
-                .cloned()
-                .expect("every offered GPU type has a capacity provider"),
-            _ if spec.compute.spot => "FARGATE_SPOT".into(),
-            _ => "FARGATE".into(),
-        };
-        let network = AwsVpcConfiguration::builder()
-            .set_subnets(Some(self.cfg.subnets.clone()))
-            .set_security_groups(Some(self.cfg.security_groups.clone()))
-            // ECS refuses public IPs for tasks on EC2 instances; only Fargate gets one.
-            .assign_public_ip(
-                if self.cfg.assign_public_ip && spec.compute.compute_type == ComputeType::Fargate {
-                    AssignPublicIp::Enabled
-                } else {
-                    AssignPublicIp::Disabled
-                },
-            )
-            .build()
-            .map_err(|e| Error::Invalid(format!("network configuration: {e}")))?;
-        let tags = [
-            (TAG_INSTANCE, spec.instance_id),
-            (TAG_REPLICA, spec.replica_id),
-        ]
-        .map(|(k, v)| Tag::builder().key(k).value(v.to_string()).build());
-        let out = self
-            .ecs
-            .run_task()
-            .cluster(&self.cfg.cluster)
-            .task_definition(&task_definition)
-            .count(1)
-            .capacity_provider_strategy(
-                CapacityProviderStrategyItem::builder()
-                    .capacity_provider(&capacity_provider)
-                    .weight(1)
-                    .build()
-                    .map_err(|e| Error::Invalid(format!("capacity provider: {e}")))?,
-            )
-            .network_configuration(
-                NetworkConfiguration::builder()
-                    .awsvpc_configuration(network)
-                    .build(),
-            )
-            // A UUID is 36 characters, ECS's limit for startedBy; ListTasks can filter on it.
-            .started_by(spec.replica_id.to_string())
-            .set_tags(Some(tags.to_vec()))
-            .enable_ecs_managed_tags(true)
-            .send()
-            .await
-            .map_err(provider("RunTask"))?;
-        let Some(arn) = out.tasks().first().and_then(|t| t.task_arn()) else {
-            let why: Vec<String> = out
-                .failures()
-                .iter()
-                .map(|f| {
-                    format!(
-                        "{}{}",
-                        f.reason().unwrap_or("unknown"),
-                        f.detail().map(|d| format!(": {d}")).unwrap_or_default()
-                    )
-                })
-                .collect();
-            return Err(Error::Provider(format!(
-                "RunTask placed no task on {capacity_provider}: {}",
-                if why.is_empty() {
-                    "no reason given".into()
-                } else {
-                    why.join("; ")
-                }
-            )));
-        };
-        tracing::info!(
-            replica = %spec.replica_id,
-            task = arn,
-            %capacity_provider,
-            "started ECS task"
-        );
-        Ok(ReplicaRef {
-            instance_id: spec.instance_id,
-            replica_id: spec.replica_id,
-            driver_ref: arn.to_string(),
-        })
     }
 
     async fn observe(&self, replica: &ReplicaRef) -> Result<Observed> {
@@ -439,30 +539,10 @@ impl ComputeDriver for EcsDriver {
     /// ECS sends SIGTERM and, after the container's stop timeout (30 s by default), SIGKILL;
     /// `grace` cannot change that per call.
     async fn stop(&self, replica: &ReplicaRef, _grace: Duration) -> Result<()> {
-        let result = self
-            .ecs
-            .stop_task()
-            .cluster(&self.cfg.cluster)
-            .task(&replica.driver_ref)
-            .reason(format!(
-                "stopped by Corral (replica {})",
-                replica.replica_id
-            ))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // A task ECS has forgotten (stopped long ago) is as stopped as it gets.
-            Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_invalid_parameter_exception()
-                        && s.message().is_some_and(|m| m.contains("not found"))
-                }) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(provider("StopTask")(e)),
+        if self.stop_in_service(replica).await? {
+            return Ok(());
         }
+        self.stop_task(replica).await
     }
 
     async fn logs(
@@ -559,6 +639,7 @@ impl ComputeDriver for EcsDriver {
                 }
             }
         }
+        orphans.extend(self.service_orphans().await?);
         Ok(orphans)
     }
 }
@@ -586,6 +667,8 @@ mod tests {
             gpu_capacity_providers: BTreeMap::new(),
             // Nothing listens there: a call that reached "AWS" would fail as Provider.
             endpoint_url: Some("http://127.0.0.1:9".into()),
+            launch: LaunchMode::Task,
+            service_start_timeout: EcsConfig::DEFAULT_SERVICE_START_TIMEOUT,
         }
     }
 

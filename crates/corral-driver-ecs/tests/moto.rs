@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use aws_sdk_ecs::types::{Compatibility, NetworkMode, ResourceType, Task};
 use corral_core::{ComputeSpec, ComputeType, ModelSource};
-use corral_driver_ecs::{CONTAINER, EcsConfig, EcsDriver, TAG_INSTANCE, TAG_REPLICA};
+use corral_driver_ecs::{
+    CONTAINER, EcsConfig, EcsDriver, LaunchMode, TAG_INSTANCE, TAG_REPLICA, service::service_name,
+};
 use corral_drivers::{ComputeDriver, LaunchSpec, Observed, ReplicaRef, Runtime};
 use uuid::Uuid;
 
@@ -75,6 +77,15 @@ struct Fixture {
 }
 
 async fn fixture(name: &str, gpu: bool) -> Option<Fixture> {
+    fixture_with(name, gpu, LaunchMode::Task, Duration::from_secs(60)).await
+}
+
+async fn fixture_with(
+    name: &str,
+    gpu: bool,
+    launch: LaunchMode,
+    service_start_timeout: Duration,
+) -> Option<Fixture> {
     let endpoint = moto()?;
     // Keep RUNNING tasks RUNNING until StopTask (see the module docs).
     let pinned = reqwest::Client::new()
@@ -119,6 +130,8 @@ async fn fixture(name: &str, gpu: bool) -> Option<Fixture> {
             Default::default()
         },
         endpoint_url: Some(endpoint.clone()),
+        launch,
+        service_start_timeout,
     };
     let driver = EcsDriver::new(cfg.clone()).await.expect("driver");
     let sdk = corral_driver_ecs::sdk_config(REGION, Some(&endpoint)).await;
@@ -466,4 +479,323 @@ async fn gpu_replica_uses_the_capacity_provider() {
         f.driver.observe(&r).await.expect("observe"),
         Observed::Exited { .. }
     ));
+}
+
+/// Plays the ECS service scheduler for one cluster until aborted, as moto does not:
+/// its CreateService and UpdateService only record desiredCount, and no task ever starts
+/// for a service. Every 100 ms, for each ACTIVE service, it starts tasks the way ECS does
+/// (RunTask with the service's definition and network, `group` = `service:<name>`, the
+/// service's tags when it propagates them) until desiredCount are to run, and stops the
+/// newest ones above it (ECS picks which by its own rules; Corral never relies on which).
+/// moto also drops a service's capacityProviderStrategy, so these tasks run on FARGATE.
+fn scheduler(ecs: aws_sdk_ecs::Client, cluster: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Ok(list) = ecs.list_services().cluster(&cluster).send().await else {
+                continue;
+            };
+            if list.service_arns().is_empty() {
+                continue;
+            }
+            let Ok(out) = ecs
+                .describe_services()
+                .cluster(&cluster)
+                .set_services(Some(list.service_arns().to_vec()))
+                .include(aws_sdk_ecs::types::ServiceField::Tags)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            for svc in out
+                .services()
+                .iter()
+                .filter(|s| s.status() == Some("ACTIVE"))
+            {
+                let group = format!("service:{}", svc.service_name().unwrap_or_default());
+                let live = service_tasks(&ecs, &cluster, &group).await;
+                let desired = svc.desired_count() as usize;
+                if live.len() < desired {
+                    let tags = (svc.propagate_tags()
+                        == Some(&aws_sdk_ecs::types::PropagateTags::Service))
+                    .then(|| svc.tags().to_vec());
+                    ecs.run_task()
+                        .cluster(&cluster)
+                        .task_definition(svc.task_definition().unwrap_or_default())
+                        .count((desired - live.len()) as i32)
+                        .group(&group)
+                        .started_by("ecs-svc/1234567890")
+                        .capacity_provider_strategy(
+                            aws_sdk_ecs::types::CapacityProviderStrategyItem::builder()
+                                .capacity_provider("FARGATE")
+                                .build()
+                                .unwrap(),
+                        )
+                        .set_network_configuration(svc.network_configuration().cloned())
+                        .set_tags(tags)
+                        .send()
+                        .await
+                        .expect("the scheduler's RunTask");
+                }
+                for extra in live.iter().rev().take(live.len().saturating_sub(desired)) {
+                    ecs.stop_task()
+                        .cluster(&cluster)
+                        .task(extra.task_arn().unwrap())
+                        .reason("scaling in")
+                        .send()
+                        .await
+                        .expect("the scheduler's StopTask");
+                }
+            }
+        }
+    })
+}
+
+/// The tasks of a service (by group: moto's ListTasks ignores serviceName) not stopped.
+async fn service_tasks(ecs: &aws_sdk_ecs::Client, cluster: &str, group: &str) -> Vec<Task> {
+    let arns = ecs
+        .list_tasks()
+        .cluster(cluster)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Running)
+        .send()
+        .await
+        .expect("ListTasks")
+        .task_arns()
+        .to_vec();
+    if arns.is_empty() {
+        return vec![];
+    }
+    ecs.describe_tasks()
+        .cluster(cluster)
+        .set_tasks(Some(arns))
+        .include(aws_sdk_ecs::types::TaskField::Tags)
+        .send()
+        .await
+        .expect("DescribeTasks")
+        .tasks()
+        .iter()
+        .filter(|t| t.group() == Some(group) && t.last_status() != Some("STOPPED"))
+        .cloned()
+        .collect()
+}
+
+impl Fixture {
+    /// The instance's service: (status, desiredCount), None when there is none.
+    async fn service(&self, instance_id: Uuid) -> Option<(String, i32)> {
+        self.ecs
+            .describe_services()
+            .cluster(&self.cfg.cluster)
+            .services(service_name(instance_id))
+            .send()
+            .await
+            .expect("DescribeServices")
+            .services()
+            .first()
+            .map(|s| {
+                (
+                    s.status().unwrap_or_default().to_string(),
+                    s.desired_count(),
+                )
+            })
+    }
+
+    /// Waits (5 s at most) until the instance's service has `n` tasks to run.
+    async fn wait_for_tasks(&self, instance_id: Uuid, n: usize) -> Vec<Task> {
+        let group = format!("service:{}", service_name(instance_id));
+        for _ in 0..50 {
+            let tasks = service_tasks(&self.ecs, &self.cfg.cluster, &group).await;
+            if tasks.len() == n {
+                return tasks;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the service never had {n} tasks");
+    }
+}
+
+#[tokio::test]
+async fn service_mode_scales_claims_and_deletes_the_service() {
+    let Some(f) = fixture_with(
+        "service",
+        false,
+        LaunchMode::Service,
+        Duration::from_secs(20),
+    )
+    .await
+    else {
+        return;
+    };
+    let ecs_scheduler = scheduler(f.ecs.clone(), f.cfg.cluster.clone());
+    let s1 = spec(fargate(0.5, 2048, false));
+    let instance = s1.instance_id;
+    let r1 = f.driver.launch(&s1).await.expect("launch 1");
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 1)));
+    let t1 = f.task(&r1).await;
+    let service = service_name(instance);
+    assert_eq!(t1.group(), Some(format!("service:{service}").as_str()));
+    assert_eq!(
+        tag(&t1, TAG_REPLICA),
+        Some(s1.replica_id.to_string().as_str()),
+        "the replica claimed the task"
+    );
+    assert_eq!(tag(&t1, TAG_INSTANCE), Some(instance.to_string().as_str()));
+    assert_eq!(subnet_of(&t1), Some(f.cfg.subnets[0].as_str()));
+    let td = f.definition(&t1).await;
+    assert_eq!(td.family(), Some("corral-smollm2-135m-512-2048"));
+    assert_eq!(td.cpu(), Some("512"));
+    match f.driver.observe(&r1).await.expect("observe") {
+        Observed::Running { endpoint } => assert!(endpoint.ends_with(":11434"), "{endpoint}"),
+        other => panic!("expected Running, got {other:?}"),
+    }
+
+    // A second replica: desiredCount 2, another task.
+    let s2 = LaunchSpec {
+        replica_id: Uuid::now_v7(),
+        ..s1.clone()
+    };
+    let r2 = f.driver.launch(&s2).await.expect("launch 2");
+    assert_ne!(r1.driver_ref, r2.driver_ref);
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 2)));
+    // A launch repeated (after a crash) finds the replica's task; the count stays.
+    let again = f.driver.launch(&s1).await.expect("launch 1 again");
+    assert_eq!(again, r1);
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 2)));
+
+    let orphans = f
+        .driver
+        .orphans(&[s1.replica_id, s2.replica_id])
+        .await
+        .expect("orphans");
+    assert!(orphans.is_empty(), "{orphans:?}");
+    let orphans = f.driver.orphans(&[s1.replica_id]).await.expect("orphans");
+    assert_eq!(orphans, std::slice::from_ref(&r2));
+
+    // A count raised by a launch that never claimed its task: the next launch takes
+    // that task instead of asking for another.
+    f.ecs
+        .update_service()
+        .cluster(&f.cfg.cluster)
+        .service(&service)
+        .desired_count(3)
+        .send()
+        .await
+        .expect("UpdateService");
+    let tasks = f.wait_for_tasks(instance, 3).await;
+    let unclaimed = tasks
+        .iter()
+        .find(|t| tag(t, TAG_REPLICA).is_none())
+        .and_then(|t| t.task_arn())
+        .expect("an unclaimed task")
+        .to_string();
+    let s3 = LaunchSpec {
+        replica_id: Uuid::now_v7(),
+        ..s1.clone()
+    };
+    let r3 = f.driver.launch(&s3).await.expect("launch 3");
+    assert_eq!(r3.driver_ref, unclaimed);
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 3)));
+
+    // Stopping a replica stops its own task and lowers the count.
+    f.driver.stop(&r1, Duration::ZERO).await.expect("stop 1");
+    assert!(matches!(
+        f.driver.observe(&r1).await.expect("observe"),
+        Observed::Exited { .. }
+    ));
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 2)));
+    let left: Vec<String> = f
+        .wait_for_tasks(instance, 2)
+        .await
+        .iter()
+        .filter_map(|t| t.task_arn().map(String::from))
+        .collect();
+    assert!(left.contains(&r2.driver_ref) && left.contains(&r3.driver_ref));
+    assert!(matches!(
+        f.driver.observe(&r2).await.expect("observe"),
+        Observed::Running { .. }
+    ));
+
+    // The last replica takes the service with it.
+    f.driver.stop(&r2, Duration::ZERO).await.expect("stop 2");
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 1)));
+    f.driver.stop(&r3, Duration::ZERO).await.expect("stop 3");
+    assert_eq!(
+        f.service(instance).await.map(|s| s.0),
+        Some("INACTIVE".into())
+    );
+    f.driver
+        .stop(&r3, Duration::ZERO)
+        .await
+        .expect("stop 3 again");
+    ecs_scheduler.abort();
+}
+
+#[tokio::test]
+async fn service_mode_gives_up_on_a_service_that_starts_nothing() {
+    // No scheduler here: the service never starts a task, as when no capacity is there.
+    let Some(f) = fixture_with(
+        "service-stuck",
+        false,
+        LaunchMode::Service,
+        Duration::from_secs(2),
+    )
+    .await
+    else {
+        return;
+    };
+    let s = spec(fargate(0.25, 512, true));
+    let started = std::time::Instant::now();
+    match f.driver.launch(&s).await {
+        Err(corral_drivers::Error::Provider(why)) => {
+            assert!(why.contains("started no task within 2 s"), "{why}")
+        }
+        other => panic!("expected a Provider error, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        f.service(s.instance_id).await.map(|s| s.0),
+        Some("INACTIVE".into()),
+        "the service asked for nobody's task is gone"
+    );
+
+    // A service left by an instance Corral no longer knows is an orphan; stopping it
+    // deletes it.
+    let lost = Uuid::now_v7();
+    let td = f
+        .ecs
+        .list_task_definitions()
+        .send()
+        .await
+        .expect("ListTaskDefinitions")
+        .task_definition_arns()
+        .first()
+        .cloned()
+        .expect("the definition the launch registered");
+    let created = f
+        .ecs
+        .create_service()
+        .cluster(&f.cfg.cluster)
+        .service_name(service_name(lost))
+        .task_definition(td)
+        .desired_count(1)
+        .tags(
+            aws_sdk_ecs::types::Tag::builder()
+                .key(TAG_INSTANCE)
+                .value(lost.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("CreateService");
+    let arn = created.service().and_then(|s| s.service_arn()).unwrap();
+    let orphans = f.driver.orphans(&[]).await.expect("orphans");
+    let orphan = ReplicaRef {
+        instance_id: lost,
+        replica_id: Uuid::nil(),
+        driver_ref: arn.to_string(),
+    };
+    assert_eq!(orphans, std::slice::from_ref(&orphan));
+    f.driver.stop(&orphan, Duration::ZERO).await.expect("stop");
+    assert_eq!(f.service(lost).await.map(|s| s.0), Some("INACTIVE".into()));
+    assert!(f.driver.orphans(&[]).await.expect("orphans").is_empty());
 }

@@ -3,7 +3,7 @@
 //! precedence, and falls back to a default that suits a laptop.
 
 use clap::Args;
-use corral_driver_ecs::EcsConfig;
+use corral_driver_ecs::{EcsConfig, LaunchMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -169,6 +169,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub ecs_gpu_capacity_providers: Option<Vec<String>>,
+    /// How replicas run on ECS: `task` (one RunTask each, the default) or `service` (one
+    /// ECS service per instance, desiredCount = replicas).
+    #[arg(long, env = "CORRAL_ECS_LAUNCH", value_name = "task|service")]
+    pub ecs_launch: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -238,6 +242,8 @@ pub struct EcsFile {
     pub gpu_capacity_providers: BTreeMap<String, String>,
     /// Default: AWS_ENDPOINT_URL, else AWS's own endpoints.
     pub endpoint_url: Option<String>,
+    /// `task` (default) or `service`.
+    pub launch: Option<String>,
 }
 
 /// The ECS driver's settings after precedence (flags and CORRAL_ECS_* over `[ecs]`), or
@@ -304,6 +310,13 @@ pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Result<Option<EcsConfi
         }),
         gpu_capacity_providers,
         endpoint_url: from_file(|e| e.endpoint_url.clone()),
+        launch: match flag(&args.ecs_launch).or_else(|| from_file(|e| e.launch.clone())) {
+            Some(mode) => mode
+                .parse()
+                .map_err(|e: corral_drivers::Error| CliError::Invalid(e.to_string()))?,
+            None => LaunchMode::default(),
+        },
+        service_start_timeout: EcsConfig::DEFAULT_SERVICE_START_TIMEOUT,
     }))
 }
 
@@ -433,6 +446,17 @@ mod tests {
         assert_eq!(cfg.runtime_image, "ollama/ollama:latest");
         assert_eq!(cfg.region, "eu-west-1");
         assert_eq!(cfg.gpu_instance_types, ["g5.xlarge"]);
+        assert_eq!(cfg.launch, LaunchMode::Task, "the default");
+        let service: FileConfig =
+            toml::from_str("[ecs]\ncluster = \"c\"\nlaunch = \"service\"\n").unwrap();
+        let cfg = ecs_config(&none, &service).unwrap().unwrap();
+        assert_eq!(cfg.launch, LaunchMode::Service);
+        let as_task = Cli::parse_from(["corral", "--ecs-launch", "task"]).serve;
+        let cfg = ecs_config(&as_task, &service).unwrap().unwrap();
+        assert_eq!(cfg.launch, LaunchMode::Task, "the flag wins");
+        let wrong = Cli::parse_from(["corral", "--ecs-launch", "services"]).serve;
+        let err = ecs_config(&wrong, &service).unwrap_err().to_string();
+        assert!(err.contains("\"services\""), "{err}");
         let flags = Cli::parse_from([
             "corral",
             "--ecs-cluster",
