@@ -36,6 +36,8 @@ pub struct Settings {
     /// Prompt + completion tokens per user and minute, counted when a request ends, so a
     /// spent budget refuses the next requests; 0: unlimited.
     pub gateway_tokens_per_minute: u32,
+    /// Corral's own accounts (default) or an identity provider's.
+    pub auth: crate::auth::cognito::AuthMode,
 }
 
 /// Argon2id cost. The default is OWASP's first recommendation (19 MiB, 2 passes, 1 lane).
@@ -77,6 +79,7 @@ impl Settings {
             prices: corral_core::PriceTable::default(),
             gateway_requests_per_minute: 600,
             gateway_tokens_per_minute: 200_000,
+            auth: crate::auth::cognito::AuthMode::Builtin,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::cache::AuthCache;
+use crate::auth::cognito::{AuthMode, Cognito};
 use crate::auth::jwt::Keys;
 use crate::gateway::Gateway;
 use crate::mail::Mailer;
@@ -22,6 +23,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub settings: Settings,
     pub keys: Keys,
+    /// The user pool, in auth mode `cognito`.
+    pub cognito: Option<Cognito>,
     /// API keys and users of recent requests (see `auth::cache`).
     pub auth_cache: AuthCache,
     pub mailer: Mailer,
@@ -55,6 +58,10 @@ impl AppState {
             control,
             weights,
             keys: Keys::new(&settings.jwt_secret),
+            cognito: match &settings.auth {
+                AuthMode::Builtin => None,
+                AuthMode::Cognito(cognito) => Some(Cognito::new((**cognito).clone())),
+            },
             auth_cache: AuthCache::default(),
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),

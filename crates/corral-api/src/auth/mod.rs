@@ -2,7 +2,9 @@
 //! `Principal` extractor that every protected handler takes.
 
 pub mod cache;
+pub mod cognito;
 pub mod jwt;
+pub mod oidc;
 pub mod password;
 mod principal;
 

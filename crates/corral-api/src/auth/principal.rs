@@ -62,6 +62,12 @@ impl FromRequestParts<AppState> for Principal {
         let token = bearer(parts)?;
         let principal = if token.starts_with(secret::API_KEY_PREFIX) {
             from_api_key(state, token).await?
+        } else if let Some(user) = super::cognito::user_for_bearer(state, token).await? {
+            // A token of the identity provider (auth mode `cognito`).
+            Principal {
+                user,
+                credential: Credential::Jwt { session: None },
+            }
         } else {
             let claims = state.keys.verify(token, TokenType::Access)?;
             let user = user(state, claims.sub, state.auth_cache.generation())
