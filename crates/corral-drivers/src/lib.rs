@@ -105,6 +105,17 @@ pub trait ComputeDriver: Send + Sync + 'static {
         cursor: Option<&str>,
         tail: usize,
     ) -> Result<LogPage>;
+    /// Log lines of every replica the instance has had, stopped and replaced ones too
+    /// while the driver still keeps their logs, after `cursor` (None: the last `tail`
+    /// lines), in time order. None: this driver reads logs per replica only (`logs`).
+    async fn instance_logs(
+        &self,
+        _instance_id: Uuid,
+        _cursor: Option<&str>,
+        _tail: usize,
+    ) -> Result<Option<LogPage>> {
+        Ok(None)
+    }
     /// CPU and memory of the replica, where the driver can see them.
     async fn resources(&self, replica: &ReplicaRef) -> Result<Option<ResourceUsage>>;
     /// Replicas this driver is running that are not in `known` (left behind by a crash
