@@ -479,6 +479,35 @@ async fn every_route_streams_and_meters(backend: Backend) {
         "every replica slot released"
     );
 
+    // The instance's per-minute statistics: every metered request, with latency and the
+    // streams' time to first token; for its owner only.
+    let path = format!("/api/instances/{id}/metrics");
+    let (status, stats) = gw.get(&path, Some(&jwt)).await;
+    assert_eq!(status, 200, "{stats}");
+    let minutes = stats["minutes"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    let sum = |field: &str| {
+        minutes
+            .iter()
+            .map(|m| m[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("requests"), requests, "{stats}");
+    assert_eq!(sum("errors"), 0);
+    assert!(sum("tokens_out") >= completion_seen);
+    let busy: Vec<&Value> = minutes.iter().filter(|m| m["requests"] != 0).collect();
+    assert!(
+        busy.iter()
+            .all(|m| m["latency_p50_ms"].as_f64().unwrap() > 0.0
+                && m["latency_p95_ms"].as_f64().unwrap() >= m["latency_p50_ms"].as_f64().unwrap())
+    );
+    assert!(
+        busy.iter()
+            .any(|m| m["first_token_p50_ms"].as_f64().is_some())
+    );
+    let (_, stranger) = gw.user(Role::User).await;
+    assert_eq!(gw.get(&path, Some(&stranger)).await.0, 404);
+
     // Metrics: for the scrape token or an admin, no one else.
     let (_, admin) = gw.user(Role::Admin).await;
     let (status, _) = gw.get("/metrics", None).await;
@@ -812,8 +841,72 @@ async fn disconnect_cancels_generation(backend: Backend) {
     gw.teardown().await;
 }
 
+/// A request that lasts longer than the idle timeout keeps the instance awake while it
+/// runs (in flight) and counts as activity when it ends, not only when it began.
+async fn long_requests_are_activity(backend: Backend) {
+    let _serial = SERIAL.lock().await;
+    let Some(gw) = start(backend, |_| {}).await else {
+        return;
+    };
+    let (owner, token) = gw.user(Role::User).await;
+    let idle = InstanceSettings {
+        idle_timeout_seconds: 2,
+        wake_on_request: true,
+        ..InstanceSettings::default()
+    };
+    let id = gw.deploy(owner, idle).await;
+    let route = gw.app.state.routing.get(id).unwrap();
+    let desired = async || {
+        let inst = gw.app.state.store.instance(id).await.unwrap().unwrap();
+        inst.desired
+    };
+    let mut resp = gw
+        .call(
+            Method::POST,
+            "/ollama/api/generate",
+            Some(&token),
+            Some(
+                json!({"model": MODEL, "prompt": "Count from 1 to 1000: 1, 2,",
+                        "options": {"num_predict": 900, "temperature": 0}}),
+            ),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    resp.chunk().await.unwrap().expect("a chunk");
+    // Held open for longer than the idle timeout: never idle while in flight.
+    let held = Instant::now();
+    while held.elapsed() < Duration::from_secs(3) {
+        assert_eq!(desired().await, Desired::Running, "idled while streaming");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(resp);
+    let start = Instant::now();
+    while route.in_flight() != 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "request not ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its end is activity: the reconciler (every 0.5 s) leaves the instance alone for
+    // the idle timeout from there, although the request began 3 s ago.
+    let ended = Instant::now();
+    while ended.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(
+            desired().await,
+            Desired::Running,
+            "idled as the request ended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And then it does go to sleep.
+    gw.wait_state(id, State::Sleeping).await;
+    gw.teardown().await;
+}
+
 both_backends!(
     every_route_streams_and_meters,
+    long_requests_are_activity,
     owners_roles_and_error_shapes,
     rate_limits,
     disconnect_cancels_generation,

@@ -998,6 +998,9 @@ impl InstanceTask {
     /// `activity_flush`), then stops or sleeps the instance if it has been idle too
     /// long. True when it asked for that.
     async fn idle_check(&mut self, inst: &mut Instance, route: &InstanceRoute) -> Step<bool> {
+        // In-flight first: the gateway stamps a request's end before it stops counting,
+        // so when none is in flight here, `seen_ms` read after has every finished one.
+        let in_flight = route.in_flight();
         let seen_ms = route.last_activity_ms();
         let flush_due = self
             .mem
@@ -1015,7 +1018,7 @@ impl InstanceTask {
         }
         let last = idle::last_activity(inst.last_activity_at, seen_ms);
         let now = Utc::now();
-        let Some(desired) = idle::idle_action(&inst.settings, last, route.in_flight(), now) else {
+        let Some(desired) = idle::idle_action(&inst.settings, last, in_flight, now) else {
             return Ok(false);
         };
         let Some(updated) = self.ctl.store.set_desired(self.id, desired, now).await? else {

@@ -27,8 +27,10 @@ impl ReplicaRoute {
         }
     }
 
+    /// Acquire: pairs with the release in `InFlight::drop`, so what a request wrote
+    /// before it ended (its activity stamp) is seen by whoever sees it ended.
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Acquire)
     }
 }
 
@@ -65,8 +67,15 @@ impl InstanceRoute {
     pub fn acquire(&self) -> Option<InFlight> {
         let replica = self.replicas.iter().min_by_key(|r| r.in_flight())?.clone();
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        self.touch();
         Some(InFlight { replica })
+    }
+
+    /// Records activity now. Besides at its start (`acquire`), the gateway calls this
+    /// when a request ends and now and then while a stream runs: a request that lasted
+    /// longer than the idle timeout must not leave the instance idle the moment it ends.
+    pub fn touch(&self) {
+        self.last_activity_ms.fetch_max(now_ms(), Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -86,7 +95,7 @@ pub struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.replica.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -188,7 +197,11 @@ mod tests {
         assert_eq!(route.in_flight(), 2);
         drop(first);
         assert_eq!(route.in_flight(), 1);
-        assert!(route.last_activity_ms() > 0);
+        let started = route.last_activity_ms();
+        assert!(started > 0);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        route.touch();
+        assert!(route.last_activity_ms() > started, "moved on by the end");
     }
 
     #[test]

@@ -23,10 +23,15 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use crate::metrics::instance::Sample;
 use crate::state::AppState;
+
+/// While a stream runs, the instance's activity time is moved on at most this often (see
+/// `touch_activity`).
+const ACTIVITY_EVERY: Duration = Duration::from_secs(30);
 
 /// The longest key the lexer looks for (`prompt_eval_count`, `completion_tokens`).
 const KEY_MAX: usize = 17;
@@ -279,8 +284,12 @@ pub struct Accounting {
     pub user_id: Uuid,
     pub instance_id: Uuid,
     pub model_id: String,
-    /// A successful generation or embedding: recorded as usage.
+    /// A generation or embedding: shown in the instance's request statistics.
+    pub inference: bool,
+    /// Successful too: recorded as usage.
     pub record: bool,
+    /// The replica answered with a server error.
+    pub failed: bool,
     /// NDJSON or SSE: time to first token and a per-chunk estimate apply.
     pub streamed: bool,
     /// When the gateway received the request.
@@ -312,6 +321,10 @@ pub struct Metered {
     filter: Option<UsageFilter>,
     first_data: Option<Instant>,
     last_data: Option<Instant>,
+    /// When the instance's activity time was last moved on.
+    touched: Instant,
+    /// The replica's body broke off.
+    broken: bool,
     accounting: Option<Accounting>,
 }
 
@@ -323,6 +336,8 @@ impl Metered {
             filter,
             first_data: None,
             last_data: None,
+            touched: Instant::now(),
+            broken: false,
             accounting: Some(accounting),
         }
     }
@@ -338,6 +353,12 @@ impl Metered {
         }
         self.last_data = Some(now);
         self.scanner.feed(data);
+        if now.duration_since(self.touched) >= ACTIVITY_EVERY
+            && let Some(a) = &self.accounting
+        {
+            touch_activity(&a.state, a.instance_id);
+            self.touched = now;
+        }
     }
 
     /// Accounts for the request, once: at the end of the body, or when it is dropped.
@@ -352,11 +373,16 @@ impl Metered {
             user_id,
             instance_id,
             model_id,
+            inference,
             record,
+            failed,
             streamed,
-            received: _,
+            received,
             sent,
         } = a;
+        // The end of a request is activity too; stamped while the slot still counts as
+        // in flight, so the idle check never sees the request gone but not yet stamped.
+        touch_activity(&state, instance_id);
         // Free the replica for the next request before anything else.
         drop(slot);
         let usage = self.scanner.usage(streamed);
@@ -389,6 +415,20 @@ impl Metered {
             .limits
             .charge(user_id, usage.prompt + usage.completion);
         drop(gauge);
+        if inference {
+            state.metrics.instances.record(
+                instance_id,
+                Sample {
+                    latency: received.elapsed(),
+                    first_token: self
+                        .first_data
+                        .filter(|_| streamed)
+                        .map(|first| first.duration_since(received)),
+                    tokens_out: usage.completion,
+                    error: failed || self.broken,
+                },
+            );
+        }
         if !record {
             return;
         }
@@ -401,6 +441,15 @@ impl Metered {
             completion_tokens: usage.completion,
         };
         state.gateway.writeback.usage(sample);
+    }
+}
+
+/// Moves the instance's activity time (for idle shutdown) on to now. Through the routing
+/// table rather than the route the request started on, which a change of replicas may
+/// have replaced since.
+fn touch_activity(state: &AppState, instance_id: Uuid) {
+    if let Some(route) = state.routing.get(instance_id) {
+        route.touch();
     }
 }
 
@@ -430,6 +479,7 @@ impl Body for Metered {
                     }
                 }
                 Some(Err(e)) => {
+                    this.broken = true;
                     this.finish();
                     return Poll::Ready(Some(Err(e)));
                 }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::error::GatewayError;
 use super::meter::{Accounting, InFlightGauge, Metered, UsageFilter};
+use crate::metrics::instance::Sample;
 use crate::state::AppState;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -82,6 +83,17 @@ pub async fn forward(state: &AppState, fwd: Forward) -> Result<Response<Body>, G
     let sent = Instant::now();
     let upstream = state.gateway.client.request(request).await.map_err(|e| {
         tracing::warn!(error = %e, instance = %fwd.route.instance_id, replica = %slot.replica.replica_id, "gateway: replica did not answer");
+        if fwd.inference {
+            state.metrics.instances.record(
+                fwd.route.instance_id,
+                Sample {
+                    latency: fwd.received.elapsed(),
+                    first_token: None,
+                    tokens_out: 0,
+                    error: true,
+                },
+            );
+        }
         GatewayError::new(
             axum::http::StatusCode::BAD_GATEWAY,
             "upstream_error",
@@ -103,7 +115,9 @@ pub async fn forward(state: &AppState, fwd: Forward) -> Result<Response<Body>, G
         user_id: fwd.user_id,
         instance_id: fwd.route.instance_id,
         model_id: fwd.route.model_id.clone(),
+        inference: fwd.inference,
         record: fwd.inference && parts.status.is_success(),
+        failed: parts.status.is_server_error(),
         streamed,
         received: fwd.received,
         sent,

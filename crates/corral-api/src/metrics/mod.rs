@@ -20,6 +20,7 @@
 //! route); a scrape renders everything into one string.
 
 mod histogram;
+pub mod instance;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -69,6 +70,8 @@ pub struct Metrics {
     forbidden: AtomicU64,
     login_failures: AtomicU64,
     pub gateway: GatewayMetrics,
+    /// Per instance, per minute, for the instance page (`GET /api/instances/{id}/metrics`).
+    pub instances: instance::InstanceStats,
 }
 
 pub struct GatewayMetrics {
@@ -95,6 +98,7 @@ impl Default for Metrics {
                 prompt_tokens: AtomicU64::new(0),
                 completion_tokens: AtomicU64::new(0),
             },
+            instances: instance::InstanceStats::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! and records each transition in the instance's timeline.
 
 mod logs;
+mod metrics;
 mod plan;
 
 use axum::extract::State;
@@ -44,6 +45,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(start_instance))
         .routes(routes!(update_settings))
         .routes(routes!(logs::instance_logs))
+        .routes(routes!(metrics::instance_metrics))
 }
 
 /// Timeline events shown with an instance: enough for days of lifecycle changes.
@@ -556,7 +558,7 @@ pub struct InstanceDetail {
     timeline: Vec<InstanceEvent>,
     /// Requests and tokens through the gateway, all time.
     usage: UsageTotals,
-    /// What it has cost so far, from its running time and the price table.
+    /// What it has cost so far: its replicas' runs (from launch) × the price table.
     cost: Cost,
 }
 
@@ -608,7 +610,12 @@ async fn get_instance(
         .fold(UsageTotals::default(), |t, row| t.add(row));
     Ok(Json(InstanceDetail {
         timeline: state.store.list_events(id, TIMELINE_EVENTS).await?,
-        cost: Cost::of(&state.settings.prices, &inst, Utc::now()),
+        cost: Cost::of(
+            &state.settings.prices,
+            &inst.compute,
+            &state.store.runs_for_instance(id).await?,
+            Utc::now(),
+        ),
         usage,
         replicas,
         instance: view(&state, &principal, &inst).await?,
