@@ -525,6 +525,12 @@ async function main() {
         await page.getByTestId('log-line').first().waitFor();
         await page.getByTestId('tab-metrics').click();
         await page.getByTestId('chart-cpu').waitFor();
+        // The playground's chats went through the gateway: the latency chart has a value.
+        const latency = page.getByTestId('chart-latency');
+        await latency.filter({ hasText: /\d ms|\d s/ }).waitFor({ timeout: 10_000 });
+        const shown = (await latency.textContent()) ?? '';
+        assert(!shown.includes('—'), `latency shown: ${shown}`);
+        await page.getByTestId('chart-requests-minute').locator('rect title').first().waitFor({ state: 'attached' });
         await page.getByTestId('tab-connect').click();
         const text = (await page.getByTestId('snippet').allTextContents()).join('\n');
         assert(text.includes(`base_url="${base}/i/${instanceId}/v1"`), 'openai snippet with base_url=<endpoint>/v1');

@@ -1,5 +1,19 @@
 import { describe, expect, it } from 'vitest';
-import { canStart, canStop, chatChunk, fits, formatDuration, formatMiB, smallestFit, snippets, splitLines, sseData } from './deploy';
+import {
+  canStart,
+  canStop,
+  chatChunk,
+  fits,
+  formatDuration,
+  formatMiB,
+  formatMs,
+  minuteSeries,
+  smallestFit,
+  snippets,
+  splitLines,
+  sseData,
+  type MinuteStats,
+} from './deploy';
 
 describe('deploy helpers', () => {
   it('picks the smallest size that fits the model', () => {
@@ -52,5 +66,25 @@ describe('deploy helpers', () => {
     expect(s.openai).toContain('base_url="https://c.example/i/abc/v1"');
     expect(s.ollama).toContain('Client(host="https://c.example/i/abc", headers={"Authorization": "Bearer <your API key>"})');
     expect(s.curl).toContain('https://c.example/i/abc/api/chat');
+  });
+  it('charts per-minute latency over the minutes that had requests', () => {
+    const minute = (requests: number, p50: number | null): MinuteStats => ({
+      start: '2026-11-25T15:00:00Z',
+      requests,
+      errors: 0,
+      latency_p50_ms: p50,
+      latency_p95_ms: p50,
+      first_token_p50_ms: null,
+      first_token_p95_ms: null,
+      tokens_out: 0,
+    });
+    const minutes = [minute(0, null), minute(3, 120), minute(0, null), minute(1, 80.5), minute(2, null)];
+    expect(minuteSeries(minutes, (m) => m.latency_p50_ms)).toEqual([120, 80.5]);
+    expect(minuteSeries(minutes, (m) => m.requests)).toEqual([3, 1, 2]);
+    expect(minuteSeries([], (m) => m.requests)).toEqual([]);
+    expect(formatMs(0.256)).toBe('0.26 ms');
+    expect(formatMs(3.14)).toBe('3.1 ms');
+    expect(formatMs(171.6)).toBe('172 ms');
+    expect(formatMs(12_345)).toBe('12.3 s');
   });
 });

@@ -157,6 +157,42 @@ export interface UsageReport {
   total_cost_usd: number;
 }
 
+/** One minute of an instance's gateway requests (`GET /api/instances/{id}/metrics`). */
+export interface MinuteStats {
+  start: string;
+  requests: number;
+  errors: number;
+  latency_p50_ms: number | null;
+  latency_p95_ms: number | null;
+  first_token_p50_ms: number | null;
+  first_token_p95_ms: number | null;
+  tokens_out: number;
+}
+
+export interface InstanceMetrics {
+  instance_id: string;
+  /** The last 60 minutes, oldest first, the current one last. */
+  minutes: MinuteStats[];
+}
+
+/**
+ * A per-minute figure over the minutes that had requests (a minute without any has no
+ * latency: drawing it as 0 would read as "instant"), oldest first.
+ */
+export function minuteSeries(minutes: MinuteStats[], pick: (m: MinuteStats) => number | null): number[] {
+  return minutes.filter((m) => m.requests > 0).flatMap((m) => {
+    const v = pick(m);
+    return v === null ? [] : [v];
+  });
+}
+
+/** A latency in ms for display: µs-level precision below 10 ms, whole ms above, s above 10 s. */
+export function formatMs(ms: number): string {
+  if (ms >= 10_000) return `${(ms / 1000).toFixed(1)} s`;
+  if (ms >= 10) return `${Math.round(ms)} ms`;
+  return `${ms.toFixed(ms >= 1 ? 1 : 2)} ms`;
+}
+
 export interface LogLine {
   at: string | null;
   replica_id: string;

@@ -26,11 +26,14 @@ import {
   chatChunk,
   formatBytes,
   formatDuration,
+  formatMs,
   formatUsd,
+  minuteSeries,
   readLines,
   snippets,
   sseData,
   type InstanceDetail,
+  type InstanceMetrics,
   type InstanceSettings,
   type LogLine,
   type UsageReport,
@@ -459,6 +462,9 @@ function Metrics({ inst, samples }: { inst: InstanceDetail; samples: Sample[] })
       }),
     );
   }, 60_000);
+  // The gateway's per-minute request statistics of the last hour.
+  const { data: stats } = usePoll((signal) => api.get<InstanceMetrics>(`/api/instances/${inst.id}/metrics`, undefined, signal), 5000);
+  const minutes = stats?.minutes ?? [];
   // Tokens per second between polls (2 s apart).
   const tps = samples.map((s, i) => (i === 0 ? 0 : Math.max(0, s.tokens - samples[i - 1].tokens) / 2));
   return (
@@ -467,6 +473,16 @@ function Metrics({ inst, samples }: { inst: InstanceDetail; samples: Sample[] })
         <Sparkline title={t('metrics.cpu')} values={samples.map((s) => s.cpu)} format={(v) => `${v.toFixed(1)} %`} testId="chart-cpu" />
         <Sparkline title={t('metrics.memory')} values={samples.map((s) => s.memMiB)} format={(v) => formatBytes(v * 1024 * 1024)} color="#9c27b0" testId="chart-memory" />
         <Sparkline title={t('metrics.tps')} values={tps} format={(v) => `${v.toFixed(1)} tok/s`} color="#ed6c02" testId="chart-tps" />
+        <Sparkline title={t('metrics.latency')} values={minuteSeries(minutes, (m) => m.latency_p50_ms)} format={formatMs} color="#d32f2f" testId="chart-latency" />
+        <Sparkline title={t('metrics.ttft')} values={minuteSeries(minutes, (m) => m.first_token_p50_ms)} format={formatMs} color="#0288d1" testId="chart-ttft" />
+        <Bars
+          title={t('metrics.requestsMinute')}
+          data={minutes.map((m) => {
+            const d = new Date(m.start);
+            return { label: `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`, value: m.requests };
+          })}
+          testId="chart-requests-minute"
+        />
         <Bars title={t('metrics.requestsHour')} data={(hours ?? []).map((h) => ({ label: h.label, value: h.requests }))} testId="chart-requests" />
         <Bars title={t('metrics.tokensHour')} data={(hours ?? []).map((h) => ({ label: h.label, value: h.tokens }))} testId="chart-tokens" />
         <Typography variant="caption" color="text.secondary">
