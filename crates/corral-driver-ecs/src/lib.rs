@@ -13,6 +13,7 @@
 //! Endpoints: `AWS_ENDPOINT_URL` (read by aws-config) or `EcsConfig::endpoint_url`, which
 //! is how the tests point the driver at moto.
 
+mod logs;
 pub mod service;
 mod taskdef;
 
@@ -41,8 +42,6 @@ pub use taskdef::{CONTAINER, PORT};
 
 pub const TAG_INSTANCE: &str = "corral:instance-id";
 pub const TAG_REPLICA: &str = "corral:replica-id";
-/// GetLogEvents returns at most this many events per call.
-const MAX_LOG_EVENTS: usize = 10_000;
 /// DescribeTasks takes at most this many tasks per call.
 const DESCRIBE_BATCH: usize = 100;
 
@@ -128,6 +127,8 @@ pub struct EcsDriver {
     offers: Vec<ComputeOffer>,
     /// Service mode: launches and stops of one instance take turns (see [`service`]).
     locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The replica of each task whose log lines were read (see [`logs`]).
+    task_replicas: std::sync::Mutex<HashMap<String, Uuid>>,
 }
 
 impl EcsDriver {
@@ -155,6 +156,7 @@ impl EcsDriver {
             cfg,
             offers,
             locks: Default::default(),
+            task_replicas: Default::default(),
         })
     }
 
@@ -565,7 +567,7 @@ impl ComputeDriver for EcsDriver {
             Some(token) => req.next_token(token).start_from_head(true),
             None => req
                 .start_from_head(false)
-                .limit(tail.clamp(1, MAX_LOG_EVENTS) as i32),
+                .limit(tail.clamp(1, logs::MAX_EVENTS) as i32),
         };
         let out = match req.send().await {
             Ok(out) => out,
@@ -598,6 +600,17 @@ impl ComputeDriver for EcsDriver {
                 .map(String::from)
                 .or_else(|| cursor.map(String::from)),
         })
+    }
+
+    async fn instance_logs(
+        &self,
+        instance_id: Uuid,
+        cursor: Option<&str>,
+        tail: usize,
+    ) -> Result<Option<LogPage>> {
+        self.read_instance_logs(instance_id, cursor, tail)
+            .await
+            .map(Some)
     }
 
     async fn resources(&self, _replica: &ReplicaRef) -> Result<Option<ResourceUsage>> {

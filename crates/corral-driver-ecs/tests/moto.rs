@@ -799,3 +799,152 @@ async fn service_mode_gives_up_on_a_service_that_starts_nothing() {
     assert_eq!(f.service(lost).await.map(|s| s.0), Some("INACTIVE".into()));
     assert!(f.driver.orphans(&[]).await.expect("orphans").is_empty());
 }
+
+impl Fixture {
+    /// Writes lines to a task's stream as the awslogs driver would, at the given times.
+    async fn put_logs(&self, instance_id: Uuid, r: &ReplicaRef, lines: &[(i64, String)]) {
+        let stream = format!(
+            "{instance_id}/{CONTAINER}/{}",
+            r.driver_ref.rsplit('/').next().unwrap()
+        );
+        // Made on the first write, as the awslogs driver does.
+        let _ = self
+            .logs
+            .create_log_stream()
+            .log_group_name(&self.cfg.log_group)
+            .log_stream_name(&stream)
+            .send()
+            .await;
+        for batch in lines.chunks(5_000) {
+            self.logs
+                .put_log_events()
+                .log_group_name(&self.cfg.log_group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(
+                    batch
+                        .iter()
+                        .map(|(at, m)| {
+                            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                                .timestamp(*at)
+                                .message(m)
+                                .build()
+                                .unwrap()
+                        })
+                        .collect(),
+                ))
+                .send()
+                .await
+                .expect("PutLogEvents");
+        }
+    }
+}
+
+#[tokio::test]
+async fn instance_logs_read_every_stream_of_the_instance() {
+    let Some(f) = fixture("instance-logs", false).await else {
+        return;
+    };
+    let a = spec(fargate(0.25, 512, false));
+    let b = LaunchSpec {
+        replica_id: Uuid::now_v7(),
+        ..a.clone()
+    };
+    let other = spec(fargate(0.25, 512, false));
+    let (ra, rb, ro) = (
+        f.driver.launch(&a).await.expect("launch a"),
+        f.driver.launch(&b).await.expect("launch b"),
+        f.driver.launch(&other).await.expect("launch other"),
+    );
+    let instance = a.instance_id;
+    let empty = f
+        .driver
+        .instance_logs(instance, None, 10)
+        .await
+        .expect("instance logs")
+        .expect("the ecs driver reads instance logs");
+    assert!(empty.lines.is_empty());
+
+    // Replica a logs first and stops; b logs later; the other instance in between.
+    let t0 = chrono::Utc::now().timestamp_millis() - 60_000;
+    f.put_logs(instance, &ra, &[(t0, "a1".into()), (t0 + 2, "a2".into())])
+        .await;
+    f.put_logs(
+        instance,
+        &rb,
+        &[(t0 + 1, "b1".into()), (t0 + 3, "b2".into())],
+    )
+    .await;
+    f.put_logs(other.instance_id, &ro, &[(t0 + 1, "other".into())])
+        .await;
+    f.driver.stop(&ra, Duration::ZERO).await.expect("stop a");
+
+    let page = f
+        .driver
+        .instance_logs(instance, None, 3)
+        .await
+        .expect("instance logs")
+        .unwrap();
+    let got: Vec<(&str, Uuid)> = page
+        .lines
+        .iter()
+        .map(|l| (l.line.as_str(), l.replica_id))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("b1", b.replica_id),
+            ("a2", a.replica_id),
+            ("b2", b.replica_id)
+        ],
+        "the last three, in time order, the stopped replica's too"
+    );
+    let cursor = page.next.expect("a cursor");
+
+    // Following: nothing new, then what came after, across both streams; more than one
+    // page of FilterLogEvents (10,000 events each).
+    let same = f
+        .driver
+        .instance_logs(instance, Some(&cursor), 10)
+        .await
+        .expect("follow")
+        .unwrap();
+    assert!(same.lines.is_empty(), "{:?}", same.lines);
+    assert_eq!(same.next.as_deref(), Some(cursor.as_str()));
+    let many: Vec<(i64, String)> = (0..10_050)
+        .map(|i| (t0 + 10 + i / 100, format!("b-{i}")))
+        .collect();
+    f.put_logs(instance, &rb, &many).await;
+    f.put_logs(
+        instance,
+        &ra,
+        &[(t0 + 3, "a3, same millisecond as b2".into())],
+    )
+    .await;
+    let page = f
+        .driver
+        .instance_logs(instance, Some(&cursor), 10)
+        .await
+        .expect("follow")
+        .unwrap();
+    assert_eq!(page.lines.len(), 10_000, "at most 10,000 lines a call");
+    assert_eq!(page.lines[0].line, "a3, same millisecond as b2");
+    assert_eq!(page.lines[1].line, "b-0");
+    assert!(page.lines.iter().all(|l| l.line != "other"));
+    let rest = f
+        .driver
+        .instance_logs(instance, page.next.as_deref(), 10)
+        .await
+        .expect("follow")
+        .unwrap();
+    let text: Vec<&str> = rest.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(text.len(), 51, "{:?}", &text[..3.min(text.len())]);
+    assert_eq!(text.last(), Some(&"b-10049"));
+
+    // A cursor that is not one of ours is refused as bad input.
+    assert!(matches!(
+        f.driver
+            .instance_logs(instance, Some("yesterday"), 10)
+            .await,
+        Err(corral_drivers::Error::Invalid(_))
+    ));
+}
