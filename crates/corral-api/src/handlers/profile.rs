@@ -85,6 +85,10 @@ async fn update_profile(
     if let Some(new_password) = body.new_password {
         // A separate action name so password changes are easy to find in the log.
         audit.action("profile.password");
+        // Provider accounts have no password here (and a stored marker that is no hash).
+        if state.cognito.is_some() || crate::auth::oidc::is_external(user) {
+            return Err(crate::auth::oidc::managed_by_provider());
+        }
         if let Credential::ApiKey { .. } = principal.credential {
             return Err(ApiError::Forbidden(
                 "API keys cannot change the password; log in interactively".into(),

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::audit::Audit;
 use crate::auth::jwt::TokenType;
-use crate::auth::password;
+use crate::auth::{oidc, password};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -35,13 +35,13 @@ pub struct LoginRequest {
 #[derive(Serialize, ToSchema)]
 pub struct MfaChallenge {
     /// Always true.
-    mfa_required: bool,
+    pub(super) mfa_required: bool,
     /// Proves the password step; only accepted by `POST /api/auth/mfa/verify`.
-    mfa_token: String,
+    pub(super) mfa_token: String,
     /// Always `Bearer`.
-    token_type: &'static str,
+    pub(super) token_type: &'static str,
     /// Seconds until `mfa_token` expires.
-    expires_in: u64,
+    pub(super) expires_in: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -72,13 +72,23 @@ pub async fn login(
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<(HeaderMap, Json<LoginResponse>)> {
     audit.action("auth.login");
+    if let Some(cognito) = &state.cognito {
+        let (headers, answer) =
+            super::cognito::login(&state, cognito, &audit, &body.email, &body.password).await?;
+        return Ok((headers, Json(answer)));
+    }
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     limit_account(&state, &email)?;
     let now = Utc::now();
     ensure_not_locked(&state, &audit, &email, now).await?;
 
-    let user = state.store.user_by_email(&email).await?;
+    // Accounts of the identity provider have no password here: they fail like unknown ones.
+    let user = state
+        .store
+        .user_by_email(&email)
+        .await?
+        .filter(|u| !oidc::is_external(u));
     // Over-long passwords are refused before Argon2, whose cost grows with the input.
     let verified = if body.password.chars().count() > MAX_LEN {
         false
@@ -162,6 +172,12 @@ pub async fn mfa_verify(
     Json(body): Json<MfaVerifyRequest>,
 ) -> ApiResult<(HeaderMap, Json<TokenPair>)> {
     audit.action("auth.mfa_verify");
+    if let Some(cognito) = &state.cognito {
+        let (headers, pair) =
+            super::cognito::mfa_verify(&state, cognito, &audit, &body.mfa_token, &body.code)
+                .await?;
+        return Ok((headers, Json(pair)));
+    }
     let invalid_challenge = || {
         ApiError::denied(
             StatusCode::UNAUTHORIZED,

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::session::no_store;
 use super::{Done, accept_code, ensure_not_locked, invalid_code, limit_account, record_failure};
 use crate::audit::Audit;
-use crate::auth::{Credential, Principal, password};
+use crate::auth::{Credential, Principal, oidc, password};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -21,7 +21,11 @@ use crate::state::AppState;
 /// Shown by authenticator apps above the code.
 const ISSUER: &str = "Corral";
 
-fn interactive(principal: &Principal) -> ApiResult<()> {
+/// A login session of a built-in account: provider accounts set up MFA at the provider.
+fn interactive(state: &AppState, principal: &Principal) -> ApiResult<()> {
+    if state.cognito.is_some() || oidc::is_external(&principal.user) {
+        return Err(oidc::managed_by_provider());
+    }
     match principal.credential {
         Credential::Jwt { .. } => Ok(()),
         Credential::ApiKey { .. } => Err(ApiError::Forbidden(
@@ -55,7 +59,7 @@ pub async fn enroll(
     principal: Principal,
 ) -> ApiResult<(HeaderMap, Json<Enrollment>)> {
     audit.action("auth.mfa_enroll");
-    interactive(&principal)?;
+    interactive(&state, &principal)?;
     let user = &principal.user;
     if user.totp_enabled {
         return Err(ApiError::Conflict(
@@ -107,7 +111,7 @@ pub async fn confirm(
     Json(body): Json<CodeRequest>,
 ) -> ApiResult<Json<Done>> {
     audit.action("auth.mfa_confirm");
-    interactive(&principal)?;
+    interactive(&state, &principal)?;
     let user = &principal.user;
     limit_account(&state, &user.email)?;
     if user.totp_enabled {
@@ -164,7 +168,7 @@ pub async fn disable(
     Json(body): Json<DisableRequest>,
 ) -> ApiResult<Json<Done>> {
     audit.action("auth.mfa_disable");
-    interactive(&principal)?;
+    interactive(&state, &principal)?;
     let user = &principal.user;
     limit_account(&state, &user.email)?;
     if !user.totp_enabled {

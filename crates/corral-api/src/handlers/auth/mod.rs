@@ -6,6 +6,7 @@
 //! say "sent", and a failed or locked login reads the same for known and unknown
 //! addresses (same code, same message, an Argon2 verification either way).
 
+mod cognito;
 mod login;
 mod mfa;
 mod reset;

@@ -15,7 +15,7 @@ use super::{
     limit_account, valid_email,
 };
 use crate::audit::Audit;
-use crate::auth::password;
+use crate::auth::{oidc, password};
 use crate::error::ApiResult;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -38,10 +38,20 @@ pub async fn reset_request(
     Json(body): Json<EmailRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     audit.action("auth.reset_request");
+    if let Some(cognito) = &state.cognito {
+        let (status, accepted) =
+            super::cognito::reset_request(&state, cognito, &audit, &body.email).await?;
+        return Ok((status, Json(accepted)));
+    }
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     limit_account(&state, &email)?;
     match state.store.user_by_email(&email).await? {
+        // Provider accounts reset their password at the provider; the answer is the same.
+        Some(user) if oidc::is_external(&user) => {
+            audit.actor(&user);
+            audit.detail("external_account");
+        }
         Some(user) => {
             audit.actor(&user);
             let link = action_link(
@@ -81,8 +91,12 @@ pub async fn reset_request(
 
 #[derive(Deserialize, ToSchema)]
 pub struct ResetConfirmRequest {
-    /// The `token` parameter of the e-mailed link.
+    /// The `token` parameter of the e-mailed link; in auth mode `cognito`, the code of the
+    /// reset mail (also accepted as `code`).
+    #[serde(alias = "code")]
     token: String,
+    /// Auth mode `cognito` only, and required there: the address the code was sent to.
+    email: Option<String>,
     /// The new password; same policy as at sign-up.
     password: String,
     #[serde(rename = "confirmPassword")]
@@ -104,6 +118,19 @@ pub async fn reset_confirm(
     Json(body): Json<ResetConfirmRequest>,
 ) -> ApiResult<Json<Done>> {
     audit.action("auth.reset_confirm");
+    if let Some(cognito) = &state.cognito {
+        let done = super::cognito::reset_confirm(
+            &state,
+            cognito,
+            &audit,
+            body.email.as_deref(),
+            &body.token,
+            &body.password,
+            &body.confirm_password,
+        )
+        .await?;
+        return Ok(Json(done));
+    }
     // Checked and hashed before the token is spent, so a refused password or a failure
     // while hashing leaves the link usable.
     check_new_password(&body.password, &body.confirm_password)?;

@@ -48,6 +48,9 @@ pub struct TokenPair {
     /// Seconds until `access_token` expires.
     expires_in: u64,
     user: UserView,
+    /// Auth mode `cognito` only: the user pool's ID token (OIDC claims of the user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_token: Option<String>,
 }
 
 /// Where a session was opened from, kept with it so users can tell their sessions apart.
@@ -151,6 +154,36 @@ fn token_pair(
             token_type: "Bearer",
             expires_in: settings.access_ttl.as_secs(),
             user: UserView::from(user),
+            id_token: None,
+        },
+    ))
+}
+
+/// The answer of a sign-in through the identity provider: its tokens, in the shape of
+/// Corral's own, with the refresh token also in the `corral_refresh` cookie.
+pub fn provider_pair(
+    state: &AppState,
+    user: &User,
+    access_token: String,
+    expires_in: u64,
+    refresh_token: String,
+    id_token: String,
+) -> ApiResult<(HeaderMap, TokenPair)> {
+    let settings = &state.settings;
+    let mut headers = no_store();
+    headers.insert(
+        SET_COOKIE,
+        cookie(settings, &refresh_token, settings.refresh_ttl.as_secs())?,
+    );
+    Ok((
+        headers,
+        TokenPair {
+            access_token,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in,
+            user: UserView::from(user),
+            id_token: Some(id_token),
         },
     ))
 }
@@ -230,7 +263,11 @@ pub async fn refresh(
 ) -> Response {
     audit.action("auth.refresh");
     let token = presented_token(body.and_then(|Json(b)| b.refresh_token), &headers);
-    match rotate(&state, &audit, &client, token).await {
+    let refreshed = match &state.cognito {
+        Some(cognito) => super::cognito::refresh(&state, cognito, &audit, token).await,
+        None => rotate(&state, &audit, &client, token).await,
+    };
+    match refreshed {
         Ok((headers, pair)) => (headers, Json(pair)).into_response(),
         // The cookie is of no further use; dropping it tells the browser UI to log in again.
         // Other failures (store down) leave it: it may still be good.
@@ -343,6 +380,18 @@ pub async fn logout(
 ) -> ApiResult<(StatusCode, HeaderMap)> {
     audit.action("auth.logout");
     let body = body.map(|Json(b)| b).unwrap_or_default();
+    if let Some(cognito) = &state.cognito {
+        let bearer = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        let token = presented_token(body.refresh_token, &parts.headers);
+        super::cognito::logout(cognito, &audit, token, body.all, bearer).await?;
+        return Ok((StatusCode::NO_CONTENT, clear_cookie(&state.settings)?));
+    }
     let now = Utc::now();
     // The bearer token is optional: the UI logs out with just its cookie, often after the
     // access token expired. It is only required for `all`.

@@ -58,6 +58,14 @@ pub async fn setup(
              log in, or create users with `corral admin create-user`",
         )
     };
+    if state.cognito.is_some() {
+        return Err(ApiError::denied(
+            StatusCode::FORBIDDEN,
+            "setup_closed",
+            "accounts live in Amazon Cognito (auth mode `cognito`): sign up, then have the \
+             account added to the pool's admin group",
+        ));
+    }
     let expected = state.settings.setup_token.as_deref().ok_or_else(closed)?;
     let _only_one = SETUP.lock().await;
     if state.store.count_users().await? > 0 {

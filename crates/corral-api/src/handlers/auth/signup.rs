@@ -63,6 +63,18 @@ pub async fn signup(
             "sign-up is disabled on this server; ask an administrator for an account",
         ));
     }
+    if let Some(cognito) = &state.cognito {
+        let (status, accepted) = super::cognito::signup(
+            &state,
+            cognito,
+            &audit,
+            &body.email,
+            &body.password,
+            &body.confirm_password,
+        )
+        .await?;
+        return Ok((status, Json(accepted)));
+    }
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     // Each call mails the address (a link, or a notice when it is taken): limited per
@@ -132,11 +144,17 @@ async fn send_verification(state: &AppState, audit: &Audit, user: &User) -> ApiR
 
 #[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
-    /// The `token` parameter of the e-mailed link.
+    /// The `token` parameter of the e-mailed link; in auth mode `cognito`, the code of the
+    /// confirmation mail (also accepted as `code`).
+    #[serde(alias = "code")]
     token: String,
+    /// Auth mode `cognito` only, and required there: the address the code was sent to.
+    email: Option<String>,
 }
 
 /// Marks the e-mail address verified with the token of the verification mail (single use).
+///
+/// In auth mode `cognito`: confirms the sign-up with the mailed code and the address.
 #[utoipa::path(post, path = "/api/auth/verify", tag = "auth",
     request_body = TokenRequest,
     responses(
@@ -149,6 +167,12 @@ pub async fn verify(
     Json(body): Json<TokenRequest>,
 ) -> ApiResult<Json<Done>> {
     audit.action("auth.verify");
+    if let Some(cognito) = &state.cognito {
+        let done =
+            super::cognito::verify(&state, cognito, &audit, body.email.as_deref(), &body.token)
+                .await?;
+        return Ok(Json(done));
+    }
     let now = Utc::now();
     let user_id = state
         .store
@@ -184,6 +208,11 @@ pub async fn resend_verification(
     Json(body): Json<EmailRequest>,
 ) -> ApiResult<(StatusCode, Json<Accepted>)> {
     audit.action("auth.resend_verification");
+    if let Some(cognito) = &state.cognito {
+        let (status, accepted) =
+            super::cognito::resend_verification(&state, cognito, &audit, &body.email).await?;
+        return Ok((status, Json(accepted)));
+    }
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     // Each call sends a mail: limited per address, as at sign-up.
