@@ -1,0 +1,1336 @@
+//! The `Store` trait on DynamoDB: how each operation keeps the guarantees the SQL
+//! backends get from transactions and constraints (see the crate docs).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use corral_core::{
+    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
+    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
+    TokenPurpose, UsageRow, UsageSample, User,
+};
+use corral_store::{ActionToken, Error, ReplicaRun, Result, Store, UserPatch};
+use uuid::Uuid;
+
+use crate::item::{self, Builder, Item, b, key, n, s, t, tkey};
+use crate::{ATTEMPTS, DynamoStore, Query, backoff, contended, values};
+
+const MODEL_IN_USE: &str = "the model is deployed by instances: delete them first";
+const USER_IN_USE: &str = "the user still owns instances: stop and delete them first";
+
+/// Conditions used throughout.
+const NEW: &str = "attribute_not_exists(#PK)";
+const EXISTS: &str = "attribute_exists(#PK)";
+
+/// Whether the transaction item at `index` failed its condition.
+fn failed(codes: &[String], index: usize) -> bool {
+    codes
+        .get(index)
+        .is_some_and(|c| c == "ConditionalCheckFailed")
+}
+
+fn page_limit(limit: u32) -> usize {
+    limit.clamp(1, 500) as usize
+}
+
+/// Whether an instance in this state is running (billed): the cost clock runs from
+/// entering one of these until entering a `stops_clock` state (as the SQL backends).
+fn starts_clock(state: State) -> bool {
+    matches!(state, State::Ready | State::Scaling)
+}
+
+fn stops_clock(state: State) -> bool {
+    matches!(
+        state,
+        State::Stopping | State::Stopped | State::Sleeping | State::Failed
+    )
+}
+
+/// The start of the hour `at` falls in (UTC), the key of the usage roll-up.
+fn hour_start(at: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    const HOUR_MICROS: i64 = 3_600_000_000;
+    let micros = at.timestamp_micros();
+    DateTime::from_timestamp_micros(micros - micros.rem_euclid(HOUR_MICROS))
+        .ok_or_else(|| Error::Invalid(format!("usage time {at} is out of range")))
+}
+
+fn check_settings(settings: &InstanceSettings) -> Result<()> {
+    if settings.min_replicas > settings.max_replicas {
+        return Err(Error::Invalid(format!(
+            "min_replicas {} is above max_replicas {}",
+            settings.min_replicas, settings.max_replicas
+        )));
+    }
+    Ok(())
+}
+
+impl DynamoStore {
+    async fn load_instance(&self, id: Uuid) -> Result<Option<(Instance, i64)>> {
+        self.get(item::instance_pk(id), "INSTANCE")
+            .await?
+            .map(|it| item::instance(&it))
+            .transpose()
+    }
+
+    /// Read-modify-write of one instance under its `version`: `change` edits the
+    /// instance and says whether to write (`Some(extra)`, with more items for the same
+    /// transaction) or to stop (`None`, nothing written). Retried when another writer
+    /// got in between. None if there is no such instance; else the instance as it is
+    /// now and whether this call wrote it.
+    async fn modify_instance<F>(&self, id: Uuid, mut change: F) -> Result<Option<(Instance, bool)>>
+    where
+        F: FnMut(&mut Instance) -> Result<Option<Vec<aws_sdk_dynamodb::types::TransactWriteItem>>>,
+    {
+        for attempt in 0..ATTEMPTS {
+            let Some((mut inst, version)) = self.load_instance(id).await? else {
+                return Ok(None);
+            };
+            let Some(extra) = change(&mut inst)? else {
+                return Ok(Some((inst, false)));
+            };
+            let mut writes = vec![self.tx_put(
+                item::instance_item(&inst, version + 1)?,
+                Some("#version = :version"),
+                values(&[(":version", n(version))]),
+            )?];
+            writes.extend(extra);
+            match self.transact(writes).await? {
+                Ok(()) => return Ok(Some((inst, true))),
+                Err(codes) if failed(&codes, 0) => backoff(attempt).await,
+                Err(codes) => {
+                    return Err(Error::Backend(format!(
+                        "DynamoDB: instance write refused: {codes:?}"
+                    )));
+                }
+            }
+        }
+        Err(contended("instance update"))
+    }
+
+    /// The items of one user's credentials (sessions and their hash items, keys and
+    /// their hash items, action tokens), through GSI1.
+    async fn credential_keys(&self, user_id: Uuid) -> Result<Vec<Item>> {
+        let found = self
+            .query(Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk",
+                values(&[(":pk", s(item::user_pk(user_id)))]),
+            ))
+            .await?;
+        let mut keys = Vec::new();
+        for it in found {
+            let r = item::Reader::new(&it, "credential");
+            let (pk, sk) = (r.string("PK")?, r.string("SK")?);
+            match sk.as_str() {
+                "SESSION" => keys.push(key(item::rtoken_pk(r.str("token_hash")?), "RTOKEN")),
+                "APIKEY" => keys.push(key(item::keyhash_pk(r.str("key_hash")?), "KEYHASH")),
+                "TOKEN" => {}
+                // Instances are on GSI1 too; delete_user refuses while there are any.
+                _ => continue,
+            }
+            keys.push(key(pk, &sk));
+        }
+        Ok(keys)
+    }
+
+    /// Sets `revoked_at` on each live session among `sessions`; returns how many.
+    async fn revoke(&self, sessions: Vec<Item>, now: DateTime<Utc>) -> Result<u64> {
+        let mut revoked = 0;
+        for it in sessions {
+            let id = item::Reader::new(&it, "session").uuid("id")?;
+            let done = self
+                .update(
+                    key(item::session_pk(id), "SESSION"),
+                    "SET #revoked_at = :now",
+                    Some(
+                        "attribute_exists(#PK) AND attribute_not_exists(#replaced_at) \
+                         AND attribute_not_exists(#revoked_at)",
+                    ),
+                    values(&[(":now", t(now))]),
+                )
+                .await?;
+            revoked += u64::from(done.is_some());
+        }
+        Ok(revoked)
+    }
+
+    fn event_write(
+        &self,
+        event: &InstanceEvent,
+    ) -> Result<aws_sdk_dynamodb::types::TransactWriteItem> {
+        self.tx_put(item::event_item(event), Some(NEW), Item::new())
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    fn backend(&self) -> &'static str {
+        "dynamodb"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(crate::backend("DescribeTable"))?;
+        Ok(())
+    }
+
+    // --- users ---
+
+    async fn create_user(&self, user: &User) -> Result<()> {
+        let email = Builder::keys(item::email_pk(&user.email), "EMAIL")
+            .set("user_id", s(user.id.to_string()))
+            .build();
+        let writes = vec![
+            self.tx_put(item::user_item(user)?, Some(NEW), Item::new())?,
+            self.tx_put(email, Some(NEW), Item::new())?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Conflict("user")),
+        }
+    }
+
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>> {
+        self.get(item::user_pk(id), "USER")
+            .await?
+            .map(|it| item::user(&it))
+            .transpose()
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let Some(pointer) = self.get(item::email_pk(email), "EMAIL").await? else {
+            return Ok(None);
+        };
+        let id = item::Reader::new(&pointer, "email").uuid("user_id")?;
+        self.user_by_id(id).await
+    }
+
+    async fn list_users(&self, offset: u32, limit: u32) -> Result<Vec<User>> {
+        let want = offset as usize + page_limit(limit);
+        let found = self
+            .query(
+                Query::new(
+                    Some("GSI2"),
+                    "#GSI2PK = :pk",
+                    values(&[(":pk", s("USERS"))]),
+                )
+                .want(want),
+            )
+            .await?;
+        found.iter().skip(offset as usize).map(item::user).collect()
+    }
+
+    async fn count_users(&self) -> Result<u64> {
+        self.count(Query::new(
+            Some("GSI2"),
+            "#GSI2PK = :pk",
+            values(&[(":pk", s("USERS"))]),
+        ))
+        .await
+    }
+
+    async fn update_user(
+        &self,
+        id: Uuid,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>> {
+        let mut set = vec!["#updated_at = :updated_at".to_string()];
+        let mut remove = Vec::new();
+        let mut vals = vec![(":updated_at", t(now))];
+        let mut field = |name: &'static str, placeholder: &'static str, value| {
+            set.push(format!("#{name} = {placeholder}"));
+            vals.push((placeholder, value));
+        };
+        if let Some(v) = &patch.display_name {
+            field("display_name", ":display_name", s(v));
+        }
+        if let Some(v) = &patch.password_hash {
+            field("password_hash", ":password_hash", s(v));
+        }
+        if let Some(v) = patch.role {
+            field("role", ":role", s(v.as_str()));
+        }
+        if let Some(v) = patch.email_verified {
+            field("email_verified", ":email_verified", b(v));
+        }
+        if let Some(v) = patch.disabled {
+            field("disabled", ":disabled", b(v));
+        }
+        if let Some(Some(v)) = &patch.totp_secret {
+            field("totp_secret", ":totp_secret", s(v));
+        }
+        if let Some(v) = patch.totp_enabled {
+            field("totp_enabled", ":totp_enabled", b(v));
+        }
+        if let Some(v) = patch.last_login_at {
+            field("last_login_at", ":last_login_at", t(v));
+        }
+        if let Some(None) = patch.totp_secret {
+            remove.push("#totp_secret");
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        self.update(
+            key(item::user_pk(id), "USER"),
+            &expression,
+            Some(EXISTS),
+            values(&vals),
+        )
+        .await?
+        .map(|it| item::user(&it))
+        .transpose()
+    }
+
+    async fn delete_user(&self, id: Uuid) -> Result<bool> {
+        let Some(user) = self.user_by_id(id).await? else {
+            return Ok(false);
+        };
+        // The count of owned instances is checked in the same transaction that deletes
+        // the user, and create_instance raises it in the transaction that checks the
+        // user exists: an instance can neither be orphaned nor keep a deleted owner.
+        let writes = vec![
+            self.tx_delete(
+                key(item::user_pk(id), "USER"),
+                Some("attribute_exists(#PK) AND #instances = :zero"),
+                values(&[(":zero", n(0))]),
+            )?,
+            self.tx_delete(key(item::email_pk(&user.email), "EMAIL"), None, Item::new())?,
+        ];
+        if let Err(codes) = self.transact(writes).await? {
+            if failed(&codes, 0) && self.user_by_id(id).await?.is_some() {
+                return Err(Error::InUse(USER_IN_USE));
+            }
+            return Ok(false);
+        }
+        // Credentials go after the user: new ones check that the user exists, so none
+        // can appear once this point is reached.
+        let keys = self.credential_keys(id).await?;
+        self.delete_all(keys).await?;
+        Ok(true)
+    }
+
+    async fn consume_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool> {
+        let done = self
+            .update(
+                key(item::user_pk(user_id), "USER"),
+                "SET #totp_last_step = :step",
+                Some(
+                    "attribute_exists(#PK) AND \
+                     (attribute_not_exists(#totp_last_step) OR #totp_last_step < :step)",
+                ),
+                values(&[(":step", n(step))]),
+            )
+            .await?;
+        Ok(done.is_some())
+    }
+
+    // --- lockout ---
+
+    async fn record_login_failure(
+        &self,
+        email: &str,
+        max_failures: u32,
+        lock_for: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<LoginFailures> {
+        // Read, decide, write back only if nobody counted in between (`version`).
+        for attempt in 0..ATTEMPTS {
+            let current = self.get(item::loginfail_pk(email), "LOGINFAIL").await?;
+            let (count, locked_until, version) = match &current {
+                Some(it) => {
+                    let r = item::Reader::new(it, "login failures");
+                    (
+                        r.i64("count")?,
+                        r.opt_time("locked_until")?,
+                        r.i64("version")?,
+                    )
+                }
+                None => (0, None, 0),
+            };
+            let next = count + 1;
+            let (count, locked_until) = if next >= i64::from(max_failures) {
+                (0, Some(now + lock_for))
+            } else {
+                (next, locked_until)
+            };
+            let row = Builder::keys(item::loginfail_pk(email), "LOGINFAIL")
+                .set("email", s(email))
+                .set("count", n(count))
+                .opt("locked_until", locked_until.map(t))
+                .set("updated_at", t(now))
+                .set("version", n(version + 1))
+                .build();
+            let written = match current {
+                Some(_) => {
+                    self.put(
+                        row,
+                        Some("#version = :version"),
+                        values(&[(":version", n(version))]),
+                    )
+                    .await?
+                }
+                None => self.put(row, Some(NEW), Item::new()).await?,
+            };
+            if written {
+                return Ok(LoginFailures {
+                    email: email.to_string(),
+                    count,
+                    locked_until,
+                });
+            }
+            backoff(attempt).await;
+        }
+        Err(contended("record_login_failure"))
+    }
+
+    async fn login_failures(&self, email: &str) -> Result<Option<LoginFailures>> {
+        self.get(item::loginfail_pk(email), "LOGINFAIL")
+            .await?
+            .map(|it| item::login_failures(&it))
+            .transpose()
+    }
+
+    async fn clear_login_failures(&self, email: &str) -> Result<()> {
+        self.delete(key(item::loginfail_pk(email), "LOGINFAIL"))
+            .await?;
+        Ok(())
+    }
+
+    // --- one-time e-mail tokens ---
+
+    async fn create_action_token(&self, token: &ActionToken) -> Result<()> {
+        let row = Builder::keys(item::token_pk(&token.token_hash), "TOKEN")
+            .set("GSI1PK", s(item::user_pk(token.user_id)))
+            .set("GSI1SK", s(format!("TOKEN#{}", token.token_hash)))
+            .set("token_hash", s(&token.token_hash))
+            .set("user_id", s(token.user_id.to_string()))
+            .set("purpose", s(token.purpose.as_str()))
+            .set("created_at", t(token.created_at))
+            .set("expires_at", t(token.expires_at))
+            .set("ttl", n(token.expires_at.timestamp()))
+            .build();
+        let writes = vec![
+            self.tx_put(row, Some(NEW), Item::new())?,
+            self.tx_check(
+                key(item::user_pk(token.user_id), "USER"),
+                EXISTS,
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 0) => Err(Error::Conflict("action token")),
+            Err(_) => Err(Error::UnknownReference("user")),
+        }
+    }
+
+    async fn consume_action_token(
+        &self,
+        token_hash: &str,
+        purpose: TokenPurpose,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Uuid>> {
+        let used = self
+            .update(
+                key(item::token_pk(token_hash), "TOKEN"),
+                "SET #used_at = :now",
+                Some(
+                    "attribute_exists(#PK) AND #purpose = :purpose \
+                     AND attribute_not_exists(#used_at) AND #expires_at > :now",
+                ),
+                values(&[(":now", t(now)), (":purpose", s(purpose.as_str()))]),
+            )
+            .await?;
+        used.map(|it| item::Reader::new(&it, "action token").uuid("user_id"))
+            .transpose()
+    }
+
+    // --- refresh sessions ---
+
+    async fn create_session(&self, session: &RefreshSession) -> Result<()> {
+        let pointer = Builder::keys(item::rtoken_pk(&session.token_hash), "RTOKEN")
+            .set("session_id", s(session.id.to_string()))
+            .build();
+        let writes = vec![
+            self.tx_put(item::session_item(session), Some(NEW), Item::new())?,
+            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_check(
+                key(item::user_pk(session.user_id), "USER"),
+                EXISTS,
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 2) => Err(Error::UnknownReference("user")),
+            Err(_) => Err(Error::Conflict("session")),
+        }
+    }
+
+    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<RefreshSession>> {
+        let Some(pointer) = self.get(item::rtoken_pk(token_hash), "RTOKEN").await? else {
+            return Ok(None);
+        };
+        let id = item::Reader::new(&pointer, "session hash").uuid("session_id")?;
+        self.get(item::session_pk(id), "SESSION")
+            .await?
+            .map(|it| item::session(&it))
+            .transpose()
+    }
+
+    async fn rotate_session(
+        &self,
+        old_id: Uuid,
+        next: &RefreshSession,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let pointer = Builder::keys(item::rtoken_pk(&next.token_hash), "RTOKEN")
+            .set("session_id", s(next.id.to_string()))
+            .build();
+        // One transaction: the old link is spent only if it is live, and the new one
+        // exists only if the old one was spent.
+        let writes = vec![
+            self.tx_update(
+                key(item::session_pk(old_id), "SESSION"),
+                "SET #replaced_at = :now",
+                Some(
+                    "attribute_exists(#PK) AND attribute_not_exists(#replaced_at) \
+                     AND attribute_not_exists(#revoked_at)",
+                ),
+                values(&[(":now", t(now))]),
+            )?,
+            self.tx_put(item::session_item(next), Some(NEW), Item::new())?,
+            self.tx_put(pointer, Some(NEW), Item::new())?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(true),
+            Err(codes) if failed(&codes, 0) => Ok(false),
+            Err(_) => Err(Error::Conflict("session")),
+        }
+    }
+
+    async fn revoke_session_family(&self, family_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
+        let sessions = self
+            .query(Query::new(
+                Some("GSI2"),
+                "#GSI2PK = :pk",
+                values(&[(":pk", s(format!("FAMILY#{family_id}")))]),
+            ))
+            .await?;
+        self.revoke(sessions, now).await
+    }
+
+    async fn revoke_user_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
+        let sessions = self
+            .query(Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
+                values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("SESSION#"))]),
+            ))
+            .await?;
+        self.revoke(sessions, now).await
+    }
+
+    // --- API keys ---
+
+    async fn create_api_key(&self, api_key: &ApiKey) -> Result<()> {
+        let pointer = Builder::keys(item::keyhash_pk(&api_key.key_hash), "KEYHASH")
+            .set("key_id", s(api_key.id.to_string()))
+            .build();
+        let writes = vec![
+            self.tx_put(item::api_key_item(api_key), Some(NEW), Item::new())?,
+            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_check(
+                key(item::user_pk(api_key.owner_id), "USER"),
+                EXISTS,
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 2) => Err(Error::UnknownReference("user")),
+            Err(_) => Err(Error::Conflict("api key")),
+        }
+    }
+
+    async fn list_api_keys(&self, owner_id: Uuid) -> Result<Vec<ApiKey>> {
+        self.query(
+            Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
+                values(&[(":pk", s(item::user_pk(owner_id))), (":sk", s("APIKEY#"))]),
+            )
+            .newest_first(),
+        )
+        .await?
+        .iter()
+        .map(item::api_key)
+        .collect()
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>> {
+        let Some(pointer) = self.get(item::keyhash_pk(key_hash), "KEYHASH").await? else {
+            return Ok(None);
+        };
+        let id = item::Reader::new(&pointer, "api key hash").uuid("key_id")?;
+        self.get(item::apikey_pk(id), "APIKEY")
+            .await?
+            .map(|it| item::api_key(&it))
+            .transpose()
+    }
+
+    async fn delete_api_key(&self, owner_id: Uuid, id: Uuid) -> Result<bool> {
+        let Some(found) = self.get(item::apikey_pk(id), "APIKEY").await? else {
+            return Ok(false);
+        };
+        let existing = item::api_key(&found)?;
+        if existing.owner_id != owner_id {
+            return Ok(false);
+        }
+        let writes = vec![
+            self.tx_delete(
+                key(item::apikey_pk(id), "APIKEY"),
+                Some("#owner_id = :owner"),
+                values(&[(":owner", s(owner_id.to_string()))]),
+            )?,
+            self.tx_delete(
+                key(item::keyhash_pk(&existing.key_hash), "KEYHASH"),
+                None,
+                Item::new(),
+            )?,
+        ];
+        Ok(self.transact(writes).await?.is_ok())
+    }
+
+    async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        self.update(
+            key(item::apikey_pk(id), "APIKEY"),
+            "SET #last_used_at = :now",
+            Some(
+                "attribute_exists(#PK) AND \
+                 (attribute_not_exists(#last_used_at) OR #last_used_at < :now)",
+            ),
+            values(&[(":now", t(now))]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    // --- audit log ---
+
+    async fn append_audit(&self, entry: &NewAuditEntry) -> Result<()> {
+        let id = self.next_id("audit").await?;
+        let sk = item::nkey(id);
+        let row = Builder::keys("AUDIT".into(), sk.clone())
+            .opt(
+                "GSI1PK",
+                entry.actor_id.map(|actor| s(format!("ACTOR#{actor}"))),
+            )
+            .opt("GSI1SK", entry.actor_id.map(|_| s(sk)))
+            .set("id", n(id))
+            .opt("actor_id", entry.actor_id.map(|a| s(a.to_string())))
+            .opt("actor_email", entry.actor_email.as_deref().map(s))
+            .set("action", s(&entry.action))
+            .opt("target", entry.target.as_deref().map(s))
+            .opt("ip", entry.ip.as_deref().map(s))
+            .set("outcome", s(entry.outcome.as_str()))
+            .opt("detail", entry.detail.as_deref().map(s))
+            .set("at", t(entry.at))
+            .build();
+        if !self.put(row, Some(NEW), Item::new()).await? {
+            return Err(Error::Conflict("audit entry"));
+        }
+        Ok(())
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        // By actor through GSI1, else the whole log; newest first either way, and the
+        // other filters applied by DynamoDB on the way.
+        let (index, pk_name, pk) = match filter.actor_id {
+            Some(actor) => (Some("GSI1"), "GSI1", s(format!("ACTOR#{actor}"))),
+            None => (None, "", s("AUDIT")),
+        };
+        let mut vals = vec![(":pk", pk)];
+        let mut key_condition = format!("#{pk_name}PK = :pk");
+        if let Some(before) = filter.before_id {
+            key_condition.push_str(&format!(" AND #{pk_name}SK < :before"));
+            vals.push((":before", s(item::nkey(before.max(0)))));
+        }
+        let mut conditions = Vec::new();
+        if let Some(prefix) = &filter.action {
+            conditions.push("begins_with(#action, :action)");
+            vals.push((":action", s(prefix)));
+        }
+        if let Some(outcome) = filter.outcome {
+            conditions.push("#outcome = :outcome");
+            vals.push((":outcome", s(outcome.as_str())));
+        }
+        if let Some(since) = filter.since {
+            conditions.push("#at >= :since");
+            vals.push((":since", t(since)));
+        }
+        let filter_expression = conditions.join(" AND ");
+        let mut query = Query::new(index, &key_condition, values(&vals))
+            .newest_first()
+            .want(filter.effective_limit() as usize);
+        if !filter_expression.is_empty() {
+            query = query.filter(&filter_expression);
+        }
+        self.query(query)
+            .await?
+            .iter()
+            .map(item::audit_entry)
+            .collect()
+    }
+
+    // --- mail outbox ---
+
+    async fn push_outbox(&self, message: &OutboxMessage) -> Result<()> {
+        if !self
+            .put(item::outbox_item(message), Some(NEW), Item::new())
+            .await?
+        {
+            return Err(Error::Conflict("outbox message"));
+        }
+        Ok(())
+    }
+
+    async fn list_outbox(&self, to: Option<&str>, limit: u32) -> Result<Vec<OutboxMessage>> {
+        let query = match to {
+            Some(to) => Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk",
+                values(&[(":pk", s(format!("MAILTO#{to}")))]),
+            ),
+            None => Query::new(None, "#PK = :pk", values(&[(":pk", s("OUTBOX"))])),
+        };
+        self.query(query.newest_first().want(page_limit(limit)))
+            .await?
+            .iter()
+            .map(item::outbox_message)
+            .collect()
+    }
+
+    // --- model catalog ---
+
+    async fn upsert_model(&self, model: &CatalogModel) -> Result<()> {
+        if model.id.is_empty() {
+            return Err(Error::Invalid("a model id cannot be empty".into()));
+        }
+        // An update (not a put) so the `instances` count of an existing entry stays.
+        let fields = item::model_fields(model)?;
+        let mut set = Vec::new();
+        let mut vals = Vec::new();
+        let placeholders: Vec<String> = fields.iter().map(|(name, _)| format!(":{name}")).collect();
+        for ((name, value), placeholder) in fields.into_iter().zip(&placeholders) {
+            set.push(format!("#{name} = {placeholder}"));
+            vals.push((placeholder.as_str(), value));
+        }
+        let mut expression = format!(
+            "SET {}, #instances = if_not_exists(#instances, :zero)",
+            set.join(", ")
+        );
+        vals.push((":zero", n(0)));
+        if model.weights_bytes.is_none() {
+            expression.push_str(" REMOVE #weights_bytes");
+        }
+        self.update(
+            key(item::model_pk(&model.id), "MODEL"),
+            &expression,
+            None,
+            values(&vals),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn model(&self, id: &str) -> Result<Option<CatalogModel>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        self.get(item::model_pk(id), "MODEL")
+            .await?
+            .map(|it| item::model(&it))
+            .transpose()
+    }
+
+    async fn list_models(&self) -> Result<Vec<CatalogModel>> {
+        self.query(Query::new(
+            Some("GSI2"),
+            "#GSI2PK = :pk",
+            values(&[(":pk", s("MODELS"))]),
+        ))
+        .await?
+        .iter()
+        .map(item::model)
+        .collect()
+    }
+
+    async fn delete_model(&self, id: &str) -> Result<bool> {
+        if id.is_empty() {
+            return Ok(false);
+        }
+        let writes = vec![self.tx_delete(
+            key(item::model_pk(id), "MODEL"),
+            Some("attribute_exists(#PK) AND #instances = :zero"),
+            values(&[(":zero", n(0))]),
+        )?];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(true),
+            Err(_) if self.model(id).await?.is_some() => Err(Error::InUse(MODEL_IN_USE)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    // --- instances ---
+
+    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+        check_settings(&instance.settings)?;
+        if instance.model_id.is_empty() {
+            return Err(Error::UnknownReference("model"));
+        }
+        let count_up = "ADD #instances :one";
+        let one = || values(&[(":one", n(1))]);
+        let writes = vec![
+            self.tx_put(item::instance_item(instance, 0)?, Some(NEW), Item::new())?,
+            self.tx_update(
+                key(item::user_pk(instance.owner_id), "USER"),
+                count_up,
+                Some(EXISTS),
+                one(),
+            )?,
+            self.tx_update(
+                key(item::model_pk(&instance.model_id), "MODEL"),
+                count_up,
+                Some(EXISTS),
+                one(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 0) => Err(Error::Conflict("instance")),
+            Err(_) => Err(Error::UnknownReference("owner or model")),
+        }
+    }
+
+    async fn instance(&self, id: Uuid) -> Result<Option<Instance>> {
+        Ok(self.load_instance(id).await?.map(|(inst, _)| inst))
+    }
+
+    async fn instance_for_owner(&self, id: Uuid, owner_id: Uuid) -> Result<Option<Instance>> {
+        Ok(self
+            .instance(id)
+            .await?
+            .filter(|inst| inst.owner_id == owner_id))
+    }
+
+    async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>> {
+        let query = match owner_id {
+            Some(owner) => Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
+                values(&[(":pk", s(item::user_pk(owner))), (":sk", s("INSTANCE#"))]),
+            ),
+            None => Query::new(
+                Some("GSI2"),
+                "#GSI2PK = :pk",
+                values(&[(":pk", s("INSTANCES"))]),
+            ),
+        };
+        self.query(query.newest_first())
+            .await?
+            .iter()
+            .map(|it| item::instance(it).map(|(inst, _)| inst))
+            .collect()
+    }
+
+    async fn set_desired(
+        &self,
+        id: Uuid,
+        desired: Desired,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>> {
+        let changed = self
+            .modify_instance(id, |inst| {
+                inst.desired = desired;
+                inst.updated_at = now;
+                if desired == Desired::Running && inst.last_activity_at < now {
+                    inst.last_activity_at = now;
+                }
+                Ok(Some(Vec::new()))
+            })
+            .await?;
+        Ok(changed.map(|(inst, _)| inst))
+    }
+
+    async fn update_instance_settings(
+        &self,
+        id: Uuid,
+        settings: &InstanceSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Instance>> {
+        check_settings(settings)?;
+        let changed = self
+            .modify_instance(id, |inst| {
+                inst.settings = settings.clone();
+                inst.updated_at = now;
+                Ok(Some(Vec::new()))
+            })
+            .await?;
+        Ok(changed.map(|(inst, _)| inst))
+    }
+
+    async fn transition(
+        &self,
+        id: Uuid,
+        from: State,
+        to: State,
+        reason: Option<&str>,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        // Only an instance in `from` costs a sequence number; the state is checked
+        // again under `version` when writing, and the event is written in the same
+        // transaction (a lost race leaves a gap in the numbers, which is harmless).
+        match self.load_instance(id).await? {
+            Some((inst, _)) if inst.state == from => {}
+            _ => return Ok(false),
+        }
+        let event = InstanceEvent {
+            id: self.next_id("event").await?,
+            instance_id: id,
+            at: now,
+            from_state: Some(from),
+            to_state: Some(to),
+            message: message.to_string(),
+        };
+        let changed = self
+            .modify_instance(id, |inst| {
+                if inst.state != from {
+                    return Ok(None);
+                }
+                inst.state = to;
+                inst.state_reason = reason.map(str::to_string);
+                inst.updated_at = now;
+                if stops_clock(to) {
+                    if let Some(since) = inst.running_since.take() {
+                        // Whole seconds; a clock that went backwards adds nothing.
+                        let micros = now.timestamp_micros() - since.timestamp_micros();
+                        inst.running_seconds += (micros / 1_000_000).max(0);
+                    }
+                } else if starts_clock(to) && inst.running_since.is_none() {
+                    inst.running_since = Some(now);
+                }
+                Ok(Some(vec![self.event_write(&event)?]))
+            })
+            .await?;
+        Ok(matches!(changed, Some((_, true))))
+    }
+
+    async fn touch_activity(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        // One conditional update (the gateway calls this per request); it bumps
+        // `version` so that concurrent read-modify-writes notice it.
+        self.update(
+            key(item::instance_pk(id), "INSTANCE"),
+            "SET #last_activity_at = :now ADD #version :one",
+            Some("attribute_exists(#PK) AND #last_activity_at < :now"),
+            values(&[(":now", t(now)), (":one", n(1))]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn set_target_replicas(
+        &self,
+        id: Uuid,
+        replicas: u32,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = self
+            .update(
+                key(item::instance_pk(id), "INSTANCE"),
+                "SET #target_replicas = :replicas, #updated_at = :now ADD #version :one",
+                Some(EXISTS),
+                values(&[(":replicas", n(replicas)), (":now", t(now)), (":one", n(1))]),
+            )
+            .await?;
+        Ok(done.is_some())
+    }
+
+    async fn delete_instance(&self, id: Uuid) -> Result<bool> {
+        let Some((inst, _)) = self.load_instance(id).await? else {
+            return Ok(false);
+        };
+        let count_down = "ADD #instances :minus";
+        let minus = || values(&[(":minus", n(-1))]);
+        let writes = vec![
+            self.tx_delete(
+                key(item::instance_pk(id), "INSTANCE"),
+                Some(EXISTS),
+                Item::new(),
+            )?,
+            self.tx_update(
+                key(item::user_pk(inst.owner_id), "USER"),
+                count_down,
+                Some(EXISTS),
+                minus(),
+            )?,
+            self.tx_update(
+                key(item::model_pk(&inst.model_id), "MODEL"),
+                count_down,
+                Some(EXISTS),
+                minus(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => {}
+            Err(codes) if failed(&codes, 0) => return Ok(false),
+            Err(codes) => {
+                return Err(Error::Corrupt(format!(
+                    "instance {id}: its owner or model is missing ({codes:?})"
+                )));
+            }
+        }
+        // Events and replicas go after the instance: appending to a deleted instance
+        // checks it exists, so nothing new can appear in its collection from here on.
+        let children = self
+            .query(Query::new(
+                None,
+                "#PK = :pk",
+                values(&[(":pk", s(item::instance_pk(id)))]),
+            ))
+            .await?;
+        let mut keys = Vec::new();
+        for it in &children {
+            let r = item::Reader::new(it, "instance child");
+            let sk = r.string("SK")?;
+            if sk.starts_with("REPLICA#") {
+                keys.push(key(item::replica_pointer_pk(r.uuid("id")?), "REPLICA"));
+            }
+            keys.push(key(r.string("PK")?, &sk));
+        }
+        self.delete_all(keys).await?;
+        Ok(true)
+    }
+
+    // --- instance events ---
+
+    async fn append_event(
+        &self,
+        instance_id: Uuid,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let event = InstanceEvent {
+            id: self.next_id("event").await?,
+            instance_id,
+            at: now,
+            from_state: None,
+            to_state: None,
+            message: message.to_string(),
+        };
+        let writes = vec![
+            self.event_write(&event)?,
+            self.tx_check(
+                key(item::instance_pk(instance_id), "INSTANCE"),
+                EXISTS,
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 1) => Err(Error::UnknownReference("instance")),
+            Err(_) => Err(Error::Conflict("instance event")),
+        }
+    }
+
+    async fn list_events(&self, instance_id: Uuid, limit: u32) -> Result<Vec<InstanceEvent>> {
+        let mut events = self
+            .query(
+                Query::new(
+                    None,
+                    "#PK = :pk AND begins_with(#SK, :sk)",
+                    values(&[
+                        (":pk", s(item::instance_pk(instance_id))),
+                        (":sk", s("EVENT#")),
+                    ]),
+                )
+                .newest_first()
+                .want(page_limit(limit)),
+            )
+            .await?
+            .iter()
+            .map(item::event)
+            .collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
+    // --- replicas ---
+
+    async fn create_replica(&self, replica: &Replica) -> Result<()> {
+        let pointer = Builder::keys(item::replica_pointer_pk(replica.id), "REPLICA")
+            .set("instance_id", s(replica.instance_id.to_string()))
+            .build();
+        let writes = vec![
+            self.tx_put(item::replica_item(replica)?, Some(NEW), Item::new())?,
+            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_check(
+                key(item::instance_pk(replica.instance_id), "INSTANCE"),
+                EXISTS,
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(codes) if failed(&codes, 2) => Err(Error::UnknownReference("instance")),
+            Err(_) => Err(Error::Conflict("replica")),
+        }
+    }
+
+    async fn update_replica(&self, replica: &Replica) -> Result<bool> {
+        // Only an existing replica of that instance is overwritten; the ids stay.
+        self.put(
+            item::replica_item(replica)?,
+            Some("attribute_exists(#PK) AND #instance_id = :instance"),
+            values(&[(":instance", s(replica.instance_id.to_string()))]),
+        )
+        .await
+    }
+
+    async fn delete_replica(&self, id: Uuid) -> Result<bool> {
+        let Some(pointer) = self.get(item::replica_pointer_pk(id), "REPLICA").await? else {
+            return Ok(false);
+        };
+        let instance_id = item::Reader::new(&pointer, "replica pointer").uuid("instance_id")?;
+        let writes = vec![
+            self.tx_delete(
+                key(item::instance_pk(instance_id), &format!("REPLICA#{id}")),
+                Some(EXISTS),
+                Item::new(),
+            )?,
+            self.tx_delete(
+                key(item::replica_pointer_pk(id), "REPLICA"),
+                None,
+                Item::new(),
+            )?,
+        ];
+        Ok(self.transact(writes).await?.is_ok())
+    }
+
+    async fn list_replicas(&self, instance_id: Uuid) -> Result<Vec<Replica>> {
+        let mut replicas = self
+            .query(Query::new(
+                None,
+                "#PK = :pk AND begins_with(#SK, :sk)",
+                values(&[
+                    (":pk", s(item::instance_pk(instance_id))),
+                    (":sk", s("REPLICA#")),
+                ]),
+            ))
+            .await?
+            .iter()
+            .map(item::replica)
+            .collect::<Result<Vec<_>>>()?;
+        replicas.sort_by_key(|r| (r.started_at, r.id));
+        Ok(replicas)
+    }
+
+    async fn all_replicas(&self) -> Result<Vec<Replica>> {
+        // GSI3's sort key is instance, start, id: grouped by instance, oldest first.
+        self.query(Query::new(
+            Some("GSI3"),
+            "#GSI3PK = :pk",
+            values(&[(":pk", s("REPLICAS"))]),
+        ))
+        .await?
+        .iter()
+        .map(item::replica)
+        .collect()
+    }
+
+    // --- replica runs ---
+
+    async fn start_run(&self, run: &ReplicaRun) -> Result<()> {
+        let pointer = Builder::keys(item::run_pointer_pk(run.id), "RUN")
+            .set("instance_id", s(run.instance_id.to_string()))
+            .build();
+        let writes = vec![
+            self.tx_put(item::run_item(run), Some(NEW), Item::new())?,
+            self.tx_put(pointer, Some(NEW), Item::new())?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Conflict("replica run")),
+        }
+    }
+
+    async fn end_run(&self, instance_id: Uuid, replica_id: Uuid, at: DateTime<Utc>) -> Result<u64> {
+        let open = self
+            .query(
+                Query::new(
+                    None,
+                    "#PK = :pk",
+                    values(&[
+                        (":pk", s(item::runs_pk(instance_id))),
+                        (":replica", s(replica_id.to_string())),
+                    ]),
+                )
+                .filter("#replica_id = :replica AND attribute_not_exists(#ended_at)"),
+            )
+            .await?;
+        let mut closed = 0;
+        for it in open {
+            let run = item::run(&it)?;
+            // Never before its start, so a run is never negative.
+            let end = at.max(run.started_at);
+            let done = self
+                .update(
+                    key(
+                        item::runs_pk(instance_id),
+                        &item::Reader::new(&it, "run").string("SK")?,
+                    ),
+                    "SET #ended_at = :end",
+                    Some("attribute_exists(#PK) AND attribute_not_exists(#ended_at)"),
+                    values(&[(":end", t(end))]),
+                )
+                .await?;
+            closed += u64::from(done.is_some());
+        }
+        Ok(closed)
+    }
+
+    async fn runs_for_instance(&self, instance_id: Uuid) -> Result<Vec<ReplicaRun>> {
+        // The sort key is start then id: already in the promised order.
+        self.query(Query::new(
+            None,
+            "#PK = :pk",
+            values(&[(":pk", s(item::runs_pk(instance_id)))]),
+        ))
+        .await?
+        .iter()
+        .map(item::run)
+        .collect()
+    }
+
+    async fn runs_overlapping(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ReplicaRun>> {
+        let (index, pk) = match owner_id {
+            Some(owner) => ("GSI1", format!("RUNOWNER#{owner}")),
+            None => ("GSI2", "RUNS".to_string()),
+        };
+        let mut vals = vec![(":pk", s(pk))];
+        // Started before `until`: the sort key begins with the start time.
+        let key_condition = match until {
+            Some(until) => {
+                vals.push((":until", s(tkey(until))));
+                format!("#{index}PK = :pk AND #{index}SK < :until")
+            }
+            None => format!("#{index}PK = :pk"),
+        };
+        let mut query = Query::new(Some(index), &key_condition, Item::new());
+        let filter = "attribute_not_exists(#ended_at) OR #ended_at > :since";
+        if let Some(since) = since {
+            vals.push((":since", t(since)));
+            query = query.filter(filter);
+        }
+        query.values = values(&vals);
+        self.query(query).await?.iter().map(item::run).collect()
+    }
+
+    // --- usage ---
+
+    async fn record_usage(&self, sample: &UsageSample) -> Result<()> {
+        let hour = hour_start(sample.at)?;
+        let prompt = item::signed(sample.prompt_tokens, "prompt_tokens")?;
+        let completion = item::signed(sample.completion_tokens, "completion_tokens")?;
+        let sk = format!("{}#{}#{}", tkey(hour), sample.instance_id, sample.model_id);
+        // One UpdateItem with ADD: DynamoDB applies concurrent ones one after another,
+        // so no request's count is lost.
+        self.update(
+            key(item::usage_pk(sample.owner_id), &sk),
+            "SET #GSI2PK = :all, #GSI2SK = :all_sk, #owner_id = :owner, \
+             #instance_id = :instance, #model_id = :model, #hour = :hour \
+             ADD #requests :one, #prompt_tokens :prompt, #completion_tokens :completion",
+            None,
+            values(&[
+                (":all", s("USAGE")),
+                (":all_sk", s(format!("{sk}#{}", sample.owner_id))),
+                (":owner", s(sample.owner_id.to_string())),
+                (":instance", s(sample.instance_id.to_string())),
+                (":model", s(&sample.model_id)),
+                (":hour", t(hour)),
+                (":one", n(1)),
+                (":prompt", n(prompt)),
+                (":completion", n(completion)),
+            ]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn usage(
+        &self,
+        owner_id: Option<Uuid>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<UsageRow>> {
+        let (index, pk_name, pk) = match owner_id {
+            Some(owner) => (None, "", item::usage_pk(owner)),
+            None => (Some("GSI2"), "GSI2", "USAGE".to_string()),
+        };
+        // Sort keys start with the hour, so the window is a key range: `since` is
+        // inclusive (a row at `since`'s hour sorts after the bare time key) and `until`
+        // exclusive (a row at `until`'s hour sorts after it).
+        let mut vals = vec![(":pk", s(pk))];
+        let range = match (since, until) {
+            (Some(since), Some(until)) => {
+                vals.push((":since", s(tkey(since))));
+                vals.push((":until", s(tkey(until))));
+                format!(" AND #{pk_name}SK BETWEEN :since AND :until")
+            }
+            (Some(since), None) => {
+                vals.push((":since", s(tkey(since))));
+                format!(" AND #{pk_name}SK >= :since")
+            }
+            (None, Some(until)) => {
+                vals.push((":until", s(tkey(until))));
+                format!(" AND #{pk_name}SK < :until")
+            }
+            (None, None) => String::new(),
+        };
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Ok(Vec::new());
+        }
+        let key_condition = format!("#{pk_name}PK = :pk{range}");
+        let mut rows = self
+            .query(Query::new(index, &key_condition, values(&vals)))
+            .await?
+            .iter()
+            .map(item::usage_row)
+            .collect::<Result<Vec<_>>>()?;
+        // Hour, then instance, model and owner, as the SQL backends order them (ids as
+        // their text sorts, which is their byte order).
+        rows.sort_by(|a, b| {
+            (a.hour, a.instance_id, &a.model_id, a.owner_id).cmp(&(
+                b.hour,
+                b.instance_id,
+                &b.model_id,
+                b.owner_id,
+            ))
+        });
+        Ok(rows)
+    }
+}
