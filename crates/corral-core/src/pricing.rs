@@ -66,9 +66,10 @@ impl PriceTable {
         }
     }
 
-    /// Cost in USD of `replica_seconds` (running seconds summed over replicas).
-    pub fn cost(&self, spec: &ComputeSpec, replica_seconds: i64) -> Option<f64> {
-        Some(self.hourly(spec)? * replica_seconds.max(0) as f64 / 3600.0)
+    /// Cost in USD of `replica_seconds` (running seconds summed over replicas, to the
+    /// microsecond: AWS bills Fargate and EC2 per second) of this size.
+    pub fn cost(&self, spec: &ComputeSpec, replica_seconds: f64) -> Option<f64> {
+        Some(self.hourly(spec)? * replica_seconds.max(0.0) / 3600.0)
     }
 }
 
@@ -105,7 +106,7 @@ mod tests {
             .unwrap();
         assert!(spot < h);
         assert!(
-            (p.cost(&spec(ComputeType::Fargate, 1.0, 2048, None, false), 1800)
+            (p.cost(&spec(ComputeType::Fargate, 1.0, 2048, None, false), 1800.0)
                 .unwrap()
                 - h / 2.0)
                 .abs()
