@@ -378,7 +378,30 @@ pub async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> aws_config:
     loader.load().await
 }
 
+/// ECS capacity provider names: 1 to 255 letters, digits, `-` and `_`.
+fn check_capacity_provider(name: &str, what: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "ecs driver: {what}: {name:?} is not a capacity provider name \
+             (1 to 255 letters, digits, '-' and '_')"
+        )))
+    }
+}
+
 fn offers(cfg: &EcsConfig) -> Result<Vec<ComputeOffer>> {
+    if let Some(p) = &cfg.gpu_capacity_provider {
+        check_capacity_provider(p, "gpu_capacity_provider")?;
+    }
+    for (instance_type, p) in &cfg.gpu_capacity_providers {
+        check_capacity_provider(p, &format!("the capacity provider of {instance_type}"))?;
+    }
     let mut offers = vec![ComputeOffer {
         driver: "ecs".into(),
         compute_type: ComputeType::Fargate,
@@ -763,9 +786,19 @@ mod tests {
             .collect();
         assert_eq!(names, ["g4dn.xlarge", "g5.xlarge"]);
         cfg.gpu_instance_types = vec!["g5.2xlarge".into()];
-        assert!(matches!(
-            EcsDriver::new(cfg).await.map(|_| ()),
-            Err(Error::Invalid(_))
-        ));
+        match EcsDriver::new(cfg.clone()).await.map(|_| ()) {
+            Err(Error::Invalid(why)) => assert!(
+                why.contains("GPU instance type g5.2xlarge has no capacity provider"),
+                "{why}"
+            ),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        cfg.gpu_instance_types = vec![];
+        cfg.gpu_capacity_providers
+            .insert("g5.xlarge".into(), "cp g5".into());
+        match EcsDriver::new(cfg).await.map(|_| ()) {
+            Err(Error::Invalid(why)) => assert!(why.contains("of g5.xlarge"), "{why}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
     }
 }

@@ -125,7 +125,11 @@ async fn fixture_with(
         gpu_instance_types: vec![],
         // One capacity provider per GPU type, as deploy/aws's compute stack makes them.
         gpu_capacity_providers: if gpu {
-            [("g5.xlarge".to_string(), "corral-gpu".to_string())].into()
+            [
+                ("g5.xlarge".to_string(), "corral-gpu".to_string()),
+                ("g5.12xlarge".to_string(), "corral-gpu-12".to_string()),
+            ]
+            .into()
         } else {
             Default::default()
         },
@@ -479,6 +483,28 @@ async fn gpu_replica_uses_the_capacity_provider() {
         f.driver.observe(&r).await.expect("observe"),
         Observed::Exited { .. }
     ));
+
+    // Another type goes to its own capacity provider, with its GPU count.
+    let s = spec(ComputeSpec {
+        compute_type: ComputeType::Gpu,
+        cpu: 4.0,
+        memory: 6144,
+        gpu_count: 4,
+        instance_type: Some("g5.12xlarge".into()),
+        spot: false,
+    });
+    let r = f.driver.launch(&s).await.expect("launch g5.12xlarge");
+    let task = f.task(&r).await;
+    assert_eq!(task.capacity_provider_name(), Some("corral-gpu-12"));
+    let td = f.definition(&task).await;
+    assert_eq!(td.family(), Some("corral-smollm2-135m-g5-12xlarge-4gpu"));
+    assert_eq!(
+        td.placement_constraints()[0].expression(),
+        Some("attribute:ecs.instance-type == g5.12xlarge")
+    );
+    let gpu = &td.container_definitions()[0].resource_requirements()[0];
+    assert_eq!((gpu.r#type(), gpu.value()), (&ResourceType::Gpu, "4"));
+    f.driver.stop(&r, Duration::ZERO).await.expect("stop");
 }
 
 /// Plays the ECS service scheduler for one cluster until aborted, as moto does not:
