@@ -130,7 +130,7 @@ def test_iam_is_least_privilege():
     # Actions that AWS only grants on "*" (no resource-level permissions), and list calls
     # narrowed by a cluster condition.
     star_ok = {"ecr:GetAuthorizationToken", "ecs:DescribeTaskDefinition",
-               "ecs:RegisterTaskDefinition", "ecs:ListTasks"}
+               "ecs:RegisterTaskDefinition", "ecs:ListTasks", "ecs:ListServices"}
     for name, role in roles.items():
         for st in statements(role):
             assert st["Effect"] == "Allow"
@@ -145,6 +145,7 @@ def test_iam_is_least_privilege():
         "StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
     assert "ecs:cluster" in by_sid["RunModelTasks"]["Condition"]["ArnEquals"]
     assert by_sid["ListModelTasks"]["Condition"]["ArnEquals"]
+    assert by_sid["ListModelServices"]["Condition"]["ArnEquals"]
     # The model tasks' own role can do nothing.
     assert "Policies" not in roles["ModelTaskRole"]["Properties"]
 

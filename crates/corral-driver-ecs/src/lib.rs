@@ -675,7 +675,12 @@ impl ComputeDriver for EcsDriver {
                 }
             }
         }
-        orphans.extend(self.service_orphans().await?);
+        // Only in service mode: task mode needs no service permissions (deploy/aws grants
+        // them for service mode). Services left by a switch back to task mode go with
+        // their last replica's stop, or by hand.
+        if self.cfg.launch == LaunchMode::Service {
+            orphans.extend(self.service_orphans().await?);
+        }
         Ok(orphans)
     }
 }
