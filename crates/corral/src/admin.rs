@@ -47,7 +47,7 @@ pub async fn run(store_args: &StoreArgs, cmd: AdminCommand) -> Result<(), CliErr
             }
             std::fs::create_dir_all(&cfg.data_dir)
                 .map_err(CliError::io(format!("creating {}", cfg.data_dir.display())))?;
-            let store = corral_store::open(&cfg.database_url).await?;
+            let store = crate::store::open(&cfg.database_url).await?;
             let argon2 = crate::serve::argon2_params(&file);
             let hash = corral_api::auth::password::hash(pass, argon2).await?;
             let mut account = User::new(&email, hash, role, chrono::Utc::now());

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod error;
 mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

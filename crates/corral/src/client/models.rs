@@ -138,7 +138,7 @@ pub async fn import(
 ) -> Result<(), CliError> {
     let config = FileConfig::load(store_args.config.as_deref())?;
     let cfg = StoreConfig::resolve(store_args, &config);
-    let store = corral_store::open(&cfg.database_url).await?;
+    let store = crate::store::open(&cfg.database_url).await?;
     let id = corral_core::catalog::normalize_model_id(name).map_err(CliError::Invalid)?;
     if let Some(existing) = store.model(&id).await?
         && existing.builtin
