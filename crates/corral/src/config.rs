@@ -25,8 +25,8 @@ pub struct StoreArgs {
     /// Directory for the SQLite database, the signing key, logs and models.
     #[arg(long, env = "CORRAL_DATA_DIR", value_name = "DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Database URL: `sqlite://PATH` or `postgres://USER:PASS@HOST/DB`.
-    /// Default: SQLite at DATA_DIR/corral.db.
+    /// Database URL: `sqlite://PATH`, `postgres://USER:PASS@HOST/DB` or
+    /// `dynamodb://TABLE[?region=REGION]`. Default: SQLite at DATA_DIR/corral.db.
     #[arg(
         long,
         env = "CORRAL_DATABASE_URL",

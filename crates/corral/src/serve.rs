@@ -120,7 +120,7 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         None => Mailer::Outbox,
     };
 
-    let store = corral_store::open(&cfg.database_url).await?;
+    let store = crate::store::open(&cfg.database_url).await?;
     // The built-in catalog (the brief's table and the demo model), current at every start.
     for model in corral_core::catalog::builtin_models() {
         store.upsert_model(&model).await?;
