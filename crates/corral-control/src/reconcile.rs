@@ -200,6 +200,11 @@ impl InstanceTask {
             }
             Desired::Deleted => {
                 if self.wind_down(&mut inst, &driver, &replicas).await? {
+                    // What the driver kept (log files) goes with the instance; its runs
+                    // stay in the store for cost. A failure only leaves files behind.
+                    if let Err(e) = driver.forget_instance(self.id).await {
+                        tracing::warn!(instance = %self.id, error = %e, "deleting what the driver kept of the instance failed");
+                    }
                     ctl.store.delete_instance(self.id).await?;
                     tracing::info!(instance = %self.id, "instance deleted");
                     ctl.forget(self.id);

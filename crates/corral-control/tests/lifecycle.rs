@@ -182,6 +182,28 @@ async fn deploy_crash_restart_and_stop() {
     assert_ne!(runs[2].replica_id, replica.id);
     assert_eq!(runs[2].ended_at, None);
     println!("timeline:\n{}", h.timeline(id).await);
+
+    // Deleted: the runs stay (closed) for cost, the log files go with the instance.
+    let log_dir = h.dir.path().join("logs").join(id.to_string());
+    assert_eq!(
+        std::fs::read_dir(&log_dir).unwrap().count(),
+        3,
+        "one log per launch"
+    );
+    h.control.set_desired(id, Desired::Deleted).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while h.store.instance(id).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "not deleted:\n{}",
+            h.timeline(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs = h.store.runs_for_instance(id).await.unwrap();
+    assert_eq!(runs.len(), 3);
+    assert!(runs.iter().all(|r| r.ended_at.is_some()), "{runs:#?}");
+    assert!(!log_dir.exists(), "logs of a deleted instance are deleted");
     h.shutdown().await;
 }
 

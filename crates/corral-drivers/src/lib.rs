@@ -121,4 +121,11 @@ pub trait ComputeDriver: Send + Sync + 'static {
     /// Replicas this driver is running that are not in `known` (left behind by a crash
     /// between launch and bookkeeping); the reconciler stops them.
     async fn orphans(&self, known: &[Uuid]) -> Result<Vec<ReplicaRef>>;
+    /// Deletes what the driver kept of an instance after its replicas stopped (the
+    /// local driver: its log files); the reconciler calls it once every replica is
+    /// stopped, just before deleting the instance. Default: the driver keeps nothing
+    /// of its own (ECS logs expire by the log group's retention).
+    async fn forget_instance(&self, _instance_id: Uuid) -> Result<()> {
+        Ok(())
+    }
 }

@@ -255,6 +255,62 @@ async fn runner_lifecycle_crash_adoption_orphans_stop() {
     assert!(proc_gone(first_pid), "pid {first_pid} left as a zombie");
     assert!(driver.resources(&first).await.unwrap().is_none());
     driver.stop(&first, Duration::from_secs(1)).await.unwrap();
+    // The log of the dead replica stays readable through its reference.
+    let kept = driver.logs(&first, None, 1000).await.unwrap();
+    assert_eq!(
+        kept.lines.len(),
+        page.lines.len() + follow.lines.len(),
+        "{kept:#?}"
+    );
+
+    // The same replica launched again writes a log of its own: the first run's lines
+    // stay apart, under the first reference.
+    let mut again_spec = spec(
+        Some(runner.model.clone()),
+        Runtime::CorralRunner,
+        "smollm2:135m",
+    );
+    again_spec.instance_id = first.instance_id;
+    again_spec.replica_id = first.replica_id;
+    let relaunched = driver.launch(&again_spec).await.unwrap();
+    cleanup.pids.push(pid(&relaunched));
+    assert_ne!(relaunched.driver_ref, first.driver_ref);
+    wait_running(&driver, &relaunched).await;
+    let old_run = driver.logs(&first, None, 1000).await.unwrap();
+    assert_eq!(
+        old_run.lines, kept.lines,
+        "the first run's log is unchanged"
+    );
+    let new_run = driver.logs(&relaunched, None, 1000).await.unwrap();
+    let starts = |p: &corral_drivers::LogPage| {
+        p.lines
+            .iter()
+            .filter(|l| l.line.contains("corral: starting replica"))
+            .count()
+    };
+    assert_eq!((starts(&old_run), starts(&new_run)), (1, 1));
+    driver
+        .stop(&relaunched, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Deleting the instance deletes its logs; a second time is a no-op.
+    let log_dir = data.path().join(format!("logs/{}", first.instance_id));
+    assert_eq!(
+        fs::read_dir(&log_dir).unwrap().count(),
+        2,
+        "one file per launch"
+    );
+    driver.forget_instance(first.instance_id).await.unwrap();
+    assert!(!log_dir.exists());
+    driver.forget_instance(first.instance_id).await.unwrap();
+    assert!(
+        driver
+            .logs(&first, None, 10)
+            .await
+            .unwrap()
+            .lines
+            .is_empty()
+    );
 
     // Launch again, then a second driver on the same data dir (a restarted server)
     // adopts the live replica.
@@ -282,8 +338,13 @@ async fn runner_lifecycle_crash_adoption_orphans_stop() {
         }
     );
     assert!(restarted.resources(&second).await.unwrap().is_some());
+    let launch = second
+        .driver_ref
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("log="))
+        .expect("the reference names its log");
     let log = data.path().join(format!(
-        "logs/{}/{}.log",
+        "logs/{}/{}.{launch}.log",
         second.instance_id, second.replica_id
     ));
     let mut rotated = log.clone().into_os_string();
@@ -466,7 +527,12 @@ async fn ollama_runtime_sets_up_the_model_then_serves() {
     );
     assert_eq!(driver.observe(&r).await.unwrap(), Observed::Starting);
     let endpoint = wait_running(&driver, &r).await;
-    assert!(r.driver_ref.ends_with(endpoint.rsplit(':').next().unwrap()));
+    let port = endpoint.rsplit(':').next().unwrap();
+    assert!(
+        r.driver_ref.contains(&format!(";port={port};")),
+        "{}",
+        r.driver_ref
+    );
     assert!(http_get(&endpoint, "/").starts_with("HTTP/1.0 200"));
 
     let calls = fs::read_to_string(data.path().join("ollama/models/calls")).unwrap();

@@ -3,8 +3,8 @@
 
 use crate::{Error, Result, Runtime};
 
-/// Decoded `driver_ref`, e.g. `pid=1234;start=5678;rt=runner` or
-/// `pid=1234;start=5678;rt=ollama;port=40123`.
+/// Decoded `driver_ref`, e.g. `pid=1234;start=5678;rt=runner;log=1764083000123456` or
+/// `pid=1234;start=5678;rt=ollama;port=40123;log=1764083000123456`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Handle {
     pub pid: i32,
@@ -16,6 +16,11 @@ pub(crate) struct Handle {
     /// started with `--port 0` (no race for a free port) and whose port is read from its
     /// listening socket.
     pub port: Option<u16>,
+    /// Which log file of the replica this launch writes (its launch time in µs since
+    /// the epoch): one file per launch, so the logs of an earlier run of a replica that
+    /// was restarted in place stay apart. None in references made before log files were
+    /// per launch, which wrote `<replica_id>.log`.
+    pub log: Option<u64>,
 }
 
 impl Handle {
@@ -28,13 +33,16 @@ impl Handle {
         if let Some(port) = self.port {
             s.push_str(&format!(";port={port}"));
         }
+        if let Some(log) = self.log {
+            s.push_str(&format!(";log={log}"));
+        }
         s
     }
 
     pub fn decode(s: &str) -> Result<Self> {
         let bad =
             |why: &str| Error::Invalid(format!("not a local driver reference ({why}): {s:?}"));
-        let (mut pid, mut start, mut runtime, mut port) = (None, None, None, None);
+        let (mut pid, mut start, mut runtime, mut port, mut log) = (None, None, None, None, None);
         for part in s.split(';') {
             let (key, value) = part
                 .split_once('=')
@@ -50,6 +58,7 @@ impl Handle {
                     })
                 }
                 "port" => port = Some(value.parse::<u16>().map_err(|_| bad("port"))?),
+                "log" => log = Some(value.parse::<u64>().map_err(|_| bad("log"))?),
                 _ => return Err(bad("unknown key")),
             }
         }
@@ -59,6 +68,7 @@ impl Handle {
             start: start.ok_or_else(|| bad("start"))?,
             runtime: runtime.ok_or_else(|| bad("rt"))?,
             port: port.filter(|p| *p != 0),
+            log,
         })
     }
 }
@@ -75,12 +85,14 @@ mod tests {
                 start: 5678,
                 runtime: Runtime::CorralRunner,
                 port: None,
+                log: None,
             },
             Handle {
                 pid: 7,
                 start: 0,
                 runtime: Runtime::Ollama,
                 port: Some(40123),
+                log: Some(1_764_083_000_123_456),
             },
         ] {
             assert_eq!(Handle::decode(&h.encode()).unwrap(), h);
@@ -96,7 +108,9 @@ mod tests {
     #[test]
     fn key_order_does_not_matter() {
         let h = Handle::decode("rt=runner;start=99;pid=42").unwrap();
-        assert_eq!((h.pid, h.start, h.port), (42, 99, None));
+        assert_eq!((h.pid, h.start, h.port, h.log), (42, 99, None, None));
+        let h = Handle::decode("log=7;rt=runner;start=99;pid=42").unwrap();
+        assert_eq!(h.log, Some(7));
     }
 
     #[test]
@@ -112,6 +126,7 @@ mod tests {
             "pid=1;start=2;rt=docker",
             "pid=1;start=2;rt=runner;port=70000",
             "pid=1;start=2;rt=runner;extra=1",
+            "pid=1;start=2;rt=runner;log=-3",
             "arn:aws:ecs:us-east-1:123:task/abc",
         ] {
             let err = Handle::decode(bad).unwrap_err().to_string();

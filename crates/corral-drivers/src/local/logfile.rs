@@ -9,6 +9,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 /// Most bytes one follow page reads, so a client far behind catches up in steps.
 const PAGE_BYTES: usize = 1 << 20;
@@ -127,6 +128,40 @@ pub(crate) fn rotate_if_over(path: &Path, cap: u64) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Deletes the log files (and their rotated `.1`) of all but the latest `keep` launches
+/// of `replica_id` in `dir`, where launch `N` writes `<replica_id>.N.log`. Other files
+/// (other replicas, the pre-launch-number `<replica_id>.log`) are left alone. Returns
+/// how many launches' files were deleted.
+pub(crate) fn prune_launches(dir: &Path, replica_id: Uuid, keep: usize) -> io::Result<usize> {
+    let prefix = format!("{replica_id}.");
+    let mut launches: Vec<u64> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(launch) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            launches.push(launch);
+        }
+    }
+    launches.sort_unstable_by(|a, b| b.cmp(a));
+    let old = launches.get(keep..).unwrap_or_default();
+    for launch in old {
+        for name in [
+            format!("{replica_id}.{launch}.log"),
+            format!("{replica_id}.{launch}.log.1"),
+        ] {
+            match fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+    Ok(old.len())
+}
+
 /// The timestamp a line starts with: RFC 3339 as corral-runner (tracing) writes it,
 /// or `time=...` as ollama writes it.
 pub(crate) fn line_time(line: &str) -> Option<DateTime<Utc>> {
@@ -169,6 +204,46 @@ mod tests {
             .unwrap()
             .write_all(s.as_bytes())
             .unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_latest_launches_of_one_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, other) = (Uuid::now_v7(), Uuid::now_v7());
+        // Launch numbers of different lengths: sorted as numbers, not as text.
+        for launch in [9, 100, 20, 3] {
+            write(&dir.path().join(format!("{r}.{launch}.log")), "x\n");
+        }
+        write(&dir.path().join(format!("{r}.9.log.1")), "rotated\n");
+        write(
+            &dir.path().join(format!("{r}.log")),
+            "before launch numbers\n",
+        );
+        write(
+            &dir.path().join(format!("{other}.1.log")),
+            "another replica\n",
+        );
+        assert_eq!(prune_launches(dir.path(), r, 2).unwrap(), 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            format!("{r}.100.log"),
+            format!("{r}.20.log"),
+            format!("{r}.log"),
+            format!("{other}.1.log"),
+        ];
+        expected.sort();
+        assert_eq!(left, expected);
+        assert_eq!(
+            prune_launches(dir.path(), r, 2).unwrap(),
+            0,
+            "nothing more to do"
+        );
+        assert_eq!(prune_launches(dir.path(), r, 0).unwrap(), 2);
+        assert!(!dir.path().join(format!("{r}.100.log")).exists());
     }
 
     #[test]

@@ -2,16 +2,24 @@
 //! default) or `ollama serve` — listening on a 127.0.0.1 port.
 //!
 //! Files under the data dir:
-//! - `logs/<instance_id>/<replica_id>.log`: the replica's stdout and stderr, written by
-//!   the replica itself; rotated to `.log.1` past `log_max_bytes` (checked on `observe`).
+//! - `logs/<instance_id>/<replica_id>.<launch>.log`: the stdout and stderr of one launch
+//!   of a replica (`<launch>`: its launch time in µs, also in the `driver_ref`), written
+//!   by the replica itself; rotated to `.log.1` past `log_max_bytes` (checked on
+//!   `observe`). The file stays after the replica stops, so the logs of stopped,
+//!   sleeping and crashed replicas can still be read through the `driver_ref` the
+//!   store kept. Retention: each launch of a replica keeps the files of its
+//!   `log_runs_kept` latest launches and deletes older ones (a crash loop cannot fill
+//!   the disk), and `forget_instance` deletes an instance's whole folder once the
+//!   instance is deleted.
 //! - `ollama/models`: `OLLAMA_MODELS`, shared by all ollama replicas.
 //! - `ollama/replicas/<replica_id>/`: its Modelfile and the `ready` marker.
 //!
 //! Replicas run in a session of their own (setsid): the terminal's Ctrl-C and the exit of
 //! `corral serve` do not reach them, and a restarted server adopts them through their
 //! `driver_ref` (pid + start time, see [`handle`]). Each carries `CORRAL_REPLICA_ID`,
-//! `CORRAL_INSTANCE_ID` and `CORRAL_DATA_DIR` in its environment: that is how `orphans`
-//! finds replicas nobody recorded and how `stop` finds stragglers of a replica.
+//! `CORRAL_INSTANCE_ID`, `CORRAL_DATA_DIR` and `CORRAL_LOG_LAUNCH` in its environment:
+//! that is how `orphans` finds replicas nobody recorded (with a reference that reads
+//! their log) and how `stop` finds stragglers of a replica.
 //!
 //! Sizes: vCPUs set the llama.cpp thread count (at least 1), not a CPU quota. Memory is
 //! not enforced: RLIMIT_AS counts llama.cpp's mmap of the whole model file and every
@@ -59,6 +67,9 @@ const RUNNER_NAME: &str = "corral-runner";
 const ENV_REPLICA: &str = "CORRAL_REPLICA_ID";
 const ENV_INSTANCE: &str = "CORRAL_INSTANCE_ID";
 const ENV_DATA_DIR: &str = "CORRAL_DATA_DIR";
+/// The launch number of the replica's log file (`Handle::log`), so `orphans` rebuilds
+/// a reference that reads the right log.
+const ENV_LOG_LAUNCH: &str = "CORRAL_LOG_LAUNCH";
 /// Variables a replica inherits from `corral serve`. Everything else is dropped: the
 /// server's environment holds secrets (JWT keys, database and cloud credentials) a model
 /// server has no use for, and its RUST_LOG would filter the runner's own logs away.
@@ -128,6 +139,9 @@ pub struct LocalConfig {
     pub threads_per_replica: Option<u32>,
     /// A replica's log is rotated (one previous file kept) once it is larger than this.
     pub log_max_bytes: u64,
+    /// Log files kept per replica, one per launch: the latest this many (at least 1,
+    /// the running one) survive each new launch of the same replica.
+    pub log_runs_kept: usize,
 }
 
 impl LocalConfig {
@@ -138,6 +152,7 @@ impl LocalConfig {
             ollama_bin: None,
             threads_per_replica: None,
             log_max_bytes: 20 << 20,
+            log_runs_kept: 5,
         }
     }
 }
@@ -187,6 +202,7 @@ pub struct LocalDriver {
     ollama_bin: Option<PathBuf>,
     threads_per_replica: Option<u32>,
     log_max_bytes: u64,
+    log_runs_kept: usize,
     offer: ComputeOffer,
     children: Mutex<HashMap<Uuid, Spawned>>,
     cpu: Mutex<HashMap<Uuid, CpuSample>>,
@@ -240,17 +256,23 @@ impl LocalDriver {
             ollama_bin,
             threads_per_replica: config.threads_per_replica,
             log_max_bytes: config.log_max_bytes,
+            log_runs_kept: config.log_runs_kept.max(1),
             offer: offers::local_offer(cores, memory),
             children: Mutex::new(HashMap::new()),
             cpu: Mutex::new(HashMap::new()),
         })
     }
 
-    fn log_path(&self, instance_id: Uuid, replica_id: Uuid) -> PathBuf {
-        self.data_dir
-            .join("logs")
-            .join(instance_id.to_string())
-            .join(format!("{replica_id}.log"))
+    fn log_dir(&self, instance_id: Uuid) -> PathBuf {
+        self.data_dir.join("logs").join(instance_id.to_string())
+    }
+
+    /// The log file of one launch (`Handle::log`) of a replica.
+    fn log_path(&self, instance_id: Uuid, replica_id: Uuid, launch: Option<u64>) -> PathBuf {
+        self.log_dir(instance_id).join(match launch {
+            Some(launch) => format!("{replica_id}.{launch}.log"),
+            None => format!("{replica_id}.log"),
+        })
     }
 
     fn ollama_dir(&self, replica_id: Uuid) -> PathBuf {
@@ -467,13 +489,19 @@ impl ComputeDriver for LocalDriver {
             Runtime::Ollama => self.ollama_plan(spec, threads)?,
         };
 
-        let log_path = self.log_path(spec.instance_id, spec.replica_id);
+        let launch = u64::try_from(Utc::now().timestamp_micros())
+            .map_err(|_| Error::Invalid("the clock is before 1970".into()))?;
+        let log_path = self.log_path(spec.instance_id, spec.replica_id, Some(launch));
         let log_io = |context: &str| {
             let context = format!("{context} {}", log_path.display());
             move |source| Error::Io { context, source }
         };
-        if let Some(dir) = log_path.parent() {
-            fs::create_dir_all(dir).map_err(log_io("cannot create the log dir of"))?;
+        let log_dir = self.log_dir(spec.instance_id);
+        fs::create_dir_all(&log_dir).map_err(log_io("cannot create the log dir of"))?;
+        // Earlier launches of this replica have ended (one launch runs at a time), so
+        // their files can go; the new one counts toward what is kept.
+        if let Err(e) = logfile::prune_launches(&log_dir, spec.replica_id, self.log_runs_kept - 1) {
+            tracing::warn!(replica = %spec.replica_id, "cannot prune old replica logs: {e}");
         }
         let mut log = OpenOptions::new()
             .create(true)
@@ -503,6 +531,7 @@ impl ComputeDriver for LocalDriver {
             .env(ENV_REPLICA, spec.replica_id.to_string())
             .env(ENV_INSTANCE, spec.instance_id.to_string())
             .env(ENV_DATA_DIR, &self.data_dir)
+            .env(ENV_LOG_LAUNCH, launch.to_string())
             // Plain text in the log file rather than terminal colour codes.
             .env("NO_COLOR", "1")
             .current_dir(&self.data_dir)
@@ -556,6 +585,7 @@ impl ComputeDriver for LocalDriver {
             start,
             runtime: spec.runtime,
             port: plan.port,
+            log: Some(launch),
         };
         tracing::info!(
             replica = %spec.replica_id,
@@ -573,7 +603,7 @@ impl ComputeDriver for LocalDriver {
 
     async fn observe(&self, replica: &ReplicaRef) -> Result<Observed> {
         let h = Handle::decode(&replica.driver_ref)?;
-        let log_path = self.log_path(replica.instance_id, replica.replica_id);
+        let log_path = self.log_path(replica.instance_id, replica.replica_id, h.log);
         if Self::alive(&h).is_some() {
             let cap = self.log_max_bytes;
             let path = log_path.clone();
@@ -664,7 +694,8 @@ impl ComputeDriver for LocalDriver {
                     .map_err(|_| Error::Invalid(format!("invalid log cursor {c:?}")))
             })
             .transpose()?;
-        let path = self.log_path(replica.instance_id, replica.replica_id);
+        let h = Handle::decode(&replica.driver_ref)?;
+        let path = self.log_path(replica.instance_id, replica.replica_id, h.log);
         let context = format!("cannot read {}", path.display());
         let chunk = blocking(move || match offset {
             Some(offset) => logfile::read_from(&path, offset),
@@ -735,6 +766,15 @@ impl ComputeDriver for LocalDriver {
         }))
     }
 
+    async fn forget_instance(&self, instance_id: Uuid) -> Result<()> {
+        let dir = self.log_dir(instance_id);
+        let context = format!("cannot delete the logs in {}", dir.display());
+        match blocking(move || fs::remove_dir_all(dir)).await? {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::Io { context, source: e }),
+            _ => Ok(()),
+        }
+    }
+
     async fn orphans(&self, known: &[Uuid]) -> Result<Vec<ReplicaRef>> {
         let runner_name = file_name(&self.runner_bin);
         let ollama_name = self.ollama_bin.as_deref().map(file_name);
@@ -774,6 +814,7 @@ impl ComputeDriver for LocalDriver {
                 start: st.start,
                 runtime,
                 port,
+                log: env.get(ENV_LOG_LAUNCH).and_then(|v| v.parse().ok()),
             };
             found.push(ReplicaRef {
                 instance_id,
