@@ -473,11 +473,32 @@ async fn gpu_replica_uses_the_capacity_provider() {
     assert_eq!(gpu.r#type(), &ResourceType::Gpu);
     assert_eq!(gpu.value(), "1");
     assert_eq!(c.memory(), Some(6144));
+    assert_eq!(f.eni_groups(&task).await, f.cfg.security_groups);
+    let log = c.log_configuration().expect("log configuration");
+    assert_eq!(log.log_driver().as_str(), "awslogs");
+    let opts = log.options().expect("awslogs options");
+    assert_eq!(opts["awslogs-group"], f.cfg.log_group);
+    assert_eq!(opts["awslogs-stream-prefix"], s.instance_id.to_string());
 
-    assert!(matches!(
-        f.driver.observe(&r).await.expect("observe"),
-        Observed::Running { .. }
-    ));
+    let endpoint = match f.driver.observe(&r).await.expect("observe") {
+        Observed::Running { endpoint } => endpoint,
+        other => panic!("expected Running, got {other:?}"),
+    };
+    let ip = endpoint
+        .strip_prefix("http://")
+        .and_then(|e| e.strip_suffix(":11434"))
+        .unwrap_or_else(|| panic!("endpoint {endpoint}"));
+    assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "{endpoint}");
+    let now = chrono::Utc::now().timestamp_millis();
+    f.put_logs(
+        s.instance_id,
+        &r,
+        &[(now, "corral: model smollm2:135m is ready".into())],
+    )
+    .await;
+    let page = f.driver.logs(&r, None, 10).await.expect("logs");
+    let text: Vec<&str> = page.lines.iter().map(|l| l.line.as_str()).collect();
+    assert_eq!(text, ["corral: model smollm2:135m is ready"]);
     f.driver.stop(&r, Duration::ZERO).await.expect("stop");
     assert!(matches!(
         f.driver.observe(&r).await.expect("observe"),
