@@ -1,17 +1,39 @@
 //! The `ecs` compute driver: each replica is one ECS task on a configured cluster, on
-//! Fargate (FARGATE or FARGATE_SPOT) or on GPU EC2 instances through a capacity provider.
+//! Fargate (FARGATE or FARGATE_SPOT) or on GPU EC2 instances through a capacity provider
+//! (one per GPU instance type, or one for all).
 //!
 //! - `launch`: registers (or reuses) the task definition for the model and size (see
-//!   [`taskdef`]) and runs it with RunTask in the configured subnets and security groups.
-//!   The task carries the tags `corral:instance-id` and `corral:replica-id`, and
-//!   `startedBy` is the replica id. The `driver_ref` is the task ARN.
+//!   `taskdef.rs`), then, by [`LaunchMode`]: RunTask in the configured subnets and
+//!   security groups (task mode, the default), or desiredCount + 1 on the instance's ECS
+//!   service and a claim of the task it starts (service mode, see [`service`]). The task
+//!   carries the tags `corral:instance-id` and `corral:replica-id` (and in task mode
+//!   `startedBy` is the replica id). The `driver_ref` is the task ARN in both modes.
 //! - `observe`: DescribeTasks; the endpoint is the private IPv4 of the task's ENI.
+//! - `stop`: StopTask of exactly that task; in service mode the service's desiredCount
+//!   follows, and the last replica deletes the service.
 //! - `logs`: the awslogs driver writes to `<log group>/<instance id>/model/<task id>`;
-//!   read back with GetLogEvents, the forward token being the cursor.
+//!   a replica's are read back with GetLogEvents, the forward token being the cursor.
+//!   `instance_logs` reads all of an instance's streams with FilterLogEvents, stopped
+//!   and replaced tasks included (see `logs.rs`).
 //! - `resources`: none; per-task CPU and memory would come from Container Insights.
+//! - `orphans`: tasks tagged by Corral for replicas it does not know; in service mode
+//!   also Corral's services with no task and service tasks nobody claimed.
 //!
 //! Endpoints: `AWS_ENDPOINT_URL` (read by aws-config) or `EcsConfig::endpoint_url`, which
 //! is how the tests point the driver at moto.
+//!
+//! What the moto tests (tests/moto.rs, moto 5.2) cover and what they cannot: task
+//! definitions, RunTask placement (capacity provider, subnet, security groups, ENI
+//! address), tags, DescribeTasks, StopTask, orphans, GetLogEvents and FilterLogEvents
+//! (over several pages) run against moto itself. moto's CreateService and UpdateService
+//! only record desiredCount and never start a task, and ListTasks ignores its
+//! serviceName filter; the service-mode tests therefore play the ECS service scheduler
+//! themselves (RunTask with the service's definition, network and `service:<name>`
+//! group), so desiredCount, claiming, stop and deletion are checked against moto's API
+//! but the scheduler's own choices (placement, which task a lower count stops,
+//! replacing a dead task) are not. moto also drops a service's capacity provider
+//! strategy and gives tasks no createdAt, so neither the service's capacity provider
+//! nor the age rule for unclaimed orphan tasks is checked there.
 
 mod logs;
 pub mod service;
@@ -127,7 +149,7 @@ pub struct EcsDriver {
     offers: Vec<ComputeOffer>,
     /// Service mode: launches and stops of one instance take turns (see [`service`]).
     locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
-    /// The replica of each task whose log lines were read (see [`logs`]).
+    /// The replica of each task whose log lines were read (see `logs.rs`).
     task_replicas: std::sync::Mutex<HashMap<String, Uuid>>,
 }
 
