@@ -849,8 +849,9 @@ async fn long_requests_are_activity(backend: Backend) {
         return;
     };
     let (owner, token) = gw.user(Role::User).await;
+    let timeout = Duration::from_secs(1);
     let idle = InstanceSettings {
-        idle_timeout_seconds: 2,
+        idle_timeout_seconds: 1,
         wake_on_request: true,
         ..InstanceSettings::default()
     };
@@ -860,47 +861,73 @@ async fn long_requests_are_activity(backend: Backend) {
         let inst = gw.app.state.store.instance(id).await.unwrap().unwrap();
         inst.desired
     };
+    // A long request: the replica's slots are first taken by generations sent to it
+    // directly (no activity for the gateway), so the gateway's request waits in the
+    // replica's queue before its own generation.
+    let replica = gw.replica(id);
+    let long = json!({"model": MODEL, "prompt": "Count from 1 to 1000: 1, 2,",
+                      "options": {"num_predict": 900, "temperature": 0}});
+    let direct: Vec<_> = (0..4)
+        .map(|_| {
+            let req = gw
+                .app
+                .http
+                .post(format!("{replica}/api/generate"))
+                .json(&long);
+            tokio::spawn(async move { req.send().await?.bytes().await })
+        })
+        .collect();
+    let start = Instant::now();
+    while busy_slots(&replica).await < 2 {
+        assert!(start.elapsed() < Duration::from_secs(10), "slots not taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Read to its end; the instance stays up all along.
+    let began = Instant::now();
     let mut resp = gw
         .call(
             Method::POST,
             "/ollama/api/generate",
             Some(&token),
-            Some(
-                json!({"model": MODEL, "prompt": "Count from 1 to 1000: 1, 2,",
-                        "options": {"num_predict": 900, "temperature": 0}}),
-            ),
+            Some(long),
         )
         .await;
     assert_eq!(resp.status(), 200);
-    resp.chunk().await.unwrap().expect("a chunk");
-    // Held open for longer than the idle timeout: never idle while in flight.
-    let held = Instant::now();
-    while held.elapsed() < Duration::from_secs(3) {
-        assert_eq!(desired().await, Desired::Running, "idled while streaming");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut checked = Instant::now();
+    while resp.chunk().await.unwrap().is_some() {
+        if checked.elapsed() >= Duration::from_millis(100) {
+            assert_eq!(desired().await, Desired::Running, "idled while streaming");
+            checked = Instant::now();
+        }
     }
-    drop(resp);
-    let start = Instant::now();
     while route.in_flight() != 0 {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            began.elapsed() < Duration::from_secs(60),
             "request not ended"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let lasted = began.elapsed();
+    assert!(
+        lasted >= timeout + Duration::from_millis(500),
+        "the request took only {lasted:?}: too short to outlast the idle timeout"
+    );
     // Its end is activity: the reconciler (every 0.5 s) leaves the instance alone for
-    // the idle timeout from there, although the request began 3 s ago.
+    // the idle timeout from there, although the request began long before.
     let ended = Instant::now();
-    while ended.elapsed() < Duration::from_millis(1200) {
+    while ended.elapsed() < timeout * 7 / 10 {
         assert_eq!(
             desired().await,
             Desired::Running,
             "idled as the request ended"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // And then it does go to sleep.
     gw.wait_state(id, State::Sleeping).await;
+    for call in direct {
+        call.abort();
+    }
     gw.teardown().await;
 }
 

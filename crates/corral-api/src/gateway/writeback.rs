@@ -195,3 +195,87 @@ impl Flusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use corral_core::{ApiKey, Role, User};
+
+    async fn store() -> (tempfile::TempDir, std::sync::Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("corral.db").display());
+        let store = corral_store::open(&url).await.unwrap();
+        (dir, store)
+    }
+
+    fn sample(owner: Uuid, instance: Uuid, at: DateTime<Utc>, p: u64, c: u64) -> UsageSample {
+        UsageSample {
+            owner_id: owner,
+            instance_id: instance,
+            model_id: "smollm2:135m".into(),
+            at,
+            prompt_tokens: p,
+            completion_tokens: c,
+        }
+    }
+
+    #[tokio::test]
+    async fn buckets_are_written_as_their_requests() {
+        let (_dir, store) = store().await;
+        let (owner, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let ten = Utc.with_ymd_and_hms(2026, 11, 25, 10, 5, 0).unwrap();
+        let eleven = Utc.with_ymd_and_hms(2026, 11, 25, 11, 59, 59).unwrap();
+        let wb = Writeback::default();
+        wb.usage(sample(owner, a, ten, 10, 2));
+        wb.usage(sample(owner, a, ten + TimeDelta::minutes(50), 5, 1));
+        wb.usage(sample(owner, a, eleven, 7, 3));
+        wb.usage(sample(owner, b, ten, 1, 1));
+        wb.flush(store.as_ref()).await.unwrap();
+        // Written once: a second flush adds nothing.
+        wb.flush(store.as_ref()).await.unwrap();
+
+        let rows = store.usage(Some(owner), None, None).await.unwrap();
+        let row = |inst: Uuid, hour: DateTime<Utc>| {
+            rows.iter()
+                .find(|r| r.instance_id == inst && r.hour == hour)
+                .map(|r| (r.requests, r.prompt_tokens, r.completion_tokens))
+        };
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert_eq!(row(a, hour_start(ten)), Some((2, 15, 3)));
+        assert_eq!(row(a, hour_start(eleven)), Some((1, 7, 3)));
+        assert_eq!(row(b, hour_start(ten)), Some((1, 1, 1)));
+
+        // Added to, not replaced, by a later flush.
+        wb.usage(sample(owner, b, ten, 4, 4));
+        wb.flush(store.as_ref()).await.unwrap();
+        let rows = store.usage(Some(owner), None, None).await.unwrap();
+        let b_row = rows.iter().find(|r| r.instance_id == b).unwrap();
+        assert_eq!((b_row.requests, b_row.completion_tokens), (2, 5));
+    }
+
+    #[tokio::test]
+    async fn key_use_keeps_the_latest_time() {
+        let (_dir, store) = store().await;
+        let user = User::new("k@example.com", "x".into(), Role::User, Utc::now());
+        store.create_user(&user).await.unwrap();
+        let key = ApiKey {
+            id: Uuid::now_v7(),
+            owner_id: user.id,
+            name: "k".into(),
+            prefix: "crl_x".into(),
+            key_hash: "h".into(),
+            created_at: Utc::now(),
+            expires_at: None,
+            last_used_at: None,
+        };
+        store.create_api_key(&key).await.unwrap();
+        let late = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap();
+        let wb = Writeback::default();
+        wb.key_used(key.id, late);
+        wb.key_used(key.id, late - TimeDelta::seconds(30));
+        wb.flush(store.as_ref()).await.unwrap();
+        let stored = store.list_api_keys(user.id).await.unwrap();
+        assert_eq!(stored[0].last_used_at, Some(late));
+    }
+}
