@@ -386,7 +386,14 @@ async fn finish(
     kept_refresh: Option<String>,
 ) -> ApiResult<(HeaderMap, TokenPair)> {
     let identity = cognito.verifier.verify(&tokens.id_token).await?;
-    let email = cognito.email_of(&identity, &tokens.id_token).await?;
+    // An app client may be denied reading `email` into ID tokens; GetUser still has it.
+    let email = match identity.email {
+        Some(_) => cognito.email_of(&identity, &tokens.id_token).await?,
+        None => {
+            let access = cognito.verifier.verify(&tokens.access_token).await?;
+            cognito.email_of(&access, &tokens.access_token).await?
+        }
+    };
     let user = oidc::local_user(state, &identity, &email).await?;
     audit.actor(&user);
     if user.disabled {
