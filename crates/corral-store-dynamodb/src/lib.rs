@@ -278,11 +278,16 @@ impl DynamoStore {
 
     /// A strongly consistent GetItem.
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>> {
+        let key = item::key(pk, sk);
+        // A key DynamoDB cannot hold names no item (and would be a ValidationException).
+        if !key_fits(&key) {
+            return Ok(None);
+        }
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(item::key(pk, sk)))
+            .set_key(Some(key))
             .consistent_read(true)
             .send()
             .await
@@ -292,6 +297,7 @@ impl DynamoStore {
 
     /// PutItem; false when `condition` does not hold.
     async fn put(&self, item: Item, condition: Option<&str>, values: Item) -> Result<bool> {
+        check_key(&item)?;
         let names = names(&[condition.unwrap_or_default()]);
         let result = self
             .client
@@ -325,6 +331,7 @@ impl DynamoStore {
         condition: Option<&str>,
         values: Item,
     ) -> Result<Option<Item>> {
+        check_key(&key)?;
         let names = names(&[expression, condition.unwrap_or_default()]);
         let result = self
             .client
@@ -353,6 +360,9 @@ impl DynamoStore {
 
     /// DeleteItem returning the deleted item (None if there was none).
     async fn delete(&self, key: Item) -> Result<Option<Item>> {
+        if !key_fits(&key) {
+            return Ok(None);
+        }
         let out = self
             .client
             .delete_item()
@@ -459,6 +469,7 @@ impl DynamoStore {
         condition: Option<&str>,
         values: Item,
     ) -> Result<TransactWriteItem> {
+        check_key(&item)?;
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -471,6 +482,7 @@ impl DynamoStore {
     }
 
     fn tx_check(&self, key: Item, condition: &str, values: Item) -> Result<TransactWriteItem> {
+        check_key(&key)?;
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -489,6 +501,7 @@ impl DynamoStore {
         condition: Option<&str>,
         values: Item,
     ) -> Result<TransactWriteItem> {
+        check_key(&key)?;
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -507,6 +520,7 @@ impl DynamoStore {
         condition: Option<&str>,
         values: Item,
     ) -> Result<TransactWriteItem> {
+        check_key(&key)?;
         let delete = Delete::builder()
             .table_name(&self.table)
             .set_key(Some(key))
@@ -647,6 +661,26 @@ fn values(pairs: &[(&str, AttributeValue)]) -> Item {
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
+}
+
+/// Whether `PK` and `SK` are within DynamoDB's key limits (2048 and 1024 bytes). Keys
+/// hold callers' text (e-mail addresses, model ids); one beyond the limits is bad input.
+fn key_fits(item: &Item) -> bool {
+    let len = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => v.len(),
+        _ => 0,
+    };
+    len("PK") <= 2048 && len("SK") <= 1024
+}
+
+fn check_key(item: &Item) -> Result<()> {
+    if key_fits(item) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(
+            "a key is too long for DynamoDB (2048 bytes, 1024 for sort keys)".into(),
+        ))
+    }
 }
 
 fn non_empty(values: Item) -> Option<Item> {

@@ -238,3 +238,27 @@ async fn many_writers_race_one_instance() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_keys_are_bad_input_not_database_errors() {
+    if !moto() {
+        return;
+    }
+    // DynamoDB refuses keys over 2048 bytes; the store answers as for any bad value.
+    with_store(|store| async move {
+        let long = format!("{}@example.test", "a".repeat(3000));
+        assert_eq!(store.user_by_email(&long).await.unwrap(), None);
+        assert_eq!(store.login_failures(&long).await.unwrap(), None);
+        store.clear_login_failures(&long).await.unwrap();
+        let err = store
+            .record_login_failure(&long, 5, chrono::Duration::minutes(1), chrono::Utc::now())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, corral_store::Error::Invalid(_)), "{err:?}");
+        let user = User::new(&long, "h".into(), Role::User, chrono::Utc::now());
+        let err = store.create_user(&user).await.unwrap_err();
+        assert!(matches!(err, corral_store::Error::Invalid(_)), "{err:?}");
+        assert_eq!(store.count_users().await.unwrap(), 0);
+    })
+    .await;
+}
