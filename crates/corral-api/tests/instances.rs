@@ -389,7 +389,46 @@ async fn deploy_show_logs_and_stop(backend: Backend) {
     assert!(stopped["replicas"].as_array().unwrap().is_empty());
     assert!(p.pids(uuid).is_empty(), "the runner outlived its stop");
 
-    // Start again, then delete.
+    // The stopped instance's logs are still there, marked with the run that wrote them.
+    let (status, logs) = app
+        .get(&format!("/api/instances/{id}/logs?tail=1000"), Some(&user))
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    let runs = logs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{logs}");
+    let first_run = runs[0]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(runs[0]["replica_id"], ready["replicas"][0]["id"]);
+    assert!(runs[0]["ended_at"].is_string(), "the run ended: {logs}");
+    let lines = logs["lines"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l["line"]
+            .as_str()
+            .unwrap()
+            .contains("corral: starting replica")),
+        "{logs}"
+    );
+    assert!(lines.iter().all(|l| l["run_id"] == first_run.as_str()));
+    // Someone else's instance, stopped or not, is not found.
+    let (_, other) = app.user_with_role(Role::User).await;
+    let (status, body) = app
+        .get(&format!("/api/instances/{id}/logs"), Some(&other))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+
+    // Following the stopped instance shows its tail, then the new run's lines once it is
+    // started again.
+    let mut follow = app
+        .http
+        .get(app.url(&format!("/api/instances/{id}/logs?tail=1&follow=true")))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
     let (status, _) = call(
         app,
         Method::POST,
@@ -398,6 +437,32 @@ async fn deploy_show_logs_and_stop(backend: Backend) {
     )
     .await;
     assert_eq!(status, 202);
+    let mut events: Vec<Value> = Vec::new();
+    let mut buf = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events.iter().any(|e| {
+        e["run_id"] != first_run.as_str() && e["line"].as_str().unwrap().contains("listening on")
+    }) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, follow.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no line of the new run within 30 s: {events:#?}"))
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                events.push(serde_json::from_str(data.trim()).unwrap());
+            }
+        }
+    }
+    drop(follow);
+    assert_eq!(
+        events[0]["run_id"],
+        first_run.as_str(),
+        "the tail comes first"
+    );
     wait_status(app, &user, &id, "ready").await;
     let (status, deleting) =
         call(app, Method::DELETE, &format!("/api/instances/{id}"), &user).await;
