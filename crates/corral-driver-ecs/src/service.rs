@@ -103,7 +103,17 @@ impl EcsDriver {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            arns.extend(page.map_err(provider("ListTasks"))?.task_arns().to_vec());
+            match page {
+                Ok(page) => arns.extend(page.task_arns().to_vec()),
+                // ECS refuses the filter for a service that does not exist (yet).
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_service_not_found_exception()) =>
+                {
+                    return Ok(vec![]);
+                }
+                Err(e) => return Err(provider("ListTasks")(e)),
+            }
         }
         let group = group(service);
         let mut tasks = Vec::new();
