@@ -3,6 +3,8 @@
 //! precedence, and falls back to a default that suits a laptop.
 
 use clap::Args;
+use corral_api::auth::cognito::{AuthMode, CognitoSettings};
+use corral_api::auth::oidc::RoleMapping;
 use corral_driver_ecs::{EcsConfig, LaunchMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -173,6 +175,37 @@ pub struct ServeArgs {
     /// ECS service per instance, desiredCount = replicas).
     #[arg(long, env = "CORRAL_ECS_LAUNCH", value_name = "task|service")]
     pub ecs_launch: Option<String>,
+    /// Where accounts live: `builtin` (Corral's own, default) or `cognito` (an Amazon
+    /// Cognito user pool; the rest of its settings are in `[auth.cognito]`).
+    #[arg(long, env = "CORRAL_AUTH_MODE", value_name = "MODE")]
+    pub auth_mode: Option<String>,
+    /// Region of the Cognito user pool. Default: AWS_REGION.
+    #[arg(long, env = "CORRAL_COGNITO_REGION", value_name = "REGION")]
+    pub cognito_region: Option<String>,
+    /// The Cognito user pool, e.g. us-east-1_AbCdEf123.
+    #[arg(long, env = "CORRAL_COGNITO_USER_POOL_ID", value_name = "ID")]
+    pub cognito_user_pool_id: Option<String>,
+    /// The pool's app client Corral signs users in with (USER_PASSWORD_AUTH enabled).
+    #[arg(long, env = "CORRAL_COGNITO_CLIENT_ID", value_name = "ID")]
+    pub cognito_client_id: Option<String>,
+    /// The app client's secret, if it has one.
+    #[arg(
+        long,
+        env = "CORRAL_COGNITO_CLIENT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub cognito_client_secret: Option<String>,
+    /// Where the pool's signing keys are. Default: the pool's own JWKS URL.
+    #[arg(long, env = "CORRAL_COGNITO_JWKS_URL", value_name = "URL")]
+    pub cognito_jwks_url: Option<String>,
+    /// Token claim listing the user's groups. Default: cognito:groups.
+    #[arg(long, env = "CORRAL_COGNITO_GROUPS_CLAIM", value_name = "CLAIM")]
+    pub cognito_groups_claim: Option<String>,
+    /// Role of accounts in none of the admin/user/viewer groups: admin, user, viewer, or
+    /// none to refuse them. Default: user.
+    #[arg(long, env = "CORRAL_COGNITO_DEFAULT_ROLE", value_name = "ROLE")]
+    pub cognito_default_role: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -214,6 +247,89 @@ pub struct FileConfig {
     pub prices: corral_core::PriceTable,
     /// The `ecs` compute driver; absent: only the local driver.
     pub ecs: Option<EcsFile>,
+    #[serde(default)]
+    pub auth: AuthFile,
+}
+
+/// `[auth]`: `mode = "builtin" | "cognito"`, and `[auth.cognito]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub cognito: CognitoFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CognitoFile {
+    /// Default: AWS_REGION, then AWS_DEFAULT_REGION.
+    pub region: Option<String>,
+    pub user_pool_id: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub jwks_url: Option<String>,
+    /// Default: AWS_ENDPOINT_URL, else AWS's own.
+    pub endpoint_url: Option<String>,
+    pub groups_claim: Option<String>,
+    pub admin_group: Option<String>,
+    pub user_group: Option<String>,
+    pub viewer_group: Option<String>,
+    pub default_role: Option<String>,
+}
+
+/// The auth mode after precedence (flags and CORRAL_* over `[auth]`). Empty values count
+/// as unset, as deployment templates pass every variable, set or not.
+pub fn auth_mode(args: &ServeArgs, file: &FileConfig) -> Result<AuthMode, CliError> {
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let pick =
+        |flag: &Option<String>, from_file: &Option<String>| set(flag).or_else(|| set(from_file));
+    let mode = pick(&args.auth_mode, &file.auth.mode).unwrap_or_else(|| "builtin".into());
+    let c = &file.auth.cognito;
+    match mode.as_str() {
+        "builtin" => Ok(AuthMode::Builtin),
+        "cognito" => {
+            let defaults = RoleMapping::default();
+            let default_role = match pick(&args.cognito_default_role, &c.default_role).as_deref() {
+                None => defaults.default_role,
+                Some("none") => None,
+                Some(role) => Some(role.parse().map_err(|e| {
+                    CliError::Invalid(format!("[auth.cognito] default_role: {e}, or none"))
+                })?),
+            };
+            let settings = CognitoSettings {
+                region: pick(&args.cognito_region, &c.region)
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                    .unwrap_or_default(),
+                user_pool_id: pick(&args.cognito_user_pool_id, &c.user_pool_id).unwrap_or_default(),
+                client_id: pick(&args.cognito_client_id, &c.client_id).unwrap_or_default(),
+                client_secret: pick(&args.cognito_client_secret, &c.client_secret),
+                jwks_url: pick(&args.cognito_jwks_url, &c.jwks_url),
+                endpoint_url: set(&c.endpoint_url),
+                roles: RoleMapping {
+                    groups_claim: pick(&args.cognito_groups_claim, &c.groups_claim)
+                        .unwrap_or(defaults.groups_claim),
+                    admin_group: set(&c.admin_group).unwrap_or(defaults.admin_group),
+                    user_group: set(&c.user_group).unwrap_or(defaults.user_group),
+                    viewer_group: set(&c.viewer_group).unwrap_or(defaults.viewer_group),
+                    default_role,
+                },
+                jwks_refetch_interval: CognitoSettings::DEFAULT_JWKS_REFETCH_INTERVAL,
+            };
+            let problems = settings.problems();
+            if !problems.is_empty() {
+                return Err(CliError::Invalid(format!(
+                    "auth mode cognito: {}",
+                    problems.join("; ")
+                )));
+            }
+            Ok(AuthMode::Cognito(Box::new(settings)))
+        }
+        other => Err(CliError::Invalid(format!(
+            "unknown auth mode {other:?}: expected builtin or cognito"
+        ))),
+    }
 }
 
 /// `[ecs]`: where and how the ECS driver runs replicas.
@@ -488,6 +604,65 @@ mod tests {
         ])
         .serve;
         assert!(ecs_config(&bad, &file).is_err());
+    }
+
+    #[test]
+    fn auth_mode_from_file_and_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let none = Cli::parse_from(["corral"]).serve;
+        assert!(matches!(
+            auth_mode(&none, &FileConfig::default()).unwrap(),
+            AuthMode::Builtin
+        ));
+        let file: FileConfig = toml::from_str(
+            "[auth]\nmode = \"cognito\"\n[auth.cognito]\nregion = \"eu-west-1\"\n\
+             user_pool_id = \"eu-west-1_Pool1\"\nclient_id = \"client1\"\n\
+             admin_group = \"corral-admins\"\ndefault_role = \"none\"\n",
+        )
+        .unwrap();
+        let AuthMode::Cognito(cfg) = auth_mode(&none, &file).unwrap() else {
+            panic!("cognito mode expected");
+        };
+        assert_eq!(cfg.user_pool_id, "eu-west-1_Pool1");
+        assert_eq!(cfg.roles.admin_group, "corral-admins");
+        assert_eq!(cfg.roles.user_group, "user");
+        assert_eq!(cfg.roles.groups_claim, "cognito:groups");
+        assert_eq!(cfg.roles.default_role, None);
+        let flags = Cli::parse_from([
+            "corral",
+            "--cognito-client-id",
+            "client2",
+            "--cognito-default-role",
+            "viewer",
+            "--cognito-client-secret",
+            "",
+        ])
+        .serve;
+        let AuthMode::Cognito(cfg) = auth_mode(&flags, &file).unwrap() else {
+            panic!("cognito mode expected");
+        };
+        assert_eq!(cfg.client_id, "client2");
+        assert_eq!(cfg.client_secret, None, "empty is unset");
+        assert_eq!(cfg.roles.default_role, Some(corral_core::Role::Viewer));
+        let builtin = Cli::parse_from(["corral", "--auth-mode", "builtin"]).serve;
+        assert!(matches!(
+            auth_mode(&builtin, &file).unwrap(),
+            AuthMode::Builtin
+        ));
+        let typo = Cli::parse_from(["corral", "--auth-mode", "cognitoo"]).serve;
+        assert!(auth_mode(&typo, &file).is_err());
+        let bad_role = Cli::parse_from(["corral", "--cognito-default-role", "root"]).serve;
+        assert!(auth_mode(&bad_role, &file).is_err());
+        let incomplete: FileConfig =
+            toml::from_str("[auth]\nmode = \"cognito\"\n[auth.cognito]\nregion = \"eu-west-1\"\n")
+                .unwrap();
+        assert!(auth_mode(&none, &incomplete).is_err());
+        assert!(toml::from_str::<FileConfig>("[auth.cognito]\npool = \"x\"").is_err());
     }
 
     #[test]

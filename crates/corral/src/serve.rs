@@ -98,6 +98,7 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         settings.gateway_tokens_per_minute = v;
     }
     settings.argon2 = argon2_params(&file);
+    settings.auth = crate::config::auth_mode(&args, &file)?;
 
     let mailer = match args.smtp_host.clone().or(file.smtp.host.clone()) {
         Some(host) => Mailer::smtp(&SmtpSettings {
@@ -126,7 +127,9 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         store.upsert_model(&model).await?;
     }
     settings.prices = file.prices.clone();
-    if store.count_users().await? == 0 {
+    // With Cognito, administrators are the pool's admin group: no setup token.
+    let builtin = matches!(settings.auth, corral_api::auth::cognito::AuthMode::Builtin);
+    if builtin && store.count_users().await? == 0 {
         let token = secret::random_token();
         settings.setup_token = Some(token.clone());
         print_setup_hint(&public_url, &token);
