@@ -985,6 +985,33 @@ async fn restart_adopts_and_kill_restarts(backend: Backend) {
         .post(&format!("/i/{id}/api/generate"), Some(&user), generate)
         .await;
     assert_eq!(status, 200, "{answer}");
+
+    // The killed run's log is still shown, apart from its replacement's: same replica,
+    // two runs, each starting with the driver's header line.
+    let (status, logs) = p
+        .app
+        .get(&format!("/api/instances/{id}/logs?tail=5000"), Some(&user))
+        .await;
+    assert_eq!(status, 200, "{logs}");
+    let runs = logs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{logs}");
+    assert_eq!(runs[0]["replica_id"], runs[1]["replica_id"]);
+    assert!(runs[0]["ended_at"].is_string() && runs[1]["ended_at"].is_null());
+    for run in runs {
+        let headers = logs["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["run_id"] == run["run_id"])
+            .filter(|l| {
+                l["line"]
+                    .as_str()
+                    .unwrap()
+                    .contains("corral: starting replica")
+            })
+            .count();
+        assert_eq!(headers, 1, "{run}: {logs}");
+    }
     p.teardown().await;
 }
 
