@@ -57,6 +57,9 @@ pub fn token_pk(hash: &str) -> String {
 pub fn session_pk(id: Uuid) -> String {
     format!("SESSION#{id}")
 }
+pub fn family_pk(id: Uuid) -> String {
+    format!("FAMILY#{id}")
+}
 pub fn rtoken_pk(hash: &str) -> String {
     format!("RTOKEN#{hash}")
 }
@@ -66,8 +69,10 @@ pub fn apikey_pk(id: Uuid) -> String {
 pub fn keyhash_pk(hash: &str) -> String {
     format!("KEYHASH#{hash}")
 }
-pub fn model_pk(id: &str) -> String {
-    format!("MODEL#{id}")
+/// The catalog is one item collection, `CATALOG`, sorted by model id: a consistent
+/// Query lists it in order.
+pub fn model_key(id: &str) -> Item {
+    key("CATALOG".into(), id)
 }
 pub fn instance_pk(id: Uuid) -> String {
     format!("INSTANCE#{id}")
@@ -301,12 +306,11 @@ pub fn login_failures(item: &Item) -> Result<LoginFailures> {
     })
 }
 
+/// A session lives in its user's item collection (`USER#<id>`), so revoking all of a
+/// user's or a family's sessions is a strongly consistent Query that cannot miss one
+/// created a moment ago.
 pub fn session_item(session: &RefreshSession) -> Item {
-    Builder::keys(session_pk(session.id), "SESSION")
-        .set("GSI1PK", s(user_pk(session.user_id)))
-        .set("GSI1SK", s(format!("SESSION#{}", session.id)))
-        .set("GSI2PK", s(format!("FAMILY#{}", session.family_id)))
-        .set("GSI2SK", s(session.id.to_string()))
+    Builder::keys(user_pk(session.user_id), format!("SESSION#{}", session.id))
         .set("id", s(session.id.to_string()))
         .set("user_id", s(session.user_id.to_string()))
         .set("family_id", s(session.family_id.to_string()))
@@ -320,6 +324,23 @@ pub fn session_item(session: &RefreshSession) -> Item {
         // DynamoDB's TTL may drop it a while after it expired: it is useless by then.
         .set("ttl", n(session.expires_at.timestamp()))
         .build()
+}
+
+/// The items that find a session by id, by token hash and by family (each holds the
+/// user, whose collection has the session; each is also the uniqueness of its key).
+pub fn session_pointers(session: &RefreshSession) -> [Item; 3] {
+    let pointer = |pk: String, sk: &str| {
+        Builder::keys(pk, sk)
+            .set("user_id", s(session.user_id.to_string()))
+            .set("session_id", s(session.id.to_string()))
+            .set("ttl", n(session.expires_at.timestamp()))
+            .build()
+    };
+    [
+        pointer(session_pk(session.id), "SESSION"),
+        pointer(rtoken_pk(&session.token_hash), "RTOKEN"),
+        pointer(family_pk(session.family_id), "FAMILY"),
+    ]
 }
 
 pub fn session(item: &Item) -> Result<RefreshSession> {
@@ -338,13 +359,14 @@ pub fn session(item: &Item) -> Result<RefreshSession> {
     })
 }
 
+/// The sort key of an API key in its owner's collection: newest last, by creation.
+pub fn api_key_sk(key: &ApiKey) -> String {
+    format!("APIKEY#{}#{}", tkey(key.created_at), key.id)
+}
+
+/// An API key lives in its owner's item collection (listed by a consistent Query).
 pub fn api_key_item(key: &ApiKey) -> Item {
-    Builder::keys(apikey_pk(key.id), "APIKEY")
-        .set("GSI1PK", s(user_pk(key.owner_id)))
-        .set(
-            "GSI1SK",
-            s(format!("APIKEY#{}#{}", tkey(key.created_at), key.id)),
-        )
+    Builder::keys(user_pk(key.owner_id), api_key_sk(key))
         .set("id", s(key.id.to_string()))
         .set("owner_id", s(key.owner_id.to_string()))
         .set("name", s(&key.name))
@@ -354,6 +376,20 @@ pub fn api_key_item(key: &ApiKey) -> Item {
         .opt("expires_at", key.expires_at.map(t))
         .opt("last_used_at", key.last_used_at.map(t))
         .build()
+}
+
+/// The items that find a key by id and by hash (and keep both unique).
+pub fn api_key_pointers(key: &ApiKey) -> [Item; 2] {
+    let pointer = |pk: String, sk: &str| {
+        Builder::keys(pk, sk)
+            .set("owner_id", s(key.owner_id.to_string()))
+            .set("key_sk", s(api_key_sk(key)))
+            .build()
+    };
+    [
+        pointer(apikey_pk(key.id), "APIKEY"),
+        pointer(keyhash_pk(&key.key_hash), "KEYHASH"),
+    ]
 }
 
 pub fn api_key(item: &Item) -> Result<ApiKey> {
@@ -419,8 +455,6 @@ pub fn model_fields(model: &CatalogModel) -> Result<Vec<(&'static str, Attribute
     let source = serde_json::to_string(&model.source)
         .map_err(|e| Error::Invalid(format!("model source: {e}")))?;
     let mut fields = vec![
-        ("GSI2PK", s("MODELS")),
-        ("GSI2SK", s(&model.id)),
         ("id", s(&model.id)),
         ("family", s(&model.family)),
         ("size", s(&model.size)),

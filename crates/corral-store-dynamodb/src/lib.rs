@@ -13,11 +13,13 @@
 //!   attribute that each write checks and bumps (optimistic concurrency, retried);
 //! * counters (usage, sequence numbers) by `UpdateItem ADD`, which is atomic.
 //!
-//! Everything that must read its own writes (lookups by id or hash, an instance's
-//! events and replicas, its runs) uses the table's keys with strongly consistent
-//! reads. Only lists across entities (all users, a user's keys and sessions, all
-//! instances, all replicas, the outbox by recipient) go through a global secondary
-//! index, which DynamoDB updates asynchronously (usually within a second).
+//! Everything that must read its own writes uses the table's keys with strongly
+//! consistent reads: lookups by id or hash, a user's sessions and API keys (kept in the
+//! user's item collection, so revoking them cannot miss one created a moment ago), an
+//! instance with its events and replicas, runs, the catalog, the audit log and the
+//! outbox. Only lists across users (all users, a user's instances, all instances, all
+//! replicas, runs by owner, everyone's usage, mail to one recipient) read a global
+//! secondary index, which DynamoDB updates asynchronously (usually within a second).
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -21,6 +21,14 @@ const USER_IN_USE: &str = "the user still owns instances: stop and delete them f
 const NEW: &str = "attribute_not_exists(#PK)";
 const EXISTS: &str = "attribute_exists(#PK)";
 
+/// The key (`PK`, `SK`) of an item.
+fn pointer_key(it: &Item) -> Item {
+    it.iter()
+        .filter(|(name, _)| *name == "PK" || *name == "SK")
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
 /// Whether the transaction item at `index` failed its condition.
 fn failed(codes: &[String], index: usize) -> bool {
     codes
@@ -106,40 +114,73 @@ impl DynamoStore {
         Err(contended("instance update"))
     }
 
-    /// The items of one user's credentials (sessions and their hash items, keys and
-    /// their hash items, action tokens), through GSI1.
+    /// The keys of a deleted user's credentials: the sessions and API keys in the user's
+    /// collection (read consistently) with the items that point at them, and the
+    /// action tokens (through GSI1; one missed by the index's lag is harmless, since
+    /// consuming a token checks that its user exists, and TTL removes it).
     async fn credential_keys(&self, user_id: Uuid) -> Result<Vec<Item>> {
-        let found = self
+        let mut keys = Vec::new();
+        let own = self
             .query(Query::new(
-                Some("GSI1"),
-                "#GSI1PK = :pk",
+                None,
+                "#PK = :pk",
                 values(&[(":pk", s(item::user_pk(user_id)))]),
             ))
             .await?;
-        let mut keys = Vec::new();
-        for it in found {
-            let r = item::Reader::new(&it, "credential");
-            let (pk, sk) = (r.string("PK")?, r.string("SK")?);
-            match sk.as_str() {
-                "SESSION" => keys.push(key(item::rtoken_pk(r.str("token_hash")?), "RTOKEN")),
-                "APIKEY" => keys.push(key(item::keyhash_pk(r.str("key_hash")?), "KEYHASH")),
-                "TOKEN" => {}
-                // Instances are on GSI1 too; delete_user refuses while there are any.
-                _ => continue,
+        for it in &own {
+            let sk = item::Reader::new(it, "user item").string("SK")?;
+            if sk.starts_with("SESSION#") {
+                let session = item::session(it)?;
+                keys.extend(item::session_pointers(&session).map(|p| pointer_key(&p)));
+            } else if sk.starts_with("APIKEY#") {
+                let api_key = item::api_key(it)?;
+                keys.extend(item::api_key_pointers(&api_key).map(|p| pointer_key(&p)));
             }
-            keys.push(key(pk, &sk));
+            keys.push(key(item::user_pk(user_id), &sk));
         }
+        let tokens = self
+            .query(Query::new(
+                Some("GSI1"),
+                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
+                values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("TOKEN#"))]),
+            ))
+            .await?;
+        for it in &tokens {
+            keys.push(pointer_key(it));
+        }
+        // A family's items are shared by its sessions: delete each once.
+        keys.sort_by_key(|k| format!("{:?}", (k.get("PK"), k.get("SK"))));
+        keys.dedup();
         Ok(keys)
     }
 
+    /// The sessions of one user, read consistently from the user's collection.
+    async fn sessions_of(&self, user_id: Uuid) -> Result<Vec<RefreshSession>> {
+        self.query(Query::new(
+            None,
+            "#PK = :pk AND begins_with(#SK, :sk)",
+            values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("SESSION#"))]),
+        ))
+        .await?
+        .iter()
+        .map(item::session)
+        .collect()
+    }
+
     /// Sets `revoked_at` on each live session among `sessions`; returns how many.
-    async fn revoke(&self, sessions: Vec<Item>, now: DateTime<Utc>) -> Result<u64> {
+    async fn revoke(&self, sessions: Vec<RefreshSession>, now: DateTime<Utc>) -> Result<u64> {
         let mut revoked = 0;
-        for it in sessions {
-            let id = item::Reader::new(&it, "session").uuid("id")?;
+        for session in sessions {
+            if session.replaced_at.is_some() || session.revoked_at.is_some() {
+                continue;
+            }
+            // Conditional: a rotation or revocation that got in first keeps its mark.
             let done = self
                 .update(
-                    key(item::session_pk(id), "SESSION"),
+                    key(
+                        item::user_pk(session.user_id),
+                        &format!("SESSION#{}", session.id),
+                    ),
                     "SET #revoked_at = :now",
                     Some(
                         "attribute_exists(#PK) AND attribute_not_exists(#replaced_at) \
@@ -308,8 +349,8 @@ impl Store for DynamoStore {
             }
             return Ok(false);
         }
-        // Credentials go after the user: new ones check that the user exists, so none
-        // can appear once this point is reached.
+        // Credentials go after the user: new ones check (in their transaction) that the
+        // user exists, so none can appear once this point is reached.
         let keys = self.credential_keys(id).await?;
         self.delete_all(keys).await?;
         Ok(true)
@@ -436,8 +477,14 @@ impl Store for DynamoStore {
         purpose: TokenPurpose,
         now: DateTime<Utc>,
     ) -> Result<Option<Uuid>> {
-        let used = self
-            .update(
+        let Some(token) = self.get(item::token_pk(token_hash), "TOKEN").await? else {
+            return Ok(None);
+        };
+        let user_id = item::Reader::new(&token, "action token").uuid("user_id")?;
+        // Spent only if unused, of that purpose, unexpired, and its user still exists
+        // (the user's deletion removes tokens through an index that may lag).
+        let writes = vec![
+            self.tx_update(
                 key(item::token_pk(token_hash), "TOKEN"),
                 "SET #used_at = :now",
                 Some(
@@ -445,21 +492,26 @@ impl Store for DynamoStore {
                      AND attribute_not_exists(#used_at) AND #expires_at > :now",
                 ),
                 values(&[(":now", t(now)), (":purpose", s(purpose.as_str()))]),
-            )
-            .await?;
-        used.map(|it| item::Reader::new(&it, "action token").uuid("user_id"))
-            .transpose()
+            )?,
+            self.tx_check(key(item::user_pk(user_id), "USER"), EXISTS, Item::new())?,
+        ];
+        Ok(self.transact(writes).await?.is_ok().then_some(user_id))
     }
 
     // --- refresh sessions ---
 
     async fn create_session(&self, session: &RefreshSession) -> Result<()> {
-        let pointer = Builder::keys(item::rtoken_pk(&session.token_hash), "RTOKEN")
-            .set("session_id", s(session.id.to_string()))
-            .build();
+        let [by_id, by_hash, family] = item::session_pointers(session);
         let writes = vec![
             self.tx_put(item::session_item(session), Some(NEW), Item::new())?,
-            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_put(by_id, Some(NEW), Item::new())?,
+            self.tx_put(by_hash, Some(NEW), Item::new())?,
+            // A family belongs to one user; its item points at the newest session.
+            self.tx_put(
+                family,
+                Some("attribute_not_exists(#PK) OR #user_id = :user"),
+                values(&[(":user", s(session.user_id.to_string()))]),
+            )?,
             self.tx_check(
                 key(item::user_pk(session.user_id), "USER"),
                 EXISTS,
@@ -468,7 +520,7 @@ impl Store for DynamoStore {
         ];
         match self.transact(writes).await? {
             Ok(()) => Ok(()),
-            Err(codes) if failed(&codes, 2) => Err(Error::UnknownReference("user")),
+            Err(codes) if failed(&codes, 4) => Err(Error::UnknownReference("user")),
             Err(_) => Err(Error::Conflict("session")),
         }
     }
@@ -477,8 +529,9 @@ impl Store for DynamoStore {
         let Some(pointer) = self.get(item::rtoken_pk(token_hash), "RTOKEN").await? else {
             return Ok(None);
         };
-        let id = item::Reader::new(&pointer, "session hash").uuid("session_id")?;
-        self.get(item::session_pk(id), "SESSION")
+        let r = item::Reader::new(&pointer, "session hash");
+        let (user_id, id) = (r.uuid("user_id")?, r.uuid("session_id")?);
+        self.get(item::user_pk(user_id), &format!("SESSION#{id}"))
             .await?
             .map(|it| item::session(&it))
             .transpose()
@@ -490,14 +543,16 @@ impl Store for DynamoStore {
         next: &RefreshSession,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let pointer = Builder::keys(item::rtoken_pk(&next.token_hash), "RTOKEN")
-            .set("session_id", s(next.id.to_string()))
-            .build();
+        let Some(pointer) = self.get(item::session_pk(old_id), "SESSION").await? else {
+            return Ok(false);
+        };
+        let old_user = item::Reader::new(&pointer, "session id").uuid("user_id")?;
+        let [by_id, by_hash, family] = item::session_pointers(next);
         // One transaction: the old link is spent only if it is live, and the new one
         // exists only if the old one was spent.
         let writes = vec![
             self.tx_update(
-                key(item::session_pk(old_id), "SESSION"),
+                key(item::user_pk(old_user), &format!("SESSION#{old_id}")),
                 "SET #replaced_at = :now",
                 Some(
                     "attribute_exists(#PK) AND attribute_not_exists(#replaced_at) \
@@ -506,7 +561,13 @@ impl Store for DynamoStore {
                 values(&[(":now", t(now))]),
             )?,
             self.tx_put(item::session_item(next), Some(NEW), Item::new())?,
-            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_put(by_id, Some(NEW), Item::new())?,
+            self.tx_put(by_hash, Some(NEW), Item::new())?,
+            self.tx_put(
+                family,
+                Some("attribute_not_exists(#PK) OR #user_id = :user"),
+                values(&[(":user", s(next.user_id.to_string()))]),
+            )?,
         ];
         match self.transact(writes).await? {
             Ok(()) => Ok(true),
@@ -516,36 +577,31 @@ impl Store for DynamoStore {
     }
 
     async fn revoke_session_family(&self, family_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
-        let sessions = self
-            .query(Query::new(
-                Some("GSI2"),
-                "#GSI2PK = :pk",
-                values(&[(":pk", s(format!("FAMILY#{family_id}")))]),
-            ))
-            .await?;
-        self.revoke(sessions, now).await
+        let Some(family) = self.get(item::family_pk(family_id), "FAMILY").await? else {
+            return Ok(0);
+        };
+        let user_id = item::Reader::new(&family, "session family").uuid("user_id")?;
+        let sessions = self.sessions_of(user_id).await?;
+        let members = sessions
+            .into_iter()
+            .filter(|session| session.family_id == family_id)
+            .collect();
+        self.revoke(members, now).await
     }
 
     async fn revoke_user_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
-        let sessions = self
-            .query(Query::new(
-                Some("GSI1"),
-                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
-                values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("SESSION#"))]),
-            ))
-            .await?;
+        let sessions = self.sessions_of(user_id).await?;
         self.revoke(sessions, now).await
     }
 
     // --- API keys ---
 
     async fn create_api_key(&self, api_key: &ApiKey) -> Result<()> {
-        let pointer = Builder::keys(item::keyhash_pk(&api_key.key_hash), "KEYHASH")
-            .set("key_id", s(api_key.id.to_string()))
-            .build();
+        let [by_id, by_hash] = item::api_key_pointers(api_key);
         let writes = vec![
             self.tx_put(item::api_key_item(api_key), Some(NEW), Item::new())?,
-            self.tx_put(pointer, Some(NEW), Item::new())?,
+            self.tx_put(by_id, Some(NEW), Item::new())?,
+            self.tx_put(by_hash, Some(NEW), Item::new())?,
             self.tx_check(
                 key(item::user_pk(api_key.owner_id), "USER"),
                 EXISTS,
@@ -554,7 +610,7 @@ impl Store for DynamoStore {
         ];
         match self.transact(writes).await? {
             Ok(()) => Ok(()),
-            Err(codes) if failed(&codes, 2) => Err(Error::UnknownReference("user")),
+            Err(codes) if failed(&codes, 3) => Err(Error::UnknownReference("user")),
             Err(_) => Err(Error::Conflict("api key")),
         }
     }
@@ -562,8 +618,8 @@ impl Store for DynamoStore {
     async fn list_api_keys(&self, owner_id: Uuid) -> Result<Vec<ApiKey>> {
         self.query(
             Query::new(
-                Some("GSI1"),
-                "#GSI1PK = :pk AND begins_with(#GSI1SK, :sk)",
+                None,
+                "#PK = :pk AND begins_with(#SK, :sk)",
                 values(&[(":pk", s(item::user_pk(owner_id))), (":sk", s("APIKEY#"))]),
             )
             .newest_first(),
@@ -578,39 +634,44 @@ impl Store for DynamoStore {
         let Some(pointer) = self.get(item::keyhash_pk(key_hash), "KEYHASH").await? else {
             return Ok(None);
         };
-        let id = item::Reader::new(&pointer, "api key hash").uuid("key_id")?;
-        self.get(item::apikey_pk(id), "APIKEY")
+        let r = item::Reader::new(&pointer, "api key hash");
+        self.get(item::user_pk(r.uuid("owner_id")?), r.str("key_sk")?)
             .await?
             .map(|it| item::api_key(&it))
             .transpose()
     }
 
     async fn delete_api_key(&self, owner_id: Uuid, id: Uuid) -> Result<bool> {
-        let Some(found) = self.get(item::apikey_pk(id), "APIKEY").await? else {
+        let Some(pointer) = self.get(item::apikey_pk(id), "APIKEY").await? else {
+            return Ok(false);
+        };
+        let r = item::Reader::new(&pointer, "api key id");
+        // Owner-scoped: another user's key id looks like a missing one.
+        if r.uuid("owner_id")? != owner_id {
+            return Ok(false);
+        }
+        let Some(found) = self.get(item::user_pk(owner_id), r.str("key_sk")?).await? else {
             return Ok(false);
         };
         let existing = item::api_key(&found)?;
-        if existing.owner_id != owner_id {
-            return Ok(false);
+        let mut writes = vec![self.tx_delete(
+            key(item::user_pk(owner_id), &item::api_key_sk(&existing)),
+            Some(EXISTS),
+            Item::new(),
+        )?];
+        for p in item::api_key_pointers(&existing) {
+            writes.push(self.tx_delete(pointer_key(&p), None, Item::new())?);
         }
-        let writes = vec![
-            self.tx_delete(
-                key(item::apikey_pk(id), "APIKEY"),
-                Some("#owner_id = :owner"),
-                values(&[(":owner", s(owner_id.to_string()))]),
-            )?,
-            self.tx_delete(
-                key(item::keyhash_pk(&existing.key_hash), "KEYHASH"),
-                None,
-                Item::new(),
-            )?,
-        ];
         Ok(self.transact(writes).await?.is_ok())
     }
 
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let Some(pointer) = self.get(item::apikey_pk(id), "APIKEY").await? else {
+            return Ok(());
+        };
+        let r = item::Reader::new(&pointer, "api key id");
         self.update(
-            key(item::apikey_pk(id), "APIKEY"),
+            key(item::user_pk(r.uuid("owner_id")?), r.str("key_sk")?),
             "SET #last_used_at = :now",
             Some(
                 "attribute_exists(#PK) AND \
@@ -740,13 +801,8 @@ impl Store for DynamoStore {
         if model.weights_bytes.is_none() {
             expression.push_str(" REMOVE #weights_bytes");
         }
-        self.update(
-            key(item::model_pk(&model.id), "MODEL"),
-            &expression,
-            None,
-            values(&vals),
-        )
-        .await?;
+        self.update(item::model_key(&model.id), &expression, None, values(&vals))
+            .await?;
         Ok(())
     }
 
@@ -754,17 +810,18 @@ impl Store for DynamoStore {
         if id.is_empty() {
             return Ok(None);
         }
-        self.get(item::model_pk(id), "MODEL")
+        self.get("CATALOG".into(), id)
             .await?
             .map(|it| item::model(&it))
             .transpose()
     }
 
     async fn list_models(&self) -> Result<Vec<CatalogModel>> {
+        // One collection sorted by id: already in the promised order.
         self.query(Query::new(
-            Some("GSI2"),
-            "#GSI2PK = :pk",
-            values(&[(":pk", s("MODELS"))]),
+            None,
+            "#PK = :pk",
+            values(&[(":pk", s("CATALOG"))]),
         ))
         .await?
         .iter()
@@ -777,7 +834,7 @@ impl Store for DynamoStore {
             return Ok(false);
         }
         let writes = vec![self.tx_delete(
-            key(item::model_pk(id), "MODEL"),
+            item::model_key(id),
             Some("attribute_exists(#PK) AND #instances = :zero"),
             values(&[(":zero", n(0))]),
         )?];
@@ -806,7 +863,7 @@ impl Store for DynamoStore {
                 one(),
             )?,
             self.tx_update(
-                key(item::model_pk(&instance.model_id), "MODEL"),
+                item::model_key(&instance.model_id),
                 count_up,
                 Some(EXISTS),
                 one(),
@@ -982,7 +1039,7 @@ impl Store for DynamoStore {
                 minus(),
             )?,
             self.tx_update(
-                key(item::model_pk(&inst.model_id), "MODEL"),
+                item::model_key(&inst.model_id),
                 count_down,
                 Some(EXISTS),
                 minus(),
