@@ -245,7 +245,10 @@ fn group_of<'a>(
 }
 
 /// Usage (requests, tokens) per user, model or instance over a time range, with what
-/// the replicas cost in that range. Users see their own; admins see everyone's.
+/// the replicas cost in that range: each replica is billed per second from its launch
+/// (not from ready) until it stopped, as AWS bills Fargate tasks and EC2 instances, at
+/// the hourly price of its size. Deleted instances and users keep their cost. Users
+/// see their own; admins see everyone's.
 #[utoipa::path(get, path = "/api/usage", tag = "usage",
     security(("bearer" = [])),
     params(UsageQuery),
