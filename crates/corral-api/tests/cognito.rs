@@ -139,6 +139,7 @@ impl Pool {
             user_pool_id: self.id.clone(),
             client_id: self.client_id.clone(),
             client_secret: None,
+            issuer: None,
             jwks_url: None,
             endpoint_url: Some(self.endpoint.clone()),
             roles: RoleMapping::default(),

@@ -196,6 +196,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub cognito_client_secret: Option<String>,
+    /// Issuer (`iss`) of the pool's tokens. Default: https://cognito-idp.REGION.amazonaws.com/POOL.
+    #[arg(long, env = "CORRAL_COGNITO_ISSUER", value_name = "URL")]
+    pub cognito_issuer: Option<String>,
     /// Where the pool's signing keys are. Default: the pool's own JWKS URL.
     #[arg(long, env = "CORRAL_COGNITO_JWKS_URL", value_name = "URL")]
     pub cognito_jwks_url: Option<String>,
@@ -268,6 +271,7 @@ pub struct CognitoFile {
     pub user_pool_id: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    pub issuer: Option<String>,
     pub jwks_url: Option<String>,
     /// Default: AWS_ENDPOINT_URL, else AWS's own.
     pub endpoint_url: Option<String>,
@@ -305,6 +309,7 @@ pub fn auth_mode(args: &ServeArgs, file: &FileConfig) -> Result<AuthMode, CliErr
                 user_pool_id: pick(&args.cognito_user_pool_id, &c.user_pool_id).unwrap_or_default(),
                 client_id: pick(&args.cognito_client_id, &c.client_id).unwrap_or_default(),
                 client_secret: pick(&args.cognito_client_secret, &c.client_secret),
+                issuer: pick(&args.cognito_issuer, &c.issuer),
                 jwks_url: pick(&args.cognito_jwks_url, &c.jwks_url),
                 endpoint_url: set(&c.endpoint_url),
                 roles: RoleMapping {

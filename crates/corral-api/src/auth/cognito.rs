@@ -42,6 +42,8 @@ pub struct CognitoSettings {
     pub client_id: String,
     /// Only for an app client with a secret: every call then carries a SECRET_HASH.
     pub client_secret: Option<String>,
+    /// The tokens' `iss`. Default: `https://cognito-idp.{region}.amazonaws.com/{pool}`.
+    pub issuer: Option<String>,
     /// Default: `{endpoint}/{pool}/.well-known/jwks.json` when an endpoint override is
     /// set (moto serves it there), else `{issuer}/.well-known/jwks.json`.
     pub jwks_url: Option<String>,
@@ -57,6 +59,9 @@ impl CognitoSettings {
 
     /// Tokens of the pool carry this `iss`.
     pub fn issuer(&self) -> String {
+        if let Some(issuer) = &self.issuer {
+            return issuer.trim_end_matches('/').to_string();
+        }
         format!(
             "https://cognito-idp.{}.amazonaws.com/{}",
             self.region, self.user_pool_id
@@ -108,7 +113,12 @@ impl CognitoSettings {
         if self.client_secret.as_deref() == Some("") {
             problems.push("[auth.cognito] client_secret is empty; leave it out instead".into());
         }
-        for url in self.jwks_url.iter().chain(&self.endpoint_url) {
+        for url in self
+            .jwks_url
+            .iter()
+            .chain(&self.endpoint_url)
+            .chain(&self.issuer)
+        {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 problems.push(format!("[auth.cognito] {url:?} is not an http(s) URL"));
             }
@@ -562,6 +572,7 @@ mod tests {
             user_pool_id: "eu-west-1_AbC123".into(),
             client_id: "client123".into(),
             client_secret: None,
+            issuer: None,
             jwks_url: None,
             endpoint_url: Some("http://127.0.0.1:5000/".into()),
             roles: RoleMapping::default(),
@@ -583,9 +594,11 @@ mod tests {
         assert!(s.problems().is_empty());
         let explicit = CognitoSettings {
             jwks_url: Some("https://keys.example/jwks.json".into()),
+            issuer: Some("https://issuer.example/pool/".into()),
             ..settings()
         };
         assert_eq!(explicit.jwks_url(), "https://keys.example/jwks.json");
+        assert_eq!(explicit.issuer(), "https://issuer.example/pool");
         let bad = CognitoSettings {
             user_pool_id: "us-east-1_AbC".into(),
             client_id: String::new(),
