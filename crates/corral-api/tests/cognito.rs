@@ -319,6 +319,9 @@ async fn cognito_sign_up_login_and_roles(backend: Backend) {
         assert_eq!(profile["email"], alice);
         assert_eq!(profile["role"], "user");
     }
+    // The gateway takes the pool's tokens too.
+    let (status, models) = app.get("/v1/models", Some(&access)).await;
+    assert_eq!(status, 200, "{models}");
     let local = app.state.store.user_by_email(alice).await.unwrap().unwrap();
     assert!(corral_api::auth::oidc::is_external(&local));
     assert_eq!(local.role, Role::User);
@@ -843,4 +846,62 @@ async fn builtin_mode_refuses_provider_tokens() {
     let (_, token) = app.user_with_role(Role::User).await;
     let (status, _) = app.get("/api/user/profile", Some(&token)).await;
     assert_eq!(status, 200);
+}
+
+/// An app client with a secret: every call carries SECRET_HASH, which moto checks on
+/// refresh (computed over the pool's user name, carried inside Corral's refresh token).
+#[tokio::test]
+async fn cognito_client_with_secret() {
+    let Some(endpoint) = moto() else { return };
+    let pool = Pool::new(&endpoint).await;
+    let client = pool
+        .admin
+        .create_user_pool_client()
+        .user_pool_id(&pool.id)
+        .client_name("corral-confidential")
+        .generate_secret(true)
+        .send()
+        .await
+        .expect("CreateUserPoolClient")
+        .user_pool_client
+        .expect("a client");
+    let settings = CognitoSettings {
+        client_id: client.client_id.clone().expect("a client id"),
+        client_secret: client.client_secret.clone(),
+        ..pool.settings()
+    };
+    assert!(settings.client_secret.is_some());
+    let app = cognito_app(Backend::Sqlite, settings.clone()).await;
+    let grace = "grace@example.com";
+    sign_up(&app, grace).await;
+    let (status, body) = login(&app, grace, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let refresh = body["refresh_token"].as_str().unwrap().to_string();
+    let (status, body) = app
+        .post("/api/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["refresh_token"],
+        refresh.as_str(),
+        "the pool keeps its refresh token"
+    );
+
+    // The same refresh token with a wrong secret: moto refuses the SECRET_HASH.
+    let wrong = cognito_app(
+        Backend::Sqlite,
+        CognitoSettings {
+            client_secret: Some("not-the-secret".into()),
+            ..settings
+        },
+    )
+    .await;
+    let (status, body) = wrong
+        .post("/api/auth/refresh", None, json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (401, "invalid_refresh_token"),
+        "{body}"
+    );
 }
