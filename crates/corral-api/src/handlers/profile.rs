@@ -62,7 +62,7 @@ async fn get_profile(principal: Principal) -> Json<UserView> {
         (status = 200, body = UserView),
         (status = 400, description = "invalid_display_name, weak_password (details.failed_rules), password_mismatch or wrong_password"),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "password change attempted with an API key"),
+        (status = 403, description = "password change attempted with an API key, or `managed_by_provider`: the account signs in through Cognito"),
         (status = 429, description = "`account_locked`: too many wrong current passwords (or failed logins), with Retry-After"),
     ))]
 async fn update_profile(

@@ -62,7 +62,7 @@ pub enum LoginResponse {
             headers(("Set-Cookie" = String, description = "`corral_refresh`, with a token pair"))),
         (status = 400, description = "`invalid_email`"),
         (status = 401, description = "`invalid_credentials`"),
-        (status = 403, description = "`email_not_verified` or `account_disabled`"),
+        (status = 403, description = "`email_not_verified`, `account_disabled`, `password_reset_required` or `no_role` (auth mode cognito)"),
         (status = 429, description = "`account_locked` or `rate_limited`, with Retry-After"),
     ))]
 pub async fn login(

@@ -50,7 +50,7 @@ pub struct Enrollment {
     responses(
         (status = 200, body = Enrollment),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "called with an API key"),
+        (status = 403, description = "called with an API key, or `managed_by_provider` (auth mode cognito)"),
         (status = 409, description = "MFA is already enabled"),
     ))]
 pub async fn enroll(
@@ -101,6 +101,7 @@ pub struct CodeRequest {
         (status = 200, body = Done, description = "`{\"status\": \"mfa_enabled\"}`"),
         (status = 400, description = "`mfa_not_enrolled`"),
         (status = 401, description = "`invalid_code`, or missing or invalid credentials"),
+        (status = 403, description = "called with an API key, or `managed_by_provider` (auth mode cognito)"),
         (status = 409, description = "MFA is already enabled"),
         (status = 429, description = "`rate_limited`, with Retry-After"),
     ))]
@@ -159,6 +160,7 @@ pub struct DisableRequest {
         (status = 200, body = Done, description = "`{\"status\": \"mfa_disabled\"}`"),
         (status = 400, description = "`mfa_not_enabled` or `wrong_password`"),
         (status = 401, description = "`invalid_code`, or missing or invalid credentials"),
+        (status = 403, description = "called with an API key, or `managed_by_provider` (auth mode cognito)"),
         (status = 429, description = "`account_locked` or `rate_limited`, with Retry-After"),
     ))]
 pub async fn disable(

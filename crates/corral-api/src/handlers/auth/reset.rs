@@ -110,7 +110,7 @@ pub struct ResetConfirmRequest {
     request_body = ResetConfirmRequest,
     responses(
         (status = 200, body = Done, description = "`{\"status\": \"password_reset\"}`"),
-        (status = 400, description = "`weak_password` (details.failed_rules), `password_mismatch` or `invalid_token`"),
+        (status = 400, description = "`weak_password` (details.failed_rules), `password_mismatch` or `invalid_token`; `invalid_email` (auth mode cognito, no address)"),
     ))]
 pub async fn reset_confirm(
     State(state): State<AppState>,

@@ -41,7 +41,7 @@ pub struct SetupRequest {
             headers(("Set-Cookie" = String, description = "the `corral_refresh` cookie"))),
         (status = 400, description = "`invalid_email`, `weak_password` (details.failed_rules) or `password_mismatch`"),
         (status = 401, description = "`invalid_setup_token`"),
-        (status = 403, description = "`setup_closed`: an account exists or no setup token is configured"),
+        (status = 403, description = "`setup_closed`: an account exists, no setup token is configured, or auth mode cognito"),
     ))]
 pub async fn setup(
     State(state): State<AppState>,

@@ -159,7 +159,7 @@ pub struct TokenRequest {
     request_body = TokenRequest,
     responses(
         (status = 200, body = Done, description = "`{\"status\": \"verified\"}`"),
-        (status = 400, description = "`invalid_token`: unknown, used or expired"),
+        (status = 400, description = "`invalid_token`: unknown, used or expired; `invalid_email` (auth mode cognito, no address)"),
     ))]
 pub async fn verify(
     State(state): State<AppState>,
