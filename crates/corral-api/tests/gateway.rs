@@ -507,6 +507,11 @@ async fn every_route_streams_and_meters(backend: Backend) {
     );
     let (_, stranger) = gw.user(Role::User).await;
     assert_eq!(gw.get(&path, Some(&stranger)).await.0, 404);
+    let (_, doc) = gw.get("/api/openapi.json", None).await;
+    assert!(
+        doc["paths"]["/api/instances/{id}/metrics"]["get"].is_object(),
+        "documented"
+    );
 
     // Metrics: for the scrape token or an admin, no one else.
     let (_, admin) = gw.user(Role::Admin).await;

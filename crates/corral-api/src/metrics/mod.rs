@@ -18,6 +18,9 @@
 //!
 //! The hot path is lock-free but for a read lock on the route map (written once per
 //! route); a scrape renders everything into one string.
+//!
+//! Besides these, `instances` keeps each instance's last hour minute by minute for the
+//! instance page (`GET /api/instances/{id}/metrics`, owner-scoped like the instance).
 
 mod histogram;
 pub mod instance;
