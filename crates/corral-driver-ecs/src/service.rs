@@ -7,8 +7,9 @@
 //!   it by tagging it with the replica id (`corral:replica-id`). A live task already
 //!   claimed by the replica is returned as it is (a launch repeated after a crash), and a
 //!   task nobody claimed (one the service started in place of a task that died, or for a
-//!   launch that failed half-way) is claimed before asking for another. The `driver_ref`
-//!   is the task ARN, so `observe` and `logs` are those of task mode.
+//!   launch that failed half-way) is claimed at once, the count being set so that the
+//!   service keeps it. The `driver_ref` is the task ARN, so `observe` and `logs` are
+//!   those of task mode.
 //! - `stop` stops exactly the replica's task, then sets desiredCount to the tasks still
 //!   claimed; at zero the service is deleted.
 //! - `orphans` adds the service tasks nobody claimed for longer than a launch waits, and
@@ -146,11 +147,13 @@ impl EcsDriver {
         if let Some(task) = tasks.iter().find(|t| claimed_by(t) == Some(&replica)) {
             return Ok(found(task));
         }
-        if let Some(task) = tasks.iter().find(|t| claimed_by(t).is_none()) {
-            return self.claim(spec, &name, task).await.map(|()| found(task));
-        }
-        let desired = tasks.len() as i32 + 1;
+        // The count is always the claimed tasks plus this one. An unclaimed task may be
+        // one a lower count is about to stop; at this count the service keeps one.
+        let desired = tasks.iter().filter(|t| claimed_by(t).is_some()).count() as i32 + 1;
         match self.describe_service(&name).await? {
+            Some(service)
+                if service.desired_count() == desired
+                    && service.task_definition() == Some(placement.task_definition.as_str()) => {}
             Some(service) => {
                 let mut update = self
                     .ecs
@@ -191,9 +194,8 @@ impl EcsDriver {
             }
         }
         let deadline = tokio::time::Instant::now() + self.cfg.service_start_timeout;
+        let mut tasks = tasks;
         loop {
-            tokio::time::sleep(POLL).await;
-            let tasks = self.service_tasks(&name).await?;
             if let Some(task) = tasks.iter().find(|t| claimed_by(t).is_none()) {
                 self.claim(spec, &name, task).await?;
                 return Ok(found(task));
@@ -220,6 +222,8 @@ impl EcsDriver {
                         .unwrap_or_default()
                 )));
             }
+            tokio::time::sleep(POLL).await;
+            tasks = self.service_tasks(&name).await?;
         }
     }
 

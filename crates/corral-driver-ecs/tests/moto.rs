@@ -4,6 +4,7 @@
 //! sets `AWS_ENDPOINT_URL`. Without it these tests fail, unless `CORRAL_SKIP_MOTO=1`.
 //!
 //! Moto keeps one state per server, so each test makes its own cluster and log group.
+//! No cluster name may contain another: moto's ListTasks matches the cluster by substring.
 //! Its task lifecycle is global: tasks are pinned RUNNING by the state manager (moto
 //! otherwise moves a task on at every DescribeTasks), which suits every test here.
 
@@ -780,13 +781,7 @@ async fn service_mode_scales_claims_and_deletes_the_service() {
 #[tokio::test]
 async fn service_mode_gives_up_on_a_service_that_starts_nothing() {
     // No scheduler here: the service never starts a task, as when no capacity is there.
-    let Some(f) = fixture_with(
-        "service-stuck",
-        false,
-        LaunchMode::Service,
-        Duration::from_secs(2),
-    )
-    .await
+    let Some(f) = fixture_with("stuck", false, LaunchMode::Service, Duration::from_secs(2)).await
     else {
         return;
     };
@@ -994,4 +989,70 @@ async fn instance_logs_read_every_stream_of_the_instance() {
             .await,
         Err(corral_drivers::Error::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn service_mode_concurrent_launches_and_a_crashed_task() {
+    let Some(f) = fixture_with("crash", false, LaunchMode::Service, Duration::from_secs(20)).await
+    else {
+        return;
+    };
+    let ecs_scheduler = scheduler(f.ecs.clone(), f.cfg.cluster.clone());
+    let a = spec(fargate(0.25, 1024, false));
+    let b = LaunchSpec {
+        replica_id: Uuid::now_v7(),
+        ..a.clone()
+    };
+    let instance = a.instance_id;
+    // Launched together, they take turns: two tasks, one each.
+    let (ra, rb) = tokio::join!(f.driver.launch(&a), f.driver.launch(&b));
+    let (ra, rb) = (ra.expect("launch a"), rb.expect("launch b"));
+    assert_ne!(ra.driver_ref, rb.driver_ref);
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 2)));
+
+    // a's task dies; the service starts a replacement nobody has claimed.
+    f.ecs
+        .stop_task()
+        .cluster(&f.cfg.cluster)
+        .task(&ra.driver_ref)
+        .reason("Essential container in task exited")
+        .send()
+        .await
+        .expect("StopTask");
+    match f.driver.observe(&ra).await.expect("observe") {
+        Observed::Exited { reason } => assert!(reason.contains("Essential container"), "{reason}"),
+        other => panic!("expected Exited, got {other:?}"),
+    }
+    let tasks = f.wait_for_tasks(instance, 2).await;
+    assert!(tasks.iter().any(|t| tag(t, TAG_REPLICA).is_none()));
+
+    // What the reconciler does next: stop the replica, then, after a back-off, launch it
+    // again. The count goes back to the claimed tasks, so the service stops the extra
+    // one (here the newest; ECS chooses by its own rules, see src/service.rs), then up
+    // again, and the relaunch gets a live task.
+    f.driver.stop(&ra, Duration::ZERO).await.expect("stop a");
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 1)));
+    let left = f.wait_for_tasks(instance, 1).await;
+    assert_eq!(left[0].task_arn(), Some(rb.driver_ref.as_str()));
+    let again = f.driver.launch(&a).await.expect("relaunch a");
+    assert_ne!(again.driver_ref, ra.driver_ref);
+    assert!(matches!(
+        f.driver.observe(&again).await.expect("observe"),
+        Observed::Running { .. }
+    ));
+    assert_eq!(f.service(instance).await, Some(("ACTIVE".into(), 2)));
+    let tasks = f.wait_for_tasks(instance, 2).await;
+    let mut claimed: Vec<&str> = tasks.iter().filter_map(|t| tag(t, TAG_REPLICA)).collect();
+    claimed.sort_unstable();
+    let mut want = vec![a.replica_id.to_string(), b.replica_id.to_string()];
+    want.sort_unstable();
+    assert_eq!(claimed, want, "every live task is a replica's");
+
+    f.driver.stop(&again, Duration::ZERO).await.expect("stop a");
+    f.driver.stop(&rb, Duration::ZERO).await.expect("stop b");
+    assert_eq!(
+        f.service(instance).await.map(|s| s.0),
+        Some("INACTIVE".into())
+    );
+    ecs_scheduler.abort();
 }
