@@ -4,6 +4,10 @@
 //! the `driver_ref` each run recorded. So a failed deploy, a crash loop or a sleeping
 //! instance still shows what its replicas wrote.
 //!
+//! A driver that can read all of an instance's logs in one call (ECS: one CloudWatch
+//! FilterLogEvents over the instance's streams, instead of a GetLogEvents per run)
+//! is read that way, and its lines are matched to runs by replica and time.
+//!
 //! `?follow=true` keeps the connection open as Server-Sent Events: every source's
 //! driver cursor is polled every half second, runs that start later (a restart, a
 //! wake from sleep, a scale-out) are picked up, and the stream ends when the client
@@ -124,6 +128,7 @@ pub(super) async fn instance_logs(
         driver,
         instance_id: id,
         sources: HashMap::new(),
+        whole: None,
     };
     let lines = tailer.read(tail).await?;
     if !query.follow.unwrap_or(false) {
@@ -188,6 +193,9 @@ struct Tailer {
     instance_id: Uuid,
     /// By replica id and driver reference (one per launch).
     sources: HashMap<(Uuid, String), Source>,
+    /// `Some` once the driver has answered an instance-wide read: then every later read
+    /// is one too, from this cursor (None: nothing to continue from yet).
+    whole: Option<Option<String>>,
 }
 
 impl Tailer {
@@ -280,6 +288,9 @@ impl Tailer {
             next.insert(key, source);
         }
         self.sources = next;
+        if let Some(lines) = self.read_whole(tail).await? {
+            return Ok(lines);
+        }
 
         let now = Utc::now();
         let (mut lines, mut failed, mut read) = (Vec::new(), None, 0usize);
@@ -321,6 +332,51 @@ impl Tailer {
     }
 }
 
+impl Tailer {
+    /// The instance-wide read, where the driver offers one: None if it does not (the
+    /// per-run reads are used). Lines get the run of their replica that had started
+    /// by then.
+    async fn read_whole(&mut self, tail: usize) -> ApiResult<Option<Vec<LogLineView>>> {
+        let cursor = self.whole.clone().flatten();
+        let Some(page) = self
+            .driver
+            .instance_logs(self.instance_id, cursor.as_deref(), tail)
+            .await
+            .map_err(ApiError::internal)?
+        else {
+            return Ok(None);
+        };
+        self.whole = Some(page.next.or(cursor));
+        let runs = self.runs();
+        let mut lines: Vec<LogLineView> = page
+            .lines
+            .into_iter()
+            .map(|l| LogLineView {
+                run_id: run_of(&runs, l.replica_id, l.at),
+                at: l.at,
+                replica_id: l.replica_id,
+                line: l.line,
+            })
+            .collect();
+        if lines.len() > tail {
+            lines.drain(..lines.len() - tail);
+        }
+        Ok(Some(lines))
+    }
+}
+
+/// The run of `replica` a line written at `at` belongs to: the latest that started
+/// by then (the first run when the line has no time). None for a line of no known run.
+fn run_of(runs: &[LogRunView], replica: Uuid, at: Option<DateTime<Utc>>) -> Option<Uuid> {
+    let mut mine = runs.iter().filter(|r| r.replica_id == replica);
+    let run = match at {
+        // `runs` is ordered by start.
+        Some(at) => mine.filter(|r| r.started_at <= at).last(),
+        None => mine.next(),
+    };
+    run.and_then(|r| r.run_id)
+}
+
 /// Where a line goes: its time (or that of the line before it), its run, its position
 /// in the run.
 type MergeKey = (Option<DateTime<Utc>>, usize, usize);
@@ -356,6 +412,30 @@ mod tests {
             replica_id: replica,
             line: text.into(),
         }
+    }
+
+    #[test]
+    fn instance_wide_lines_go_to_the_run_of_their_replica_started_by_then() {
+        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a1, a2, b1) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let run = |run: Uuid, replica, start, end: Option<i64>| LogRunView {
+            run_id: Some(run),
+            replica_id: replica,
+            started_at: t(start),
+            ended_at: end.map(t),
+        };
+        let runs = [
+            run(a1, a, 10, Some(20)),
+            run(b1, b, 15, None),
+            run(a2, a, 30, None),
+        ];
+        assert_eq!(run_of(&runs, a, Some(t(12))), Some(a1));
+        assert_eq!(run_of(&runs, a, Some(t(25))), Some(a1), "late lines of a1");
+        assert_eq!(run_of(&runs, a, Some(t(31))), Some(a2));
+        assert_eq!(run_of(&runs, b, Some(t(40))), Some(b1));
+        assert_eq!(run_of(&runs, a, None), Some(a1));
+        assert_eq!(run_of(&runs, Uuid::nil(), Some(t(40))), None);
     }
 
     #[test]
