@@ -371,7 +371,7 @@ fn run_of(runs: &[LogRunView], replica: Uuid, at: Option<DateTime<Utc>>) -> Opti
     let mut mine = runs.iter().filter(|r| r.replica_id == replica);
     let run = match at {
         // `runs` is ordered by start.
-        Some(at) => mine.filter(|r| r.started_at <= at).last(),
+        Some(at) => mine.rfind(|r| r.started_at <= at),
         None => mine.next(),
     };
     run.and_then(|r| r.run_id)
