@@ -746,10 +746,39 @@ async fn cognito_tokens_are_verified() {
         let (status, body) = profile(token).await;
         assert_eq!(status, 401, "{what}: {body}");
     }
+    // A row an administrator disabled refuses the provider's tokens too.
+    let forged = app
+        .state
+        .store
+        .user_by_email("forged@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    let patch = corral_store::UserPatch {
+        disabled: Some(true),
+        ..Default::default()
+    };
+    app.state
+        .store
+        .update_user(forged.id, &patch, chrono::Utc::now())
+        .await
+        .unwrap();
+    let (status, body) = profile(control.clone()).await;
+    assert_eq!(status, 401, "disabled: {body}");
+    let (status, body) = profile(sign(
+        Algorithm::RS256,
+        "test-1",
+        &id_claims(&pool, "other@example.com", &[]),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
     let within_leeway = sign(
         Algorithm::RS256,
         "test-1",
-        &with(&|c| c["exp"] = json!(now - 5)),
+        &with(&|c| {
+            c["exp"] = json!(now - 5);
+            c["email"] = json!("other@example.com");
+        }),
     );
     assert_eq!(
         profile(within_leeway).await.0,
@@ -904,4 +933,35 @@ async fn cognito_client_with_secret() {
         (401, "invalid_refresh_token"),
         "{body}"
     );
+}
+
+/// Without the provider's keys no token can be checked: 503, not 401 or a pass; and
+/// sign-in through an unreachable pool is 503 as well.
+#[tokio::test]
+async fn cognito_provider_unreachable() {
+    let Some(endpoint) = moto() else { return };
+    let pool = Pool::new(&endpoint).await;
+    // Nothing listens on a port just released.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let app = cognito_app(
+        Backend::Sqlite,
+        CognitoSettings {
+            jwks_url: Some(format!("{closed}/jwks.json")),
+            endpoint_url: Some(closed.clone()),
+            ..pool.settings()
+        },
+    )
+    .await;
+    let token = sign(
+        Algorithm::RS256,
+        "test-1",
+        &id_claims(&pool, "henry@example.com", &[]),
+    );
+    let (status, body) = app.get("/api/user/profile", Some(&token)).await;
+    assert_eq!((status, error_code(&body)), (503, "unavailable"), "{body}");
+    let (status, body) = login(&app, "henry@example.com", PASSWORD).await;
+    assert_eq!((status, error_code(&body)), (503, "unavailable"), "{body}");
 }
