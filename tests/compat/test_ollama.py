@@ -210,6 +210,11 @@ def test_streams_ndjson(runner):
         "model", "created_at", "response", "done", "done_reason", "context", "total_duration",
         "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
     }
+    # The model was loaded before the server listened: no request waits for a load (time
+    # queued for a slot counts in total_duration only, as in Ollama).
+    assert lines[-1]["load_duration"] == 0
+    assert lines[-1]["total_duration"] >= (
+        lines[-1]["prompt_eval_duration"] + lines[-1]["eval_duration"])
 
 
 def test_unknown_route_is_404_json(runner):

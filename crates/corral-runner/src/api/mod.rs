@@ -6,7 +6,7 @@ mod openai;
 mod stream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -73,7 +73,6 @@ impl AppState {
         &self,
         prompt: Vec<llama_cpp_2::token::LlamaToken>,
         settings: GenerationSettings,
-        received: Instant,
         stream: bool,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         prompt::check_fits(prompt.len(), settings.num_ctx)?;
@@ -86,7 +85,6 @@ impl AppState {
             max_tokens: settings.max_tokens,
             stop: settings.stop,
             num_ctx: settings.num_ctx,
-            received,
             whole: !stream,
         })
     }

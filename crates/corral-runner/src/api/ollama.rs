@@ -212,7 +212,7 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
         add_special && context.is_empty(),
     ));
     let stream = req.stream != Some(false);
-    let rx = state.generate(tokens, settings, received, stream)?;
+    let rx = state.generate(tokens, settings, stream)?;
     let model = req.model;
     let done = move |summary: &Summary| {
         let mut v = final_fields(&model, summary, received);
@@ -252,9 +252,10 @@ fn final_fields(model: &str, s: &Summary, received: Instant) -> Value {
         "done": true,
         "done_reason": s.reason.as_str(),
         "total_duration": nanos(received.elapsed()),
-        // The model is loaded before the server accepts requests; what a request waits
-        // for before its prompt is read is a free slot.
-        "load_duration": nanos(s.wait_duration),
+        // Ollama's time to load the model for this request. The runner loads its model
+        // once, before it accepts requests, so no request ever waits for a load; time
+        // spent queued for a free slot is part of total_duration, as in Ollama.
+        "load_duration": 0,
         "prompt_eval_count": s.prompt_tokens,
         "prompt_eval_duration": nanos(s.prompt_duration),
         "eval_count": s.generated_tokens,
@@ -321,7 +322,6 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
     let rx = state.generate(
         prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
-        received,
         stream,
     )?;
     let model = req.model;

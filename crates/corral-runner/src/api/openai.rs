@@ -1,7 +1,5 @@
 //! OpenAI's API (`/v1/...`), answering in OpenAI's shapes, errors included.
 
-use std::time::Instant;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -205,7 +203,6 @@ fn usage(s: &Summary) -> Value {
 }
 
 pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> Result<Response> {
-    let received = Instant::now();
     let req: ChatCompletionRequest = parse_json(&body)?;
     state.check_model(&req.model)?;
     if !req.tools.is_empty() {
@@ -239,7 +236,6 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
     let rx = state.generate(
         prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
-        received,
         req.stream,
     )?;
 
@@ -329,7 +325,6 @@ struct CompletionRequest {
 }
 
 pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Result<Response> {
-    let received = Instant::now();
     let req: CompletionRequest = parse_json(&body)?;
     state.check_model(&req.model)?;
     if !req.suffix.is_empty() {
@@ -367,7 +362,7 @@ pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Resul
     let settings = req
         .sampling
         .into_settings(None, state.model.context_length)?;
-    let rx = state.generate(tokens, settings, received, req.stream)?;
+    let rx = state.generate(tokens, settings, req.stream)?;
 
     let id = new_id("cmpl");
     let created = unix_now();

@@ -13,7 +13,7 @@ mod worker;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -46,8 +46,6 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Context length for this request; `prompt.len() < num_ctx <= slot_ctx`.
     pub num_ctx: u32,
-    /// When the HTTP request arrived, for the timing fields.
-    pub received: Instant,
     /// The client wants the answer in one piece: the text comes in one event at the end
     /// instead of one per token, which saves waking the HTTP side for every token.
     pub whole: bool,
@@ -88,8 +86,6 @@ pub struct Summary {
     /// Prompt followed by the generated tokens (Ollama's `context`).
     pub tokens: Vec<LlamaToken>,
     pub generated_tokens: u32,
-    /// From the arrival of the request until it got a slot.
-    pub wait_duration: Duration,
     /// Reading the prompt, until the first token was sampled.
     pub prompt_duration: Duration,
     /// Generating the rest of the answer.

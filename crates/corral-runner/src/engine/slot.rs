@@ -130,7 +130,6 @@ impl Slot {
             prompt_tokens,
             tokens,
             generated_tokens,
-            wait_duration: self.admitted.saturating_duration_since(request.received),
             prompt_duration: first_token.saturating_duration_since(self.admitted),
             eval_duration: now.saturating_duration_since(first_token),
         };
