@@ -589,7 +589,9 @@ async fn cognito_tokens_are_verified() {
     let pool = Pool::new(&endpoint).await;
     // At first the published keys are only the test key: moto's key is "rotated in" later.
     let keys = key_server(vec![test_jwk("test-1")]).await;
-    let interval = Duration::from_secs(2);
+    // Long enough that the steps between a fetch and the check "not asked again" fit in
+    // it on a loaded CI machine.
+    let interval = Duration::from_secs(3);
     let app = cognito_app(
         Backend::Sqlite,
         CognitoSettings {
