@@ -91,11 +91,19 @@ async fn key_works_as_bearer_until_deleted(backend: Backend) {
     let (status, me) = app.get("/api/user/profile", Some(key)).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["email"], email);
-    let (_, list) = app.get("/api/keys", Some(&token)).await;
-    assert!(
-        list[0]["last_used_at"].is_string(),
-        "use is recorded: {list}"
-    );
+    // Recorded behind the request (the gateway's write-behind, about once a second).
+    let start = std::time::Instant::now();
+    loop {
+        let (_, list) = app.get("/api/keys", Some(&token)).await;
+        if list[0]["last_used_at"].is_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "use is recorded: {list}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Keys are for programs: they cannot mint more keys.
     let (status, body) = app
