@@ -531,6 +531,8 @@ async function main() {
         const shown = (await latency.textContent()) ?? '';
         assert(!shown.includes('—'), `latency shown: ${shown}`);
         await page.getByTestId('chart-requests-minute').locator('rect title').first().waitFor({ state: 'attached' });
+        await page.getByTestId('chart-requests-minute').scrollIntoViewIfNeeded();
+        await screenshot('instance-metrics', false);
         await page.getByTestId('tab-connect').click();
         const text = (await page.getByTestId('snippet').allTextContents()).join('\n');
         assert(text.includes(`base_url="${base}/i/${instanceId}/v1"`), 'openai snippet with base_url=<endpoint>/v1');

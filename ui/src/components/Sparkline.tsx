@@ -19,11 +19,10 @@ export function Sparkline({
   const h = 60;
   const max = Math.max(1e-9, ...values);
   const min = Math.min(0, ...values);
-  const pts = values.map((v, i) => {
-    const x = values.length < 2 ? w : (i / (values.length - 1)) * w;
-    const y = h - ((v - min) / (max - min || 1)) * (h - 4) - 2;
-    return `${x.toFixed(1)},${y.toFixed(1)}`;
-  });
+  const ys = values.map((v) => (h - ((v - min) / (max - min || 1)) * (h - 4) - 2).toFixed(1));
+  // A single value (the first minute with requests) is drawn as a level line across.
+  const pts =
+    ys.length === 1 ? [`0,${ys[0]}`, `${w},${ys[0]}`] : ys.map((y, i) => `${((i / (ys.length - 1)) * w).toFixed(1)},${y}`);
   const last = values.length ? values[values.length - 1] : null;
   return (
     <Box data-testid={testId} sx={{ minWidth: 0 }}>
