@@ -14,10 +14,13 @@ cd "$(dirname "$0")/.."
 
 CARGO="${CARGO:-cargo}"
 target_dir="${CARGO_TARGET_DIR:-target}"
+# Absolute, so tests that start a binary from another working directory find it.
+[[ "$target_dir" = /* ]] || target_dir="$PWD/$target_dir"
 data_dir="${DATA_DIR:-.corral}"
 
 echo "== test-e2e: model" >&2
 model="$(scripts/fetch-model.sh "$data_dir/models" | tail -n1)"
+[[ "$model" = /* ]] || model="$PWD/$model"
 
 echo "== test-e2e: build" >&2
 if [ -n "${CORRAL_RUNNER_BIN:-}" ]; then
