@@ -967,3 +967,128 @@ async fn cognito_provider_unreachable() {
     let (status, body) = login(&app, "henry@example.com", PASSWORD).await;
     assert_eq!((status, error_code(&body)), (503, "unavailable"), "{body}");
 }
+
+/// `GET /api/auth/config` tells the sign-in screens the mode without a token, names
+/// nothing secret, and is in the OpenAPI document.
+#[tokio::test]
+async fn auth_config_in_both_modes() {
+    let builtin = spawn_app_with(Backend::Sqlite, |s| {
+        s.setup_token = Some("setup-secret-token".into());
+        s.signup_enabled = false;
+    })
+    .await;
+    let (status, body) = builtin.get("/api/auth/config", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"mode": "builtin", "signup_enabled": false, "setup_available": true})
+    );
+    assert!(!body.to_string().contains("setup-secret-token"));
+    let (_, doc) = builtin.get("/api/openapi.json", None).await;
+    assert!(
+        doc["paths"]["/api/auth/config"]["get"].is_object(),
+        "documented"
+    );
+
+    let Some(endpoint) = moto() else { return };
+    let pool = Pool::new(&endpoint).await;
+    let app = cognito_app(Backend::Sqlite, pool.settings()).await;
+    let (status, body) = app.get("/api/auth/config", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"mode": "cognito", "signup_enabled": true, "setup_available": false})
+    );
+    let text = body.to_string();
+    assert!(!text.contains(&pool.id) && !text.contains(&pool.client_id));
+}
+
+/// In cognito mode an account's role follows its groups, so an admin's role change in
+/// Corral is refused (409) instead of being silently undone at the next request; locking,
+/// and "changing" to the role it has, still work, as do role changes of Corral's own rows.
+#[tokio::test]
+async fn cognito_role_change_is_refused() {
+    let Some(endpoint) = moto() else { return };
+    let pool = Pool::new(&endpoint).await;
+    let app = cognito_app(Backend::Sqlite, pool.settings()).await;
+    let (admin, carol) = ("admin-r@example.com", "carol-r@example.com");
+    sign_up(&app, admin).await;
+    pool.add_to_group(admin, "admin").await;
+    sign_up(&app, carol).await;
+    let (status, body) = login(&app, admin, PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(login(&app, carol, PASSWORD).await.0, 200);
+    let carol_id = app
+        .state
+        .store
+        .user_by_email(carol)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+
+    let path = format!("/api/admin/users/{carol_id}");
+    let (status, body) = app.put(&path, Some(&token), json!({"role": "admin"})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "role_managed_by_provider"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"admin\" group"),
+        "names the group to use: {body}"
+    );
+    let row = app.state.store.user_by_id(carol_id).await.unwrap().unwrap();
+    assert_eq!(row.role, Role::User, "unchanged");
+
+    let (status, body) = app
+        .put(
+            &path,
+            Some(&token),
+            json!({"role": "user", "disabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "same role, and a lock: {body}");
+    assert_eq!(body["disabled"], true);
+    let (status, body) = app
+        .post(&format!("{path}/unlock"), Some(&token), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let unknown = format!("/api/admin/users/{}", uuid::Uuid::now_v7());
+    let (status, _) = app
+        .put(&unknown, Some(&token), json!({"role": "viewer"}))
+        .await;
+    assert_eq!(status, 404);
+
+    // The way that works: the group in the pool, seen at carol's next request.
+    pool.add_to_group(carol, "viewer").await;
+    let (status, body) = login(&app, carol, PASSWORD).await;
+    assert_eq!(
+        (status, body["user"]["role"].as_str()),
+        (200, Some("viewer"))
+    );
+
+    // A row of Corral's own (made before the switch to cognito) keeps an editable role.
+    let hash = corral_api::auth::password::hash(PASSWORD.into(), app.state.settings.argon2)
+        .await
+        .unwrap();
+    let local = corral_core::User::new("local-r@example.com", hash, Role::User, chrono::Utc::now());
+    app.state.store.create_user(&local).await.unwrap();
+    let (status, body) = app
+        .put(
+            &format!("/api/admin/users/{}", local.id),
+            Some(&token),
+            json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["role"].as_str()),
+        (200, Some("viewer")),
+        "{body}"
+    );
+}

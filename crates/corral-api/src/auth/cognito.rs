@@ -231,6 +231,11 @@ impl Cognito {
         }
     }
 
+    /// How the pool's groups map to roles, for messages that tell where roles are set.
+    pub fn roles(&self) -> &RoleMapping {
+        &self.settings.roles
+    }
+
     async fn client(&self) -> &Client {
         self.client
             .get_or_init(|| async {

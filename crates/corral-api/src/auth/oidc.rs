@@ -78,6 +78,15 @@ impl Default for RoleMapping {
 }
 
 impl RoleMapping {
+    /// The group that gives `role`.
+    pub fn group_for(&self, role: Role) -> &str {
+        match role {
+            Role::Admin => &self.admin_group,
+            Role::User => &self.user_group,
+            Role::Viewer => &self.viewer_group,
+        }
+    }
+
     fn role(&self, claims: &Map<String, Value>) -> ApiResult<Role> {
         let groups: Vec<&str> = match claims.get(&self.groups_claim) {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),

@@ -184,6 +184,7 @@ pub struct UpdateUser {
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
         (status = 404, description = "no such user"),
+        (status = 409, description = "`role_managed_by_provider`: auth mode cognito, where the role of a pool account follows its Cognito groups"),
     ))]
 async fn update_user(
     State(state): State<AppState>,
@@ -203,7 +204,42 @@ async fn update_user(
         changes.push(format!("disabled={disabled}"));
     }
     audit.detail(&changes.join(" "));
+    if let Some(role) = body.role {
+        refuse_provider_role(&state, id, role).await?;
+    }
     apply(&state, &principal, id, body.role, body.disabled).await
+}
+
+/// In auth mode cognito a pool account's role is recomputed from its Cognito groups at
+/// every sign-in and request, so a role set here would silently revert: refuse it and
+/// say where roles are managed. Setting the role it already has changes nothing and
+/// passes, as do accounts that are Corral's own.
+async fn refuse_provider_role(state: &AppState, id: Uuid, role: Role) -> ApiResult<()> {
+    let Some(cognito) = &state.cognito else {
+        return Ok(());
+    };
+    let target = state
+        .store
+        .user_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    if !crate::auth::oidc::is_external(&target) || target.role == role {
+        return Ok(());
+    }
+    let groups = cognito.roles();
+    Err(ApiError::denied(
+        StatusCode::CONFLICT,
+        "role_managed_by_provider",
+        format!(
+            "this account signs in through Amazon Cognito and its role follows its groups \
+             in the user pool: put it in the {:?} group there (the highest of {:?}, \
+             {:?} and {:?} wins); the new role applies at its next request",
+            groups.group_for(role),
+            groups.admin_group,
+            groups.user_group,
+            groups.viewer_group,
+        ),
+    ))
 }
 
 /// Locks a user: shortcut for `PUT {"disabled": true}`.

@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(health::routes())
+        .merge(auth::public_routes())
         .merge(auth::routes().layer(middleware::from_fn_with_state(
             state,
             auth::rate_limit_by_ip,

@@ -7,6 +7,7 @@
 //! addresses (same code, same message, an Argon2 verification either way).
 
 mod cognito;
+mod config;
 mod login;
 mod mfa;
 mod reset;
@@ -47,6 +48,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mfa::enroll))
         .routes(routes!(mfa::confirm))
         .routes(routes!(mfa::disable))
+}
+
+/// Routes every screen reads before signing in; outside the auth rate limit, so loading
+/// pages does not use up the sign-in attempts of an address.
+pub fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(config::config))
 }
 
 /// Every auth route is limited per client IP (burst, then a steady rate per minute).
