@@ -163,13 +163,18 @@ pub struct InstanceEvent {
     pub message: String,
 }
 
-/// Token usage of one gateway request, rolled up per hour by the store.
+/// Usage of one or more gateway requests of one owner, instance and model, rolled up
+/// per hour by the store. The gateway sums a second's requests per hourly bucket and
+/// writes them as one sample, so `requests` may be more than one; the tokens are the
+/// totals of those requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UsageSample {
     pub owner_id: Uuid,
     pub instance_id: Uuid,
     pub model_id: String,
     pub at: DateTime<Utc>,
+    /// How many requests this sample counts: at least one (the store refuses zero).
+    pub requests: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }

@@ -8,7 +8,7 @@ use corral_core::{
     InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
     TokenPurpose, UsageRow, UsageSample, User,
 };
-use corral_store::{ActionToken, Error, ReplicaRun, Result, Store, UserPatch};
+use corral_store::{ActionToken, Error, ReplicaRun, Result, Store, UsageCounts, UserPatch};
 use uuid::Uuid;
 
 use crate::item::{self, Builder, Item, b, key, n, s, t, tkey};
@@ -1308,17 +1308,16 @@ impl Store for DynamoStore {
     // --- usage ---
 
     async fn record_usage(&self, sample: &UsageSample) -> Result<()> {
+        let counts = UsageCounts::of(sample)?;
         let hour = hour_start(sample.at)?;
-        let prompt = item::signed(sample.prompt_tokens, "prompt_tokens")?;
-        let completion = item::signed(sample.completion_tokens, "completion_tokens")?;
         let sk = format!("{}#{}#{}", tkey(hour), sample.instance_id, sample.model_id);
-        // One UpdateItem with ADD: DynamoDB applies concurrent ones one after another,
-        // so no request's count is lost.
+        // One UpdateItem with ADD, whatever the count: DynamoDB applies concurrent ones
+        // one after another, so no call's count is lost.
         self.update(
             key(item::usage_pk(sample.owner_id), &sk),
             "SET #GSI2PK = :all, #GSI2SK = :all_sk, #owner_id = :owner, \
              #instance_id = :instance, #model_id = :model, #hour = :hour \
-             ADD #requests :one, #prompt_tokens :prompt, #completion_tokens :completion",
+             ADD #requests :requests, #prompt_tokens :prompt, #completion_tokens :completion",
             None,
             values(&[
                 (":all", s("USAGE")),
@@ -1327,9 +1326,9 @@ impl Store for DynamoStore {
                 (":instance", s(sample.instance_id.to_string())),
                 (":model", s(&sample.model_id)),
                 (":hour", t(hour)),
-                (":one", n(1)),
-                (":prompt", n(prompt)),
-                (":completion", n(completion)),
+                (":requests", n(counts.requests)),
+                (":prompt", n(counts.prompt_tokens)),
+                (":completion", n(counts.completion_tokens)),
             ]),
         )
         .await?;

@@ -63,6 +63,7 @@ pub async fn run_all(store: &dyn Store) {
         replicas_round_trip,
         usage_rolls_up_per_hour,
         usage_filters_and_order,
+        usage_counts_several_requests,
         usage_concurrent_requests_all_count,
         runs_round_trip_and_outlive_instances,
         end_run_closes_once,
@@ -1050,6 +1051,7 @@ fn sample(owner: Uuid, instance: Uuid, model: &str, at: DateTime<Utc>) -> UsageS
         instance_id: instance,
         model_id: model.into(),
         at,
+        requests: 1,
         prompt_tokens: 10,
         completion_tokens: 100,
     }
@@ -2008,12 +2010,72 @@ pub async fn usage_filters_and_order(store: &dyn Store) {
     assert!(all.windows(2).all(|w| w[0].hour <= w[1].hour));
 }
 
+pub async fn usage_counts_several_requests(store: &dyn Store) {
+    // The gateway writes a second's requests of one bucket as one sample.
+    let owner = Uuid::now_v7();
+    let (inst, model) = (Uuid::now_v7(), unique("model"));
+    let five = UsageSample {
+        requests: 5,
+        prompt_tokens: 50,
+        completion_tokens: 7,
+        ..sample(owner, inst, &model, hour(3, 20))
+    };
+    store.record_usage(&five).await.unwrap();
+    let row = |requests, prompt_tokens, completion_tokens| UsageRow {
+        owner_id: owner,
+        instance_id: inst,
+        model_id: model.clone(),
+        hour: hour(3, 0),
+        requests,
+        prompt_tokens,
+        completion_tokens,
+    };
+    assert_eq!(
+        store.usage(Some(owner), None, None).await.unwrap(),
+        vec![row(5, 50, 7)]
+    );
+    // Added to the existing row, not replacing it.
+    store
+        .record_usage(&sample(owner, inst, &model, hour(3, 40)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.usage(Some(owner), None, None).await.unwrap(),
+        vec![row(6, 60, 107)]
+    );
+
+    // Zero requests, or a count the schema cannot hold, is refused and changes nothing.
+    for bad in [
+        UsageSample {
+            requests: 0,
+            ..five.clone()
+        },
+        UsageSample {
+            requests: u64::MAX,
+            ..five.clone()
+        },
+        UsageSample {
+            prompt_tokens: u64::MAX,
+            ..five.clone()
+        },
+    ] {
+        let err = store.record_usage(&bad).await.unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{bad:?}: {err:?}");
+    }
+    assert_eq!(
+        store.usage(Some(owner), None, None).await.unwrap(),
+        vec![row(6, 60, 107)]
+    );
+}
+
 pub async fn usage_concurrent_requests_all_count(store: &dyn Store) {
     let owner = Uuid::now_v7();
     let inst = Uuid::now_v7();
     let model = unique("model");
+    // Samples of 1 to 20 requests each, as the flushes of several servers would write.
     let samples: Vec<UsageSample> = (0..20)
         .map(|i| UsageSample {
+            requests: i + 1,
             prompt_tokens: i,
             completion_tokens: 2 * i,
             ..sample(owner, inst, &model, hour(5, i as i64))
@@ -2034,7 +2096,7 @@ pub async fn usage_concurrent_requests_all_count(store: &dyn Store) {
             instance_id: inst,
             model_id: model,
             hour: hour(5, 0),
-            requests: 20,
+            requests: (1..=20).sum(),
             prompt_tokens: total,
             completion_tokens: 2 * total,
         }]

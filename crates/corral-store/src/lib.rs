@@ -91,6 +91,31 @@ pub struct ReplicaRun {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
+/// A usage sample's counts as the signed 64-bit integers every backend stores, checked
+/// the same way by each: a sample counts at least one request (zero would create an
+/// hourly row that no request made), and no count may exceed `i64::MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageCounts {
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+impl UsageCounts {
+    pub fn of(sample: &UsageSample) -> Result<Self> {
+        if sample.requests == 0 {
+            return Err(Error::Invalid(
+                "a usage sample counts at least one request".into(),
+            ));
+        }
+        Ok(UsageCounts {
+            requests: codec::signed(sample.requests, "requests")?,
+            prompt_tokens: codec::signed(sample.prompt_tokens, "prompt_tokens")?,
+            completion_tokens: codec::signed(sample.completion_tokens, "completion_tokens")?,
+        })
+    }
+}
+
 /// Everything Corral persists. Times are kept to the microsecond (PostgreSQL's
 /// precision, which SQLite matches): a time read back is the one written, truncated
 /// to whole microseconds.
@@ -323,10 +348,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<ReplicaRun>>;
 
     // --- usage ---
-    /// Adds one request and its tokens to the hourly row of (owner, instance, model,
-    /// start of the hour of `at`), creating it if needed. One atomic upsert:
-    /// concurrent requests never lose a count. No foreign keys: usage outlives
-    /// instances and users.
+    /// Adds the sample's requests (at least one: zero is `Error::Invalid`) and tokens
+    /// to the hourly row of (owner, instance, model, start of the hour of `at`),
+    /// creating it if needed. One atomic upsert whatever the count, so the gateway
+    /// writes a bucket of n requests in one call, and concurrent calls never lose a
+    /// count. No foreign keys: usage outlives instances and users.
     async fn record_usage(&self, sample: &UsageSample) -> Result<()>;
     /// Hourly rows with `since <= hour < until` (either bound optional), of one
     /// owner or (None) everyone, ordered by hour, then instance, model and owner.

@@ -437,6 +437,7 @@ impl Metered {
             instance_id,
             model_id,
             at: Utc::now(),
+            requests: 1,
             prompt_tokens: usage.prompt,
             completion_tokens: usage.completion,
         };

@@ -4,11 +4,12 @@
 //! write and a busy minute costs a few writes per (owner, instance, model, hour)
 //! rather than one per request.
 //!
-//! The store's `record_usage` adds one request per call, so a bucket of n requests is
-//! written as n calls, the first carrying the bucket's tokens: the hourly rows end up
-//! exactly as if every request had been written itself. A write that fails puts back
-//! what was not written, for the next flush; nothing is counted twice or lost while the
-//! server runs. (The instance's last activity is not here: the routing table keeps it
+//! Each flush writes one `record_usage` per (owner, instance, model, hour) bucket, its
+//! sample carrying the bucket's request count and token totals: the hourly rows end up
+//! exactly as if every request had been written itself, at one upsert per bucket a
+//! second however busy the gateway is. A write that fails puts its bucket back (and
+//! everything after it), for the next flush; nothing is counted twice or lost while
+//! the server runs. (The instance's last activity is not here: the routing table keeps it
 //! and the reconciler writes it; see `corral_control::routing`.)
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -60,7 +61,7 @@ fn hour_start(at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl Writeback {
-    /// Adds one request's usage.
+    /// Adds a sample's usage (the gateway's are one request each).
     pub fn usage(&self, sample: UsageSample) {
         let bucket = Bucket {
             owner_id: sample.owner_id,
@@ -71,7 +72,7 @@ impl Writeback {
         self.add(
             bucket,
             Counts {
-                requests: 1,
+                requests: sample.requests,
                 prompt_tokens: sample.prompt_tokens,
                 completion_tokens: sample.completion_tokens,
             },
@@ -99,8 +100,17 @@ impl Writeback {
         let Pending { usage, keys } = mem::take(&mut *self.lock());
         let mut usage = usage.into_iter();
         while let Some((bucket, counts)) = usage.next() {
-            if let Err((e, left)) = write_bucket(store, &bucket, counts).await {
-                self.add(bucket, left);
+            let sample = UsageSample {
+                owner_id: bucket.owner_id,
+                instance_id: bucket.instance_id,
+                model_id: bucket.model_id.clone(),
+                at: bucket.hour,
+                requests: counts.requests,
+                prompt_tokens: counts.prompt_tokens,
+                completion_tokens: counts.completion_tokens,
+            };
+            if let Err(e) = store.record_usage(&sample).await {
+                self.add(bucket, counts);
                 for (bucket, counts) in usage {
                     self.add(bucket, counts);
                 }
@@ -126,32 +136,6 @@ impl Writeback {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// Writes a bucket as `requests` calls; on failure, returns what is left to write.
-async fn write_bucket(
-    store: &dyn Store,
-    bucket: &Bucket,
-    counts: Counts,
-) -> Result<(), (corral_store::Error, Counts)> {
-    let mut left = counts;
-    while left.requests > 0 {
-        let sample = UsageSample {
-            owner_id: bucket.owner_id,
-            instance_id: bucket.instance_id,
-            model_id: bucket.model_id.clone(),
-            at: bucket.hour,
-            prompt_tokens: left.prompt_tokens,
-            completion_tokens: left.completion_tokens,
-        };
-        store.record_usage(&sample).await.map_err(|e| (e, left))?;
-        left = Counts {
-            requests: left.requests - 1,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-        };
-    }
-    Ok(())
 }
 
 /// The flushing task. `stop` ends it with a last flush.
@@ -215,13 +199,14 @@ mod tests {
             instance_id: instance,
             model_id: "smollm2:135m".into(),
             at,
+            requests: 1,
             prompt_tokens: p,
             completion_tokens: c,
         }
     }
 
     #[tokio::test]
-    async fn buckets_are_written_as_their_requests() {
+    async fn one_write_per_bucket_counts_its_requests() {
         let (_dir, store) = store().await;
         let (owner, a, b) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let ten = Utc.with_ymd_and_hms(2026, 11, 25, 10, 5, 0).unwrap();

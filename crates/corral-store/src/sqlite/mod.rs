@@ -25,7 +25,7 @@ use crate::codec::{
     RUN_COLUMNS, SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit,
     write_error,
 };
-use crate::{ActionToken, Error, ReplicaRun, Result, Store, UserPatch};
+use crate::{ActionToken, Error, ReplicaRun, Result, Store, UsageCounts, UserPatch};
 
 /// SQLite has one writer at a time, so more connections only buy concurrent readers;
 /// each costs a page cache, and the server must idle small.
@@ -946,10 +946,11 @@ impl Store for SqliteStore {
     // --- usage ---
 
     async fn record_usage(&self, sample: &UsageSample) -> Result<()> {
+        let counts = UsageCounts::of(sample)?;
         // One upsert; in the UPDATE arm the table's values are the ones before this
-        // request, so concurrent requests each add theirs.
+        // call, so concurrent calls each add theirs.
         sqlx::query(&format!(
-            "INSERT INTO usage_hourly ({USAGE_COLUMNS}) VALUES ($1, $2, $3, $4, 1, $5, $6) \
+            "INSERT INTO usage_hourly ({USAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (owner_id, instance_id, model_id, hour) DO UPDATE SET \
                requests = usage_hourly.requests + excluded.requests, \
                prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
@@ -959,11 +960,9 @@ impl Store for SqliteStore {
         .bind(id(sample.instance_id))
         .bind(&sample.model_id)
         .bind(ts(codec::hour_start(sample.at)))
-        .bind(codec::signed(sample.prompt_tokens, "prompt_tokens")?)
-        .bind(codec::signed(
-            sample.completion_tokens,
-            "completion_tokens",
-        )?)
+        .bind(counts.requests)
+        .bind(counts.prompt_tokens)
+        .bind(counts.completion_tokens)
         .execute(&self.pool)
         .await
         .map_err(write_error("usage", "usage"))?;
