@@ -1,12 +1,21 @@
 //! `corral admin ...`: maintenance that works directly on the store, e.g. creating
 //! the first admin before the server has ever run.
 
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
+use corral_api::auth::cognito::{AuthMode, CognitoSettings};
 use corral_core::{Role, User, password, user};
 use tokio::io::AsyncBufReadExt;
 
-use crate::config::{FileConfig, StoreArgs, StoreConfig};
+use crate::config::{FileConfig, ServeArgs, StoreArgs, StoreConfig, auth_mode};
 use crate::error::CliError;
+
+/// `corral serve`'s settings as the environment (CORRAL_*) sets them, so that admin
+/// commands see the auth mode the server runs with (the environment, then corral.toml).
+#[derive(Parser)]
+struct ServeEnv {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -34,6 +43,14 @@ pub async fn run(store_args: &StoreArgs, cmd: AdminCommand) -> Result<(), CliErr
                 return Err(CliError::Invalid(format!(
                     "{email:?} is not a valid e-mail address"
                 )));
+            }
+            let serve = ServeEnv::try_parse_from(["corral"])
+                .map_err(|e| CliError::Invalid(format!("CORRAL_* settings: {e}")))?
+                .serve;
+            if let AuthMode::Cognito(pool) = auth_mode(&serve, &file)? {
+                // An account made here would have a password Corral never checks in
+                // this mode (login goes to the pool), so it could not sign in.
+                return Err(CliError::Invalid(cognito_hint(&pool, &email, role)));
             }
             let mut line = String::new();
             tokio::io::BufReader::new(tokio::io::stdin())
@@ -65,4 +82,25 @@ pub async fn run(store_args: &StoreArgs, cmd: AdminCommand) -> Result<(), CliErr
             }
         }
     }
+}
+
+/// How to add the account where it has to live in auth mode cognito: the pool, with the
+/// group that gives `role`. The password is set permanent, because Corral's login does
+/// not answer Cognito's new-password challenge that a temporary one starts with.
+fn cognito_hint(pool: &CognitoSettings, email: &str, role: Role) -> String {
+    let pool_args = format!(
+        "--region {} --user-pool-id {} --username {email}",
+        pool.region, pool.user_pool_id
+    );
+    let group = pool.roles.group_for(role);
+    format!(
+        "auth mode is cognito: accounts live in the Amazon Cognito user pool {}, and one \
+         made here could not sign in. Add the user to the pool instead:\n  \
+         aws cognito-idp admin-create-user {pool_args} --message-action SUPPRESS \
+         --user-attributes Name=email,Value={email} Name=email_verified,Value=true\n  \
+         aws cognito-idp admin-set-user-password {pool_args} --permanent --password '...'\n  \
+         aws cognito-idp admin-add-user-to-group {pool_args} --group-name {group}\n\
+         or let them sign up in the web UI and add them to the {group:?} group.",
+        pool.user_pool_id
+    )
 }
