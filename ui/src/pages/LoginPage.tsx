@@ -7,6 +7,8 @@ import Link from '@mui/material/Link';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
+import { features } from '../auth/mode';
+import { useAuthConfig } from '../auth/useAuthConfig';
 import { useAuth } from '../auth/AuthProvider';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { PasswordField } from '../components/PasswordField';
@@ -28,6 +30,7 @@ export function LoginPage() {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
   const [resent, setResent] = useState(false);
+  const config = useAuthConfig();
 
   if (status === 'signed_in' && !busy) return <Navigate to={next} replace />;
 
@@ -66,6 +69,7 @@ export function LoginPage() {
   };
 
   const unverified = error instanceof ApiError && error.code === 'email_not_verified';
+  const codes = config ? features(config).codes : false;
 
   return (
     <PublicPage title={mfaToken ? t('login.mfaTitle') : t('login.title')}>
@@ -119,7 +123,13 @@ export function LoginPage() {
           </>
         )}
         <ErrorAlert error={error} />
-        {unverified && (
+        {unverified && codes && (
+          // Cognito mails a code: the verify page takes it (and sends a new one).
+          <Button component={RouterLink} to={`/verify?email=${encodeURIComponent(email.trim())}`} size="small" sx={{ mb: 1 }}>
+            {t('login.toConfirm')}
+          </Button>
+        )}
+        {unverified && !codes && (
           <Button onClick={resend} size="small" sx={{ mb: 1 }}>
             {t('login.resendVerification')}
           </Button>

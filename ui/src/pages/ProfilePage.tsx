@@ -12,6 +12,8 @@ import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
 import type { MfaEnrollment, User } from '../api/types';
 import { useAuth } from '../auth/AuthProvider';
+import { features } from '../auth/mode';
+import { useAuthConfig } from '../auth/useAuthConfig';
 import { CopyButton } from '../components/CopyButton';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { PageHeader } from '../components/PageHeader';
@@ -25,6 +27,7 @@ export default function ProfilePage() {
   const { user: sessionUser } = useAuth();
   const [user, setUser] = useState<User | null>(sessionUser);
   const [error, setError] = useState<unknown>(null);
+  const config = useAuthConfig();
 
   const reload = async () => {
     try {
@@ -53,12 +56,26 @@ export default function ProfilePage() {
         <Grid size={{ xs: 12, md: 6 }}>
           <DisplayNameCard user={user} onSaved={(u) => { setUser(u); api.updateUser(u); }} />
         </Grid>
-        <Grid size={{ xs: 12, md: 6 }}>
-          <PasswordCard user={user} />
-        </Grid>
-        <Grid size={{ xs: 12, md: 6 }}>
-          <MfaCard user={user} onChanged={reload} />
-        </Grid>
+        {/* Until the mode is known neither is shown, so neither flashes up. */}
+        {config && features(config).localCredentials && (
+          <>
+            <Grid size={{ xs: 12, md: 6 }}>
+              <PasswordCard user={user} />
+            </Grid>
+            <Grid size={{ xs: 12, md: 6 }}>
+              <MfaCard user={user} onChanged={reload} />
+            </Grid>
+          </>
+        )}
+        {config && !features(config).localCredentials && (
+          <Grid size={{ xs: 12, md: 6 }}>
+            <Section title={t('profile.providerTitle')} testId="provider-card">
+              <Typography variant="body2" color="text.secondary">
+                {t('profile.providerBody')}
+              </Typography>
+            </Section>
+          </Grid>
+        )}
       </Grid>
     </Box>
   );

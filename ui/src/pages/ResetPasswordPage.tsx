@@ -6,6 +6,8 @@ import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
+import { codeError, features, looksLikeCode, resetConfirmBody, type AuthMode } from '../auth/mode';
+import { useAuthConfig } from '../auth/useAuthConfig';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { PasswordChecklist } from '../components/PasswordChecklist';
 import { PasswordField } from '../components/PasswordField';
@@ -13,14 +15,20 @@ import { PublicPage } from '../components/PublicPage';
 import { useI18n } from '../i18n/I18nProvider';
 import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
 
-/** `/reset-password` asks for the mail; `/reset-password?token=…` (its link) sets the password. */
+/**
+ * `/reset-password` asks for the mail; `/reset-password?token=…` (its link) sets the
+ * password. In cognito mode the mail carries a code instead, typed in on the same page
+ * with the address and the new password.
+ */
 export function ResetPasswordPage() {
   const [params] = useSearchParams();
   const token = params.get('token');
-  return token ? <ConfirmReset token={token} /> : <RequestReset />;
+  const config = useAuthConfig();
+  if (token) return <ConfirmReset mode="builtin" token={token} />;
+  return <RequestReset codes={config ? features(config).codes : false} />;
 }
 
-function RequestReset() {
+function RequestReset({ codes }: { codes: boolean }) {
   const { t } = useI18n();
   const [email, setEmail] = useState('');
   const [busy, setBusy] = useState(false);
@@ -40,6 +48,16 @@ function RequestReset() {
     setBusy(false);
   };
 
+  if (sent && codes) {
+    return (
+      <ConfirmReset mode="cognito" email={sent}>
+        <Alert severity="success" sx={{ my: 2 }} data-testid="reset-sent">
+          {t('reset.sentCode', { email: sent })}
+        </Alert>
+      </ConfirmReset>
+    );
+  }
+
   return (
     <PublicPage title={t('reset.title')}>
       {sent ? (
@@ -49,7 +67,7 @@ function RequestReset() {
       ) : (
         <Box component="form" onSubmit={submit} noValidate>
           <Typography variant="body2" color="text.secondary">
-            {t('reset.prompt')}
+            {t(codes ? 'reset.promptCode' : 'reset.prompt')}
           </Typography>
           <TextField
             fullWidth
@@ -65,7 +83,7 @@ function RequestReset() {
           />
           <ErrorAlert error={error} />
           <Button type="submit" variant="contained" size="large" fullWidth disabled={busy || !email}>
-            {t('reset.submit')}
+            {t(codes ? 'reset.submitCode' : 'reset.submit')}
           </Button>
         </Box>
       )}
@@ -76,8 +94,21 @@ function RequestReset() {
   );
 }
 
-function ConfirmReset({ token }: { token: string }) {
+/** The new password, with the mailed link's token (builtin) or the address and code (cognito). */
+function ConfirmReset({
+  mode,
+  token,
+  email: initialEmail = '',
+  children,
+}: {
+  mode: AuthMode;
+  token?: string;
+  email?: string;
+  children?: React.ReactNode;
+}) {
   const { t } = useI18n();
+  const [email, setEmail] = useState(initialEmail);
+  const [code, setCode] = useState('');
   const [password, setPassword] = useState('');
   const [confirm, setConfirm] = useState('');
   const [busy, setBusy] = useState(false);
@@ -90,11 +121,15 @@ function ConfirmReset({ token }: { token: string }) {
     setBusy(true);
     setError(null);
     try {
-      await api.post('/api/auth/reset-password/confirm', { token, password, confirmPassword: confirm }, { auth: false });
+      await api.post(
+        '/api/auth/reset-password/confirm',
+        resetConfirmBody(mode, { token, email, code, password, confirm }),
+        { auth: false },
+      );
       setDone(true);
-      window.history.replaceState(null, '', '/reset-password');
+      if (token) window.history.replaceState(null, '', '/reset-password');
     } catch (err) {
-      setError(err);
+      setError(codeError(err));
       setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
     }
     setBusy(false);
@@ -115,14 +150,42 @@ function ConfirmReset({ token }: { token: string }) {
 
   return (
     <PublicPage title={t('reset.confirmTitle')}>
-      <Box component="form" onSubmit={submit} noValidate>
+      {children}
+      <Box component="form" onSubmit={submit} noValidate data-testid="reset-confirm-form">
+        {mode === 'cognito' && (
+          <>
+            <TextField
+              fullWidth
+              margin="normal"
+              type="email"
+              name="email"
+              label={t('common.email')}
+              value={email}
+              onChange={(e) => setEmail(e.target.value)}
+              autoComplete="email"
+              required
+            />
+            <TextField
+              fullWidth
+              margin="normal"
+              name="code"
+              label={t('code.label')}
+              value={code}
+              onChange={(e) => setCode(e.target.value)}
+              autoComplete="one-time-code"
+              autoFocus
+              required
+              slotProps={{ htmlInput: { inputMode: 'numeric', maxLength: 6 } }}
+            />
+          </>
+        )}
         <PasswordField
           label={t('reset.newPassword')}
           name="password"
           autoComplete="new-password"
           value={password}
           onChange={(e) => setPassword(e.target.value)}
-          autoFocus
+          autoFocus={mode !== 'cognito'}
           required
         />
         <PasswordField
@@ -141,7 +204,12 @@ function ConfirmReset({ token }: { token: string }) {
           variant="contained"
           size="large"
           fullWidth
-          disabled={busy || !isAcceptable(password) || password !== confirm}
+          disabled={
+            busy ||
+            !isAcceptable(password) ||
+            password !== confirm ||
+            (mode === 'cognito' && (!email || !looksLikeCode(code)))
+          }
         >
           {t('reset.confirmSubmit')}
         </Button>

@@ -1,11 +1,12 @@
 import { useState, type FormEvent } from 'react';
-import { useNavigate, useSearchParams } from 'react-router';
+import { Link as RouterLink, useNavigate, useSearchParams } from 'react-router';
 import Alert from '@mui/material/Alert';
 import Box from '@mui/material/Box';
 import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
+import { useAuthConfig } from '../auth/useAuthConfig';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Markup } from '../components/Markup';
 import { PasswordChecklist } from '../components/PasswordChecklist';
@@ -27,6 +28,21 @@ export function SetupPage() {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
   const [serverFailed, setServerFailed] = useState<Rule[]>([]);
+  const config = useAuthConfig();
+
+  // Cognito mode has no setup: admins are the user pool's admin group.
+  if (config?.mode === 'cognito') {
+    return (
+      <PublicPage title={t('setup.title')}>
+        <Alert severity="info" sx={{ my: 2 }} data-testid="setup-cognito">
+          {t('setup.cognito')}
+        </Alert>
+        <Button component={RouterLink} to="/login" variant="contained">
+          {t('common.toLogin')}
+        </Button>
+      </PublicPage>
+    );
+  }
 
   if (!token) {
     return (

@@ -7,6 +7,9 @@ import Link from '@mui/material/Link';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
+import { features } from '../auth/mode';
+import { useAuthConfig } from '../auth/useAuthConfig';
+import { ConfirmCodeForm } from '../components/ConfirmCodeForm';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { PasswordChecklist } from '../components/PasswordChecklist';
 import { PasswordField } from '../components/PasswordField';
@@ -24,6 +27,8 @@ export function SignupPage() {
   const [serverFailed, setServerFailed] = useState<Rule[]>([]);
   const [sentTo, setSentTo] = useState<string | null>(null);
   const [resent, setResent] = useState(false);
+  const [confirmed, setConfirmed] = useState(false);
+  const config = useAuthConfig();
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -40,6 +45,34 @@ export function SignupPage() {
     }
     setBusy(false);
   };
+
+  if (confirmed) {
+    return (
+      <PublicPage title={t('verify.title')}>
+        <Alert severity="success" sx={{ my: 2 }} data-testid="verify-done">
+          {t('verify.done')}
+        </Alert>
+        <Button component={RouterLink} to="/login" variant="contained" fullWidth size="large">
+          {t('common.toLogin')}
+        </Button>
+      </PublicPage>
+    );
+  }
+
+  // Cognito mails a code, not a link: it is typed in here, with the address.
+  if (sentTo && config && features(config).codes) {
+    return (
+      <PublicPage title={t('signup.sentTitle')}>
+        <Alert severity="success" sx={{ my: 2 }} data-testid="signup-sent">
+          {t('signup.codeBody', { email: sentTo })}
+        </Alert>
+        <ConfirmCodeForm initialEmail={sentTo} onDone={() => setConfirmed(true)} />
+        <Button component={RouterLink} to="/login" sx={{ mt: 2 }}>
+          {t('common.backToLogin')}
+        </Button>
+      </PublicPage>
+    );
+  }
 
   if (sentTo) {
     return (

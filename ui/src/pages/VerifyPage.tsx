@@ -6,6 +6,9 @@ import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
+import { features } from '../auth/mode';
+import { useAuthConfig } from '../auth/useAuthConfig';
+import { ConfirmCodeForm } from '../components/ConfirmCodeForm';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Loading } from '../components/Loading';
 import { PublicPage } from '../components/PublicPage';
@@ -16,9 +19,46 @@ import { useI18n } from '../i18n/I18nProvider';
 const attempts = new Map<string, Promise<unknown>>();
 
 export function VerifyPage() {
-  const { t } = useI18n();
+  const config = useAuthConfig();
   const [params] = useSearchParams();
   const token = params.get('token');
+  if (!config && !token) return <Loading />;
+  // Cognito mails a code to type in here; a link with a token is the built-in mode's.
+  if (config && features(config).codes && !token) return <VerifyWithCode initialEmail={params.get('email') ?? ''} />;
+  return <VerifyWithLink token={token} />;
+}
+
+function VerifyWithCode({ initialEmail }: { initialEmail: string }) {
+  const { t } = useI18n();
+  const [done, setDone] = useState(false);
+  return (
+    <PublicPage title={t('verify.title')}>
+      {done ? (
+        <>
+          <Alert severity="success" sx={{ my: 2 }} data-testid="verify-done">
+            {t('verify.done')}
+          </Alert>
+          <Button component={RouterLink} to="/login" variant="contained" fullWidth size="large">
+            {t('common.toLogin')}
+          </Button>
+        </>
+      ) : (
+        <>
+          <Typography variant="body2" color="text.secondary">
+            {t('verify.codePrompt')}
+          </Typography>
+          <ConfirmCodeForm initialEmail={initialEmail} onDone={() => setDone(true)} />
+          <Button component={RouterLink} to="/login" sx={{ mt: 2 }}>
+            {t('common.backToLogin')}
+          </Button>
+        </>
+      )}
+    </PublicPage>
+  );
+}
+
+function VerifyWithLink({ token }: { token: string | null }) {
+  const { t } = useI18n();
   const [state, setState] = useState<'working' | 'done' | 'failed'>(token ? 'working' : 'failed');
   const [error, setError] = useState<unknown>(null);
   const [email, setEmail] = useState('');

@@ -28,6 +28,7 @@ import PersonAddAlt from '@mui/icons-material/PersonAddAlt';
 import Refresh from '@mui/icons-material/Refresh';
 import { api, ApiError } from '../../api/client';
 import { ROLES, type Role, type User, type UsersPage as Page } from '../../api/types';
+import { useAuthConfig } from '../../auth/useAuthConfig';
 import { useAuth } from '../../auth/AuthProvider';
 import { ConfirmDialog } from '../../components/ConfirmDialog';
 import { ErrorAlert } from '../../components/ErrorAlert';
@@ -44,6 +45,7 @@ const notPhone = { display: { xs: 'none', sm: 'table-cell' } } as const;
 
 export default function UsersPage() {
   const { t, dateTime } = useI18n();
+  const config = useAuthConfig();
   const { user: me } = useAuth();
   const [page, setPage] = useState(0);
   const [perPage, setPerPage] = useState(25);
@@ -104,6 +106,9 @@ export default function UsersPage() {
     await act(u, () => api.del(`/api/admin/users/${u.id}`), t('users.deleted'));
   };
 
+  // In cognito mode roles follow the pool's groups and accounts are made in the pool.
+  const cognito = config?.mode === 'cognito';
+
   return (
     <Box>
       <PageHeader title={t('users.title')}>
@@ -112,10 +117,17 @@ export default function UsersPage() {
             <Refresh />
           </IconButton>
         </Tooltip>
-        <Button variant="contained" startIcon={<PersonAddAlt />} onClick={() => setCreating(true)}>
-          {t('users.create')}
-        </Button>
+        {config && !cognito && (
+          <Button variant="contained" startIcon={<PersonAddAlt />} onClick={() => setCreating(true)}>
+            {t('users.create')}
+          </Button>
+        )}
       </PageHeader>
+      {cognito && (
+        <Alert severity="info" sx={{ mb: 2 }} data-testid="users-cognito">
+          {t('users.cognito')}
+        </Alert>
+      )}
       <ErrorAlert error={error} onRetry={data === null ? load : undefined} />
       {notice && <Alert severity="success" sx={{ mb: 2 }} onClose={() => setNotice(null)}>{notice}</Alert>}
       {data === null ? (
@@ -154,7 +166,7 @@ export default function UsersPage() {
                       <Box sx={{ display: { xs: 'block', sm: 'none' }, mt: 0.5 }}>{statusChips(u)}</Box>
                     </TableCell>
                     <TableCell>
-                      {self ? (
+                      {self || cognito ? (
                         t(`role.${u.role}`)
                       ) : (
                         <TextField
