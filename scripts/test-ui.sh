@@ -71,7 +71,13 @@ CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral" node ui/e2e/run.mjs 2>&1 | tee "$log
 e2e=$(sed -n 's/^e2e: \([0-9][0-9]*\) passed, 0 failed.*/\1/p' "$log/e2e" | tail -1)
 [ -n "$e2e" ] || { echo "test-ui: the end-to-end run did not pass" >&2; exit 1; }
 
+# The same UI in auth mode cognito, against a user pool on a throwaway moto server.
+step "end-to-end, auth mode cognito (headless chromium + corral serve + moto)"
+CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral" scripts/with-moto.sh node ui/e2e/cognito.mjs 2>&1 | tee "$log/e2e-cognito"
+e2e_cognito=$(sed -n 's/^e2e-cognito: \([0-9][0-9]*\) passed, 0 failed.*/\1/p' "$log/e2e-cognito" | tail -1)
+[ -n "$e2e_cognito" ] || { echo "test-ui: the cognito end-to-end run did not pass" >&2; exit 1; }
+
 size=$(sed -n 's/.*initial JS \([0-9.]*\) kB.*/\1/p' "$log/size")
 echo
-echo "test-ui: typecheck ok, lint ok, unit ${unit:-?} passed, initial JS ${size} kB gzipped, e2e ${e2e} passed; screenshots in artifacts/ui/ [$(($(date +%s) - start))s]"
-echo "ui: $((${unit:-0} + e2e)) passed, 0 failed"
+echo "test-ui: typecheck ok, lint ok, unit ${unit:-?} passed, initial JS ${size} kB gzipped, e2e ${e2e} + cognito ${e2e_cognito} passed; screenshots in artifacts/ui/ and artifacts/ui-cognito/ [$(($(date +%s) - start))s]"
+echo "ui: $((${unit:-0} + e2e + e2e_cognito)) passed, 0 failed"
