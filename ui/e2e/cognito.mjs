@@ -1,7 +1,8 @@
 // End-to-end test of the web UI in auth mode `cognito`: real Chromium, a real
 // `corral serve --auth-mode cognito`, and a user pool on a moto server (the AWS emulator).
 // Sign-up ends in the code form, the profile says where password and MFA are managed,
-// setup is not offered, and the password reset goes request-code, then code + new password.
+// setup is not offered, the password reset goes request-code, then code + new password,
+// and the `corral login` CLI signs in to the same server.
 //
 //   scripts/with-moto.sh node ui/e2e/cognito.mjs   (after `vite build` and `cargo build -p corral`)
 //
@@ -93,6 +94,19 @@ function startServer(pool, clientId) {
       clearTimeout(timer);
       rej(new Error(`corral serve exited early (${code}); see ${join(artifacts, 'server.log')}`));
     });
+  });
+}
+
+/** Runs the `corral` CLI; resolves to its output, rejects when it fails. */
+function cli(args, env, input = '') {
+  return new Promise((res, rej) => {
+    const p = spawn(corralBin, args, { stdio: ['pipe', 'pipe', 'pipe'], env });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.on('error', rej);
+    p.on('exit', (code) => (code === 0 ? res(out) : rej(new Error(`corral ${args.join(' ')} exited ${code}: ${out}`))));
+    p.stdin.end(input);
   });
 }
 
@@ -212,6 +226,16 @@ async function main() {
         await page.getByText('Wrong e-mail address or password.').waitFor();
         await login(USER.resetPassword);
         await waitPath('/dashboard');
+      },
+    ],
+    [
+      'the corral CLI logs in to the cognito server and uses the pool token',
+      async () => {
+        const env = { ...process.env, CORRAL_CREDENTIALS: join(work, 'credentials.json'), CORRAL_URL: '' };
+        const out = await cli(['login', '--url', base, '--email', USER.email, '--password-stdin'], env, `${USER.resetPassword}\n`);
+        assert(out.includes(`as ${USER.email} (user)`), out);
+        const models = await cli(['models'], env);
+        assert(models.includes('smollm2:135m'), `the catalog with the saved login: ${models}`);
       },
     ],
     [
