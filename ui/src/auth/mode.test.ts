@@ -30,17 +30,15 @@ describe('parseAuthConfig', () => {
 });
 
 describe('features', () => {
-  it('cognito: codes, no local password or MFA, no setup', () => {
-    expect(features(cognito)).toEqual({ codes: true, localCredentials: false, setup: false, signup: true });
+  it('cognito: codes, no local password, MFA, setup or account editing', () => {
+    expect(features(cognito)).toEqual({ codes: true, localCredentials: false, setup: false, localAccounts: false });
     // Even if a server said setup was available, cognito mode has none.
     expect(features({ ...cognito, setup_available: true }).setup).toBe(false);
   });
-  it('builtin: links, local password and MFA, setup when offered', () => {
-    expect(features(BUILTIN)).toEqual({ codes: false, localCredentials: true, setup: true, signup: true });
-    expect(features({ ...BUILTIN, setup_available: false, signup_enabled: false })).toMatchObject({
-      setup: false,
-      signup: false,
-    });
+  it('builtin: everything as before, whatever else the server says', () => {
+    const all = { codes: false, localCredentials: true, setup: true, localAccounts: true };
+    expect(features(BUILTIN)).toEqual(all);
+    expect(features({ ...BUILTIN, setup_available: false, signup_enabled: false })).toEqual(all);
   });
 });
 

@@ -31,19 +31,15 @@ export interface AuthFeatures {
   codes: boolean;
   /** Corral's own password change and TOTP enrolment on the profile page. */
   localCredentials: boolean;
-  /** The first-admin setup page. */
+  /** The first-admin setup page (cognito mode has none: admins are the pool's group). */
   setup: boolean;
-  signup: boolean;
+  /** Accounts and roles are edited in Corral's admin pages (not in the pool's groups). */
+  localAccounts: boolean;
 }
 
 export function features(config: AuthConfig): AuthFeatures {
   const cognito = config.mode === 'cognito';
-  return {
-    codes: cognito,
-    localCredentials: !cognito,
-    setup: !cognito && config.setup_available,
-    signup: config.signup_enabled,
-  };
+  return { codes: cognito, localCredentials: !cognito, setup: !cognito, localAccounts: !cognito };
 }
 
 /** The body of POST /api/auth/verify: the mailed link's token, or the address and code. */

@@ -6,6 +6,7 @@ import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api, ApiError } from '../api/client';
+import { features } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Markup } from '../components/Markup';
@@ -31,7 +32,7 @@ export function SetupPage() {
   const config = useAuthConfig();
 
   // Cognito mode has no setup: admins are the user pool's admin group.
-  if (config?.mode === 'cognito') {
+  if (config && !features(config).setup) {
     return (
       <PublicPage title={t('setup.title')}>
         <Alert severity="info" sx={{ my: 2 }} data-testid="setup-cognito">

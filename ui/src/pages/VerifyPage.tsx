@@ -6,7 +6,7 @@ import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
-import { features } from '../auth/mode';
+import { features, verifyBody } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ConfirmCodeForm } from '../components/ConfirmCodeForm';
 import { ErrorAlert } from '../components/ErrorAlert';
@@ -68,7 +68,7 @@ function VerifyWithLink({ token }: { token: string | null }) {
     if (!token) return;
     let attempt = attempts.get(token);
     if (!attempt) {
-      attempt = api.post('/api/auth/verify', { token }, { auth: false });
+      attempt = api.post('/api/auth/verify', verifyBody('builtin', { token }), { auth: false });
       attempts.set(token, attempt);
     }
     let live = true;

@@ -28,6 +28,7 @@ import PersonAddAlt from '@mui/icons-material/PersonAddAlt';
 import Refresh from '@mui/icons-material/Refresh';
 import { api, ApiError } from '../../api/client';
 import { ROLES, type Role, type User, type UsersPage as Page } from '../../api/types';
+import { features } from '../../auth/mode';
 import { useAuthConfig } from '../../auth/useAuthConfig';
 import { useAuth } from '../../auth/AuthProvider';
 import { ConfirmDialog } from '../../components/ConfirmDialog';
@@ -107,7 +108,7 @@ export default function UsersPage() {
   };
 
   // In cognito mode roles follow the pool's groups and accounts are made in the pool.
-  const cognito = config?.mode === 'cognito';
+  const cognito = config !== null && !features(config).localAccounts;
 
   return (
     <Box>
