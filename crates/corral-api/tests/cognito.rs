@@ -1091,4 +1091,25 @@ async fn cognito_role_change_is_refused() {
         (200, Some("viewer")),
         "{body}"
     );
+    // Accounts are added in the pool, not here: one made here could not sign in.
+    let (status, body) = app
+        .post(
+            "/api/admin/users",
+            Some(&token),
+            json!({"email": "new-r@example.com", "password": PASSWORD, "role": "user"}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "users_managed_by_provider"),
+        "{body}"
+    );
+    assert!(
+        app.state
+            .store
+            .user_by_email("new-r@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -127,7 +127,7 @@ pub struct CreateUser {
         (status = 400, description = "invalid_email, weak_password (details.failed_rules) or invalid_display_name"),
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
-        (status = 409, description = "the e-mail is taken"),
+        (status = 409, description = "the e-mail is taken; `users_managed_by_provider` in auth mode cognito, where users are added to the pool"),
     ))]
 async fn create_user(
     State(state): State<AppState>,
@@ -137,6 +137,15 @@ async fn create_user(
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     audit.action("admin.users.create");
     principal.require_admin()?;
+    // A built-in account could not sign in: login goes to the user pool in this mode.
+    if state.cognito.is_some() {
+        return Err(ApiError::denied(
+            StatusCode::CONFLICT,
+            "users_managed_by_provider",
+            "auth mode is cognito: add the user to the Amazon Cognito user pool (and to \
+             the group of its role); their Corral account is made at their first sign-in",
+        ));
+    }
     if !user::is_valid_email(&body.email) {
         return Err(ApiError::bad_request(
             "invalid_email",
