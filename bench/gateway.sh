@@ -14,6 +14,11 @@
 # the replica's 4 parallel slots). The trivial request's throughput is CPU-bound on a
 # small machine (wrk, gateway and replica share the cores); the generations' is what a
 # replica can do, which the gateway should not reduce.
+# For the trivial request it also reports the CPU time each process spends per request
+# (from /proc/PID/stat around the throughput runs): unlike requests/s, that figure hardly
+# depends on what else the machine is running, and it bounds the gateway's throughput
+# share when the cores are saturated: direct costs the replica's (and wrk's) CPU per
+# request, the gateway path adds the gateway's own. The load average is printed too.
 # Goals (issue 4): p50 added < 0.5 ms; gateway >= 90 % of direct throughput.
 #
 # Usage: bench/gateway.sh [--duration SECONDS]   (needs wrk and python3; builds release)
@@ -56,7 +61,7 @@ cleanup() {
             sleep 0.1
         done
     fi
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -98,9 +103,11 @@ trivial='{"model":"smollm2:135m","prompt":"","stream":false}'
 one_token='{"model":"smollm2:135m","prompt":"Hi","stream":false,"options":{"num_predict":1,"temperature":0}}'
 streamed='{"model":"smollm2:135m","prompt":"Hi","stream":true,"options":{"num_predict":1,"temperature":0}}'
 
-# wrk: prints "p50_ms p99_ms requests_per_s" for a POST of $2 to $1.
+# wrk: prints "p50_ms p99_ms requests_per_s requests wrk_cpu_ticks" for a POST of $2 to
+# $1. wrk's CPU time is that of this shell's reaped children (fields 16 and 17 of its
+# stat line): each call runs in a fresh subshell (`< <(wrk_post ...)`), so it is wrk's.
 wrk_post() {
-    local target="$1" body="$2" connections="$3" auth="${4:-}"
+    local target="$1" body="$2" connections="$3" auth="${4:-}" me="$BASHPID" result
     cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$body'
@@ -109,14 +116,16 @@ LUA
     if [ -n "$auth" ]; then
         echo "wrk.headers[\"Authorization\"] = \"Bearer $auth\"" >>"$work/post.lua"
     fi
-    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "$target" |
+    result="$(wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "$target" |
         awk '
             function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
             /^ +50%/ { p50 = ms($2) }
             /^ +99%/ { p99 = ms($2) }
             /^Requests\/sec/ { rps = $2 }
+            / requests in / { total = $1 }
             /Non-2xx/ { bad = $NF }
-            END { if (bad > 0) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 }; printf "%.3f %.3f %.0f\n", p50, p99, rps }'
+            END { if (bad > 0) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 }; printf "%.3f %.3f %.0f %d\n", p50, p99, rps, total }')"
+    echo "$result $(sed 's/.*) //' "/proc/$me/stat" | awk '{ print $14 + $15 }')"
 }
 
 # Latency of generations, whose own time varies by milliseconds from one request to the
@@ -161,21 +170,36 @@ print(" ".join(f"{pct(t[3], q):.3f}" for t in targets for q in (0.5, 0.99)))
 PY
 }
 
+# CPU time (user + system) a process has used, in clock ticks; fields 14 and 15 of its
+# stat line, counted after the parenthesised command name (which may hold spaces).
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+clk_tck="$(getconf CLK_TCK)"
+# The replica is a child of the server (the local driver starts it).
+runner_pid="$(pgrep -P "$server_pid" -f corral-runner | head -n1)"
+[ -n "$runner_pid" ] || { echo "bench: cannot find the replica's process" >&2; exit 1; }
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 echo "bench: measuring (${duration}s per figure)" >&2
 # Warm both paths (connections, the replica's first decode).
 wrk_post "$replica/api/generate" "$one_token" 1 >/dev/null
 wrk_post "$url/ollama/api/generate" "$one_token" 1 "$key" >/dev/null
 
-read -r t_d50 t_d99 _ < <(wrk_post "$replica/api/generate" "$trivial" 1)
-read -r t_g50 t_g99 _ < <(wrk_post "$url/ollama/api/generate" "$trivial" 1 "$key")
-read -r _ _ t_drps < <(wrk_post "$replica/api/generate" "$trivial" "$conns")
-read -r _ _ t_grps < <(wrk_post "$url/ollama/api/generate" "$trivial" "$conns" "$key")
+read -r t_d50 t_d99 _ _ _ < <(wrk_post "$replica/api/generate" "$trivial" 1)
+read -r t_g50 t_g99 _ _ _ < <(wrk_post "$url/ollama/api/generate" "$trivial" 1 "$key")
+r0="$(ticks "$runner_pid")"
+read -r _ _ t_drps t_dn t_dw < <(wrk_post "$replica/api/generate" "$trivial" "$conns")
+r1="$(ticks "$runner_pid")"
+g1="$(ticks "$server_pid")"
+read -r _ _ t_grps t_gn t_gw < <(wrk_post "$url/ollama/api/generate" "$trivial" "$conns" "$key")
+r2="$(ticks "$runner_pid")"
+g2="$(ticks "$server_pid")"
 read -r o_d50 o_d99 o_g50 o_g99 < <(alternate "$one_token")
-read -r _ _ o_drps < <(wrk_post "$replica/api/generate" "$one_token" "$conns")
-read -r _ _ o_grps < <(wrk_post "$url/ollama/api/generate" "$one_token" "$conns" "$key")
+read -r _ _ o_drps _ _ < <(wrk_post "$replica/api/generate" "$one_token" "$conns")
+read -r _ _ o_grps _ _ < <(wrk_post "$url/ollama/api/generate" "$one_token" "$conns" "$key")
 read -r s_d50 s_d99 s_g50 s_g99 < <(alternate "$streamed")
-read -r _ _ s_drps < <(wrk_post "$replica/api/generate" "$streamed" "$conns")
-read -r _ _ s_grps < <(wrk_post "$url/ollama/api/generate" "$streamed" "$conns" "$key")
+read -r _ _ s_drps _ _ < <(wrk_post "$replica/api/generate" "$streamed" "$conns")
+read -r _ _ s_grps _ _ < <(wrk_post "$url/ollama/api/generate" "$streamed" "$conns" "$key")
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - <<PY
 rows = [
@@ -192,6 +216,18 @@ for name, d50, d99, drps, g50, g99, grps in rows:
     print(f"{'':<24} {'p99 ms':>8} {d99:>10.3f} {g99:>10.3f} {g99 - d99:>+9.3f}")
     print(f"{'':<24} {'req/s':>8} {drps:>10.0f} {grps:>10.0f} {100 * grps / drps:>8.0f}%")
 print()
+# CPU microseconds per trivial request (clock ticks are coarse: ${duration} s of wrk makes
+# tens of thousands of requests, so a tick is well under a microsecond per request).
+us = lambda ticks, n: ticks * 1e6 / $clk_tck / max(n, 1)
+direct_runner, direct_wrk = us($r1 - $r0, $t_dn), us($t_dw, $t_dn)
+gw_runner, gw_corral, gw_wrk = us($r2 - $r1, $t_gn), us($g2 - $g1, $t_gn), us($t_gw, $t_gn)
+print(f"CPU per trivial request, us: direct: replica {direct_runner:.1f} + wrk {direct_wrk:.1f}; "
+      f"gateway: corral {gw_corral:.1f} + replica {gw_runner:.1f} + wrk {gw_wrk:.1f}")
+direct_cpu, gateway_cpu = direct_runner + direct_wrk, gw_corral + gw_runner + gw_wrk
+print(f"  when these processes saturate the cores, the gateway's share of direct throughput "
+      f"is about {100 * direct_cpu / gateway_cpu:.0f} % (direct CPU / gateway CPU per request)")
+print(f"load average (1, 5, 15 min): {'$load_before'} before, {'$load_after'} after; "
+      f"$(nproc) cores")
 added = $t_g50 - $t_d50
 print(f"goal: p50 added < 0.5 ms (trivial request: the gateway's own cost): "
       f"{'met' if added < 0.5 else 'NOT met'} ({added:.3f} ms)")
