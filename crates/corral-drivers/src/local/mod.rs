@@ -610,7 +610,10 @@ impl ComputeDriver for LocalDriver {
             if let Err(e) = blocking(move || logfile::rotate_if_over(&path, cap)).await? {
                 tracing::warn!(log = %log_path.display(), "cannot rotate replica log: {e}");
             }
-            let ports = procfs::listening_ports(h.pid);
+            // /proc/PID/net/tcp lists every socket of the host's network namespace: its
+            // read grows with the host's connections, so it stays off the async threads.
+            let pid = h.pid;
+            let ports = blocking(move || procfs::listening_ports(pid)).await?;
             let port = match h.port {
                 Some(p) => ports.contains(&p).then_some(p),
                 None => ports.first().copied(),
@@ -952,7 +955,7 @@ fn free_port() -> Result<u16> {
         })
 }
 
-/// File work (log reads, rotation copies) off the async threads.
+/// File work (log reads, rotation copies, /proc scans) off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Io {
         context: "a background file task failed".into(),
