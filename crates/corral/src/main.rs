@@ -42,8 +42,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        // Two workers are plenty for a control plane and keep idle memory low.
-        .worker_threads(2)
+        // One worker per core (tokio's default, or TOKIO_WORKER_THREADS): the gateway
+        // proxies every model request, so it must scale with the machine.
         .enable_all()
         .build()
     {
