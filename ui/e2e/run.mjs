@@ -476,18 +476,28 @@ async function main() {
       async () => {
         await page.getByTestId('tab-chat').click();
         await page.locator('[data-testid=chat-form] textarea[name=prompt]').fill('Name three colours of the rainbow.');
+        // Every length the answer's text takes, recorded in the page at each DOM change:
+        // polling from here can miss a short answer that streams in 150 ms.
+        await page.evaluate(() => {
+          const seen = [];
+          window.__answerLengths = seen;
+          new MutationObserver(() => {
+            const all = document.querySelectorAll('[data-testid=chat-assistant]');
+            const text = all.length ? all[all.length - 1].textContent ?? '' : '';
+            const n = text === '…' ? 0 : text.length;
+            if (n > 0 && seen[seen.length - 1] !== n) seen.push(n);
+          }).observe(document.body, { childList: true, subtree: true, characterData: true });
+        });
         await page.getByTestId('chat-send').click();
         const answer = page.getByTestId('chat-assistant').last();
-        const lengths = [];
-        const t0 = Date.now();
-        while (Date.now() - t0 < 30_000) {
-          const text = (await answer.textContent()) ?? '';
-          lengths.push(text === '…' ? 0 : text.length);
-          if (await page.getByTestId('chat-send').isVisible()) break;
-          await page.waitForTimeout(50);
-        }
+        // Done: text arrived and the send button is back in place of stop.
+        await page.waitForFunction(
+          () => window.__answerLengths.length > 0 && document.querySelector('[data-testid=chat-send]') !== null,
+          undefined,
+          { timeout: 30_000 },
+        );
         const final = ((await answer.textContent()) ?? '').trim();
-        const distinct = new Set(lengths.filter((n) => n > 0));
+        const distinct = new Set(await page.evaluate(() => window.__answerLengths));
         assert(final.length > 0, 'the answer is not empty');
         assert(distinct.size >= 3, `the text grew while streaming (lengths seen: ${[...distinct].slice(0, 10)})`);
         log(`       streamed ${final.length} chars, ${distinct.size} distinct lengths`);
