@@ -9,7 +9,7 @@
 // Prints one line per step and ends with `e2e: N passed, M failed`.
 
 import { spawn } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,6 +63,29 @@ function run(args, input) {
   });
 }
 
+/**
+ * Kills the replicas a server in `dir` launched. They run in sessions of their own so
+ * that they outlive a restart of `corral serve` (it adopts them); a run that fails
+ * mid-way must not leave them behind.
+ */
+function killReplicas(dir) {
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    let env = '';
+    try {
+      env = readFileSync(`/proc/${pid}/environ`, 'latin1');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    if (env.split('\0').includes(`CORRAL_DATA_DIR=${dir}`)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // already exited
+      }
+    }
+  }
+}
+
 /** Starts `corral serve`; resolves to its URL and everything it printed to stdout so far. */
 function startServer(dir, logName, extraArgs = []) {
   return new Promise((res, rej) => {
@@ -74,8 +97,12 @@ function startServer(dir, logName, extraArgs = []) {
     cleanups.push(
       () =>
         new Promise((done) => {
-          if (p.exitCode !== null) return done();
-          p.once('exit', () => done());
+          const finish = () => {
+            killReplicas(dir);
+            done();
+          };
+          if (p.exitCode !== null) return finish();
+          p.once('exit', finish);
           p.kill('SIGTERM');
           setTimeout(() => p.kill('SIGKILL'), 5_000).unref();
         }),
