@@ -12,13 +12,16 @@ use corral_core::{
 use uuid::Uuid;
 
 mod codec;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub use error::{Error, Result};
 pub use postgres::PostgresStore;
+pub use sql::{Dialect, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// Opens the store a URL names: `sqlite://PATH` or a plain path is SQLite (file and

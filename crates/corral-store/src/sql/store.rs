@@ -1,7 +1,6 @@
-//! PostgreSQL backend, for deployments that outgrow one file or run several servers
-//! against one database.
-
-mod rows;
+//! The store, written once for both databases: every method of `Store` over a
+//! `Dialect` (see `mod.rs`). Values are bound with `.param(..)` (not sqlx's `.bind`),
+//! ids and times as `DbId`/`DbTime`, and rows are read by `rows`.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,10 +9,13 @@ use corral_core::{
     InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
     TokenPurpose, UsageRow, UsageSample, User,
 };
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{Executor, IntoArguments, QueryBuilder};
+use tracing::instrument;
 use uuid::Uuid;
 
+use super::rows::{self, RowExt};
+use super::value::{DbId, DbTime};
+use super::{BuilderExt, Dialect, QueryExt, SqlStore};
 use crate::codec::{
     self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, MODEL_COLUMNS, REPLICA_COLUMNS,
     RUN_COLUMNS, SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit,
@@ -21,100 +23,76 @@ use crate::codec::{
 };
 use crate::{ActionToken, ReplicaRun, Result, Store, UsageCounts, UserPatch};
 
-/// Enough for the API's concurrent requests; each server connection costs the
-/// database a process, so stay well below its usual `max_connections` of 100.
-const MAX_CONNECTIONS: u32 = 8;
-
-pub struct PostgresStore {
-    pool: PgPool,
-}
-
-impl PostgresStore {
-    /// Connects and brings the schema up to date.
-    pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect(url)
-            .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
-    }
-}
-
-/// A `LIKE` pattern matching `prefix` literally; `\` is PostgreSQL's default escape.
-fn like_prefix(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 #[async_trait]
-impl Store for PostgresStore {
+impl<DB: Dialect> Store for SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
     fn backend(&self) -> &'static str {
-        "postgres"
+        DB::BACKEND
     }
 
+    #[instrument(skip_all)]
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn create_user(&self, user: &User) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO users ({USER_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
         ))
-        .bind(user.id)
-        .bind(&user.email)
-        .bind(&user.display_name)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.email_verified)
-        .bind(user.disabled)
-        .bind(&user.totp_secret)
-        .bind(user.totp_enabled)
-        .bind(user.totp_last_step)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.last_login_at)
+        .param(DbId(user.id))
+        .param(&user.email)
+        .param(&user.display_name)
+        .param(&user.password_hash)
+        .param(user.role.as_str())
+        .param(user.email_verified)
+        .param(user.disabled)
+        .param(&user.totp_secret)
+        .param(user.totp_enabled)
+        .param(user.totp_last_step)
+        .param(DbTime(user.created_at))
+        .param(DbTime(user.updated_at))
+        .param(DbTime::opt(user.last_login_at))
         .execute(&self.pool)
         .await
         .map_err(conflict("user"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn user_by_id(&self, user_id: Uuid) -> Result<Option<User>> {
         sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
-            .bind(user_id)
+            .param(DbId(user_id))
             .fetch_optional(&self.pool)
             .await?
             .map(|row| rows::user(&row))
             .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn user_by_email(&self, email: &str) -> Result<Option<User>> {
         sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
         ))
-        .bind(email)
+        .param(email)
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::user(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn list_users(&self, offset: u32, limit: u32) -> Result<Vec<User>> {
         sqlx::query(&format!(
             "SELECT {USER_COLUMNS} FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"
         ))
-        .bind(page_limit(limit))
-        .bind(i64::from(offset))
+        .param(page_limit(limit))
+        .param(i64::from(offset))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -122,13 +100,15 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    #[instrument(skip_all)]
     async fn count_users(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
             .fetch_one(&self.pool)
             .await?;
-        Ok(n.unsigned_abs())
+        Ok(row.get::<i64>("n")?.unsigned_abs())
     }
 
+    #[instrument(skip_all)]
     async fn update_user(
         &self,
         user_id: Uuid,
@@ -150,44 +130,47 @@ impl Store for PostgresStore {
                updated_at = $11 \
              WHERE id = $1 RETURNING {USER_COLUMNS}"
         ))
-        .bind(user_id)
-        .bind(&patch.display_name)
-        .bind(&patch.password_hash)
-        .bind(patch.role.map(|r| r.as_str()))
-        .bind(patch.email_verified)
-        .bind(patch.disabled)
-        .bind(patch.totp_secret.is_some())
-        .bind(patch.totp_secret.clone().flatten())
-        .bind(patch.totp_enabled)
-        .bind(patch.last_login_at)
-        .bind(now)
+        .param(DbId(user_id))
+        .param(&patch.display_name)
+        .param(&patch.password_hash)
+        .param(patch.role.map(|r| r.as_str()))
+        .param(patch.email_verified)
+        .param(patch.disabled)
+        .param(patch.totp_secret.is_some())
+        .param(patch.totp_secret.clone().flatten())
+        .param(patch.totp_enabled)
+        .param(DbTime::opt(patch.last_login_at))
+        .param(DbTime(now))
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::user(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn delete_user(&self, user_id: Uuid) -> Result<bool> {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(user_id)
+            .param(DbId(user_id))
             .execute(&self.pool)
             .await
             .map_err(in_use(USER_IN_USE))?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn consume_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE users SET totp_last_step = $2 \
              WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
         )
-        .bind(user_id)
-        .bind(step)
+        .param(DbId(user_id))
+        .param(step)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn record_login_failure(
         &self,
         email: &str,
@@ -209,48 +192,52 @@ impl Store for PostgresStore {
                updated_at = $4 \
              RETURNING email, count, locked_until",
         )
-        .bind(email)
-        .bind(i64::from(max_failures))
-        .bind(now + lock_for)
-        .bind(now)
+        .param(email)
+        .param(i64::from(max_failures))
+        .param(DbTime(now + lock_for))
+        .param(DbTime(now))
         .fetch_one(&self.pool)
         .await?;
         rows::login_failures(&row)
     }
 
+    #[instrument(skip_all)]
     async fn login_failures(&self, email: &str) -> Result<Option<LoginFailures>> {
         sqlx::query("SELECT email, count, locked_until FROM login_failures WHERE email = $1")
-            .bind(email)
+            .param(email)
             .fetch_optional(&self.pool)
             .await?
             .map(|row| rows::login_failures(&row))
             .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn clear_login_failures(&self, email: &str) -> Result<()> {
         sqlx::query("DELETE FROM login_failures WHERE email = $1")
-            .bind(email)
+            .param(email)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn create_action_token(&self, token: &ActionToken) -> Result<()> {
         sqlx::query(
             "INSERT INTO action_tokens (token_hash, user_id, purpose, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(&token.token_hash)
-        .bind(token.user_id)
-        .bind(token.purpose.as_str())
-        .bind(token.created_at)
-        .bind(token.expires_at)
+        .param(&token.token_hash)
+        .param(DbId(token.user_id))
+        .param(token.purpose.as_str())
+        .param(DbTime(token.created_at))
+        .param(DbTime(token.expires_at))
         .execute(&self.pool)
         .await
         .map_err(conflict("action token"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn consume_action_token(
         &self,
         token_hash: &str,
@@ -258,52 +245,58 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Uuid>> {
         // The conditions live in the UPDATE itself, so two concurrent uses cannot both win.
-        let user_id = sqlx::query_scalar(
+        sqlx::query(
             "UPDATE action_tokens SET used_at = $3 \
              WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3 \
              RETURNING user_id",
         )
-        .bind(token_hash)
-        .bind(purpose.as_str())
-        .bind(now)
+        .param(token_hash)
+        .param(purpose.as_str())
+        .param(DbTime(now))
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(user_id)
+        .await?
+        .map(|row| row.id("user_id"))
+        .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn create_session(&self, session: &RefreshSession) -> Result<()> {
         insert_session(&self.pool, session).await
     }
 
+    #[instrument(skip_all)]
     async fn session_by_hash(&self, token_hash: &str) -> Result<Option<RefreshSession>> {
         sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM refresh_sessions WHERE token_hash = $1"
         ))
-        .bind(token_hash)
+        .param(token_hash)
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::session(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn rotate_session(
         &self,
         old_id: Uuid,
         next: &RefreshSession,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        // The conditional UPDATE row-locks the old session until commit, so a concurrent
-        // rotation waits, then re-checks the condition and matches nothing.
+        // The conditional UPDATE is the first statement, so the check cannot go stale
+        // before the insert: SQLite's transaction takes the write lock at once;
+        // PostgreSQL row-locks the old session until commit, so a concurrent rotation
+        // waits, then re-checks the condition and matches nothing.
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE refresh_sessions SET replaced_at = $2 \
              WHERE id = $1 AND replaced_at IS NULL AND revoked_at IS NULL",
         )
-        .bind(old_id)
-        .bind(now)
+        .param(DbId(old_id))
+        .param(DbTime(now))
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() != 1 {
+        if DB::rows_affected(&done) != 1 {
             return Ok(false); // dropping `tx` rolls back
         }
         insert_session(&mut *tx, next).await?;
@@ -311,54 +304,58 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    #[instrument(skip_all)]
     async fn revoke_session_family(&self, family_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE refresh_sessions SET revoked_at = $2 \
              WHERE family_id = $1 AND replaced_at IS NULL AND revoked_at IS NULL",
         )
-        .bind(family_id)
-        .bind(now)
+        .param(DbId(family_id))
+        .param(DbTime(now))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(DB::rows_affected(&done))
     }
 
+    #[instrument(skip_all)]
     async fn revoke_user_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE refresh_sessions SET revoked_at = $2 \
              WHERE user_id = $1 AND replaced_at IS NULL AND revoked_at IS NULL",
         )
-        .bind(user_id)
-        .bind(now)
+        .param(DbId(user_id))
+        .param(DbTime(now))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(DB::rows_affected(&done))
     }
 
+    #[instrument(skip_all)]
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
-        .bind(key.id)
-        .bind(key.owner_id)
-        .bind(&key.name)
-        .bind(&key.prefix)
-        .bind(&key.key_hash)
-        .bind(key.created_at)
-        .bind(key.expires_at)
-        .bind(key.last_used_at)
+        .param(DbId(key.id))
+        .param(DbId(key.owner_id))
+        .param(&key.name)
+        .param(&key.prefix)
+        .param(&key.key_hash)
+        .param(DbTime(key.created_at))
+        .param(DbTime::opt(key.expires_at))
+        .param(DbTime::opt(key.last_used_at))
         .execute(&self.pool)
         .await
         .map_err(conflict("api key"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn list_api_keys(&self, owner_id: Uuid) -> Result<Vec<ApiKey>> {
         sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE owner_id = $1 \
              ORDER BY created_at DESC, id DESC"
         ))
-        .bind(owner_id)
+        .param(DbId(owner_id))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -366,115 +363,120 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    #[instrument(skip_all)]
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>> {
         sqlx::query(&format!(
             "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
         ))
-        .bind(key_hash)
+        .param(key_hash)
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::api_key(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn delete_api_key(&self, owner_id: Uuid, key_id: Uuid) -> Result<bool> {
         let done = sqlx::query("DELETE FROM api_keys WHERE id = $1 AND owner_id = $2")
-            .bind(key_id)
-            .bind(owner_id)
+            .param(DbId(key_id))
+            .param(DbId(owner_id))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn touch_api_key(&self, key_id: Uuid, now: DateTime<Utc>) -> Result<()> {
         // Never moves backwards when concurrent requests finish out of order.
         sqlx::query(
             "UPDATE api_keys SET last_used_at = $2 \
              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
         )
-        .bind(key_id)
-        .bind(now)
+        .param(DbId(key_id))
+        .param(DbTime(now))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit_log \
                (actor_id, actor_email, action, target, ip, outcome, detail, at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(entry.actor_id)
-        .bind(&entry.actor_email)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(&entry.ip)
-        .bind(entry.outcome.as_str())
-        .bind(&entry.detail)
-        .bind(entry.at)
+        .param(DbId::opt(entry.actor_id))
+        .param(&entry.actor_email)
+        .param(&entry.action)
+        .param(&entry.target)
+        .param(&entry.ip)
+        .param(entry.outcome.as_str())
+        .param(&entry.detail)
+        .param(DbTime(entry.at))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
-        let mut q = QueryBuilder::<Postgres>::new(
+        let mut q = QueryBuilder::<DB>::new(
             "SELECT id, actor_id, actor_email, action, target, ip, outcome, detail, at \
              FROM audit_log WHERE 1 = 1",
         );
         if let Some(actor) = filter.actor_id {
-            q.push(" AND actor_id = ").push_bind(actor);
+            q.push(" AND actor_id = ").push_param(DbId(actor));
         }
         if let Some(prefix) = &filter.action {
-            q.push(" AND action LIKE ").push_bind(like_prefix(prefix));
+            q.push(DB::PREFIX_MATCH)
+                .push_param(DB::prefix_pattern(prefix));
         }
         if let Some(outcome) = filter.outcome {
-            q.push(" AND outcome = ").push_bind(outcome.as_str());
+            q.push(" AND outcome = ").push_param(outcome.as_str());
         }
         if let Some(since) = filter.since {
-            q.push(" AND at >= ").push_bind(since);
+            q.push(" AND at >= ").push_param(DbTime(since));
         }
         if let Some(before) = filter.before_id {
-            q.push(" AND id < ").push_bind(before);
+            q.push(" AND id < ").push_param(before);
         }
         q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.effective_limit()));
-        q.build()
-            .fetch_all(&self.pool)
+            .push_param(i64::from(filter.effective_limit()));
+        DB::fetch_all(q, &self.pool)
             .await?
             .iter()
             .map(rows::audit_entry)
             .collect()
     }
 
+    #[instrument(skip_all)]
     async fn push_outbox(&self, message: &OutboxMessage) -> Result<()> {
         sqlx::query(
             "INSERT INTO outbox (id, to_addr, subject, body, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(message.id)
-        .bind(&message.to)
-        .bind(&message.subject)
-        .bind(&message.body)
-        .bind(message.created_at)
+        .param(DbId(message.id))
+        .param(&message.to)
+        .param(&message.subject)
+        .param(&message.body)
+        .param(DbTime(message.created_at))
         .execute(&self.pool)
         .await
         .map_err(conflict("outbox message"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn list_outbox(&self, to: Option<&str>, limit: u32) -> Result<Vec<OutboxMessage>> {
-        let mut q = QueryBuilder::<Postgres>::new(
-            "SELECT id, to_addr, subject, body, created_at FROM outbox",
-        );
+        let mut q =
+            QueryBuilder::<DB>::new("SELECT id, to_addr, subject, body, created_at FROM outbox");
         if let Some(to) = to {
-            q.push(" WHERE to_addr = ").push_bind(to);
+            q.push(" WHERE to_addr = ").push_param(to);
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(page_limit(limit));
-        q.build()
-            .fetch_all(&self.pool)
+            .push_param(page_limit(limit));
+        DB::fetch_all(q, &self.pool)
             .await?
             .iter()
             .map(rows::outbox_message)
@@ -483,6 +485,7 @@ impl Store for PostgresStore {
 
     // --- model catalog ---
 
+    #[instrument(skip_all)]
     async fn upsert_model(&self, model: &CatalogModel) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO models ({MODEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -494,36 +497,38 @@ impl Store for PostgresStore {
                source = excluded.source, weights_bytes = excluded.weights_bytes, \
                builtin = excluded.builtin"
         ))
-        .bind(&model.id)
-        .bind(&model.family)
-        .bind(&model.size)
-        .bind(model.cpu_supported)
-        .bind(model.gpu_supported)
-        .bind(i64::from(model.memory_required))
-        .bind(i64::from(model.expected_deploy_seconds))
-        .bind(codec::source_json(&model.source)?)
-        .bind(
+        .param(&model.id)
+        .param(&model.family)
+        .param(&model.size)
+        .param(model.cpu_supported)
+        .param(model.gpu_supported)
+        .param(i64::from(model.memory_required))
+        .param(i64::from(model.expected_deploy_seconds))
+        .param(codec::source_json(&model.source)?)
+        .param(
             model
                 .weights_bytes
                 .map(|b| codec::signed(b, "weights_bytes"))
                 .transpose()?,
         )
-        .bind(model.builtin)
+        .param(model.builtin)
         .execute(&self.pool)
         .await
         .map_err(write_error("model", "model"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn model(&self, model_id: &str) -> Result<Option<CatalogModel>> {
         sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models WHERE id = $1"))
-            .bind(model_id)
+            .param(model_id)
             .fetch_optional(&self.pool)
             .await?
             .map(|row| rows::model(&row))
             .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn list_models(&self) -> Result<Vec<CatalogModel>> {
         sqlx::query(&format!("SELECT {MODEL_COLUMNS} FROM models ORDER BY id"))
             .fetch_all(&self.pool)
@@ -533,63 +538,67 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    #[instrument(skip_all)]
     async fn delete_model(&self, model_id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM models WHERE id = $1")
-            .bind(model_id)
+            .param(model_id)
             .execute(&self.pool)
             .await
             .map_err(in_use(MODEL_IN_USE))?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
     // --- instances ---
 
+    #[instrument(skip_all)]
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
         let (compute, settings) = (&instance.compute, &instance.settings);
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
              $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         ))
-        .bind(instance.id)
-        .bind(instance.owner_id)
-        .bind(&instance.model_id)
-        .bind(&instance.driver)
-        .bind(compute.compute_type.as_str())
-        .bind(compute.cpu)
-        .bind(i64::from(compute.memory))
-        .bind(i64::from(compute.gpu_count))
-        .bind(&compute.instance_type)
-        .bind(compute.spot)
-        .bind(i64::from(settings.idle_timeout_seconds))
-        .bind(i64::from(settings.min_replicas))
-        .bind(i64::from(settings.max_replicas))
-        .bind(settings.wake_on_request)
-        .bind(codec::desired_str(instance.desired))
-        .bind(instance.state.as_str())
-        .bind(&instance.state_reason)
-        .bind(i64::from(instance.target_replicas))
-        .bind(instance.created_at)
-        .bind(instance.updated_at)
-        .bind(instance.last_activity_at)
-        .bind(instance.running_since)
-        .bind(instance.running_seconds)
+        .param(DbId(instance.id))
+        .param(DbId(instance.owner_id))
+        .param(&instance.model_id)
+        .param(&instance.driver)
+        .param(compute.compute_type.as_str())
+        .param(compute.cpu)
+        .param(i64::from(compute.memory))
+        .param(i64::from(compute.gpu_count))
+        .param(&compute.instance_type)
+        .param(compute.spot)
+        .param(i64::from(settings.idle_timeout_seconds))
+        .param(i64::from(settings.min_replicas))
+        .param(i64::from(settings.max_replicas))
+        .param(settings.wake_on_request)
+        .param(codec::desired_str(instance.desired))
+        .param(instance.state.as_str())
+        .param(&instance.state_reason)
+        .param(i64::from(instance.target_replicas))
+        .param(DbTime(instance.created_at))
+        .param(DbTime(instance.updated_at))
+        .param(DbTime(instance.last_activity_at))
+        .param(DbTime::opt(instance.running_since))
+        .param(instance.running_seconds)
         .execute(&self.pool)
         .await
         .map_err(write_error("instance", "owner or model"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn instance(&self, instance_id: Uuid) -> Result<Option<Instance>> {
         sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
         ))
-        .bind(instance_id)
+        .param(DbId(instance_id))
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::instance(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn instance_for_owner(
         &self,
         instance_id: Uuid,
@@ -598,29 +607,29 @@ impl Store for PostgresStore {
         sqlx::query(&format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND owner_id = $2"
         ))
-        .bind(instance_id)
-        .bind(owner_id)
+        .param(DbId(instance_id))
+        .param(DbId(owner_id))
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::instance(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>> {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances"));
+        let mut q = QueryBuilder::<DB>::new(format!("SELECT {INSTANCE_COLUMNS} FROM instances"));
         if let Some(owner_id) = owner_id {
-            q.push(" WHERE owner_id = ").push_bind(owner_id);
+            q.push(" WHERE owner_id = ").push_param(DbId(owner_id));
         }
         q.push(" ORDER BY created_at DESC, id DESC");
-        q.build()
-            .fetch_all(&self.pool)
+        DB::fetch_all(q, &self.pool)
             .await?
             .iter()
             .map(rows::instance)
             .collect()
     }
 
+    #[instrument(skip_all)]
     async fn set_desired(
         &self,
         instance_id: Uuid,
@@ -633,16 +642,17 @@ impl Store for PostgresStore {
                                        ELSE last_activity_at END \
              WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
         ))
-        .bind(instance_id)
-        .bind(codec::desired_str(desired))
-        .bind(now)
-        .bind(desired == Desired::Running)
+        .param(DbId(instance_id))
+        .param(codec::desired_str(desired))
+        .param(DbTime(now))
+        .param(desired == Desired::Running)
         .fetch_optional(&self.pool)
         .await?
         .map(|row| rows::instance(&row))
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn update_instance_settings(
         &self,
         instance_id: Uuid,
@@ -654,12 +664,12 @@ impl Store for PostgresStore {
                max_replicas = $4, wake_on_request = $5, updated_at = $6 \
              WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
         ))
-        .bind(instance_id)
-        .bind(i64::from(settings.idle_timeout_seconds))
-        .bind(i64::from(settings.min_replicas))
-        .bind(i64::from(settings.max_replicas))
-        .bind(settings.wake_on_request)
-        .bind(now)
+        .param(DbId(instance_id))
+        .param(i64::from(settings.idle_timeout_seconds))
+        .param(i64::from(settings.min_replicas))
+        .param(i64::from(settings.max_replicas))
+        .param(settings.wake_on_request)
+        .param(DbTime(now))
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error("instance settings", "instance"))?
@@ -667,6 +677,7 @@ impl Store for PostgresStore {
         .transpose()
     }
 
+    #[instrument(skip_all)]
     async fn transition(
         &self,
         instance_id: Uuid,
@@ -676,20 +687,22 @@ impl Store for PostgresStore {
         message: &str,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        // The conditional UPDATE row-locks the instance until commit, so a concurrent
+        // The conditional UPDATE is the first statement, so the check cannot go stale
+        // before the event is written: SQLite's transaction takes the write lock at
+        // once; PostgreSQL row-locks the instance until commit, so a concurrent
         // transition waits, then re-checks `state` and matches nothing.
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(TRANSITION_SQL)
-            .bind(instance_id)
-            .bind(from.as_str())
-            .bind(to.as_str())
-            .bind(reason)
-            .bind(now)
-            .bind(codec::starts_clock(to))
-            .bind(codec::stops_clock(to))
+        let done = sqlx::query(&transition_sql::<DB>())
+            .param(DbId(instance_id))
+            .param(from.as_str())
+            .param(to.as_str())
+            .param(reason)
+            .param(DbTime(now))
+            .param(codec::starts_clock(to))
+            .param(codec::stops_clock(to))
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() != 1 {
+        if DB::rows_affected(&done) != 1 {
             return Ok(false); // dropping `tx` rolls back
         }
         insert_event(&mut *tx, instance_id, Some((from, to)), message, now).await?;
@@ -697,19 +710,21 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    #[instrument(skip_all)]
     async fn touch_activity(&self, instance_id: Uuid, now: DateTime<Utc>) -> Result<()> {
         // Never moves backwards when concurrent requests finish out of order.
         sqlx::query(
             "UPDATE instances SET last_activity_at = $2 \
              WHERE id = $1 AND last_activity_at < $2",
         )
-        .bind(instance_id)
-        .bind(now)
+        .param(DbId(instance_id))
+        .param(DbTime(now))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn set_target_replicas(
         &self,
         instance_id: Uuid,
@@ -718,24 +733,26 @@ impl Store for PostgresStore {
     ) -> Result<bool> {
         let done =
             sqlx::query("UPDATE instances SET target_replicas = $2, updated_at = $3 WHERE id = $1")
-                .bind(instance_id)
-                .bind(i64::from(replicas))
-                .bind(now)
+                .param(DbId(instance_id))
+                .param(i64::from(replicas))
+                .param(DbTime(now))
                 .execute(&self.pool)
                 .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn delete_instance(&self, instance_id: Uuid) -> Result<bool> {
         let done = sqlx::query("DELETE FROM instances WHERE id = $1")
-            .bind(instance_id)
+            .param(DbId(instance_id))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
     // --- instance events ---
 
+    #[instrument(skip_all)]
     async fn append_event(
         &self,
         instance_id: Uuid,
@@ -745,6 +762,7 @@ impl Store for PostgresStore {
         insert_event(&self.pool, instance_id, None, message, now).await
     }
 
+    #[instrument(skip_all)]
     async fn list_events(&self, instance_id: Uuid, limit: u32) -> Result<Vec<InstanceEvent>> {
         // The latest `limit`, then turned back into recording order.
         sqlx::query(&format!(
@@ -753,8 +771,8 @@ impl Store for PostgresStore {
                ORDER BY id DESC LIMIT $2 \
              ) AS latest ORDER BY id"
         ))
-        .bind(instance_id)
-        .bind(page_limit(limit))
+        .param(DbId(instance_id))
+        .param(page_limit(limit))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -764,56 +782,60 @@ impl Store for PostgresStore {
 
     // --- replicas ---
 
+    #[instrument(skip_all)]
     async fn create_replica(&self, replica: &Replica) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO replicas ({REPLICA_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
-        .bind(replica.id)
-        .bind(replica.instance_id)
-        .bind(&replica.driver_ref)
-        .bind(&replica.endpoint)
-        .bind(codec::replica_state_str(replica.state))
-        .bind(i64::from(replica.restarts))
-        .bind(replica.started_at)
-        .bind(replica.updated_at)
+        .param(DbId(replica.id))
+        .param(DbId(replica.instance_id))
+        .param(&replica.driver_ref)
+        .param(&replica.endpoint)
+        .param(codec::replica_state_str(replica.state))
+        .param(i64::from(replica.restarts))
+        .param(DbTime(replica.started_at))
+        .param(DbTime(replica.updated_at))
         .execute(&self.pool)
         .await
         .map_err(write_error("replica", "instance"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn update_replica(&self, replica: &Replica) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE replicas SET driver_ref = $2, endpoint = $3, state = $4, restarts = $5, \
                started_at = $6, updated_at = $7 \
              WHERE id = $1",
         )
-        .bind(replica.id)
-        .bind(&replica.driver_ref)
-        .bind(&replica.endpoint)
-        .bind(codec::replica_state_str(replica.state))
-        .bind(i64::from(replica.restarts))
-        .bind(replica.started_at)
-        .bind(replica.updated_at)
+        .param(DbId(replica.id))
+        .param(&replica.driver_ref)
+        .param(&replica.endpoint)
+        .param(codec::replica_state_str(replica.state))
+        .param(i64::from(replica.restarts))
+        .param(DbTime(replica.started_at))
+        .param(DbTime(replica.updated_at))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn delete_replica(&self, replica_id: Uuid) -> Result<bool> {
         let done = sqlx::query("DELETE FROM replicas WHERE id = $1")
-            .bind(replica_id)
+            .param(DbId(replica_id))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(DB::rows_affected(&done) == 1)
     }
 
+    #[instrument(skip_all)]
     async fn list_replicas(&self, instance_id: Uuid) -> Result<Vec<Replica>> {
         sqlx::query(&format!(
             "SELECT {REPLICA_COLUMNS} FROM replicas WHERE instance_id = $1 \
              ORDER BY started_at, id"
         ))
-        .bind(instance_id)
+        .param(DbId(instance_id))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -821,6 +843,7 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    #[instrument(skip_all)]
     async fn all_replicas(&self) -> Result<Vec<Replica>> {
         sqlx::query(&format!(
             "SELECT {REPLICA_COLUMNS} FROM replicas ORDER BY instance_id, started_at, id"
@@ -834,47 +857,51 @@ impl Store for PostgresStore {
 
     // --- replica runs ---
 
+    #[instrument(skip_all)]
     async fn start_run(&self, run: &ReplicaRun) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO replica_runs ({RUN_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ))
-        .bind(run.id)
-        .bind(run.replica_id)
-        .bind(run.instance_id)
-        .bind(run.owner_id)
-        .bind(&run.model_id)
-        .bind(&run.driver)
-        .bind(&run.driver_ref)
-        .bind(codec::compute_json(&run.compute)?)
-        .bind(run.started_at)
-        .bind(run.ended_at)
+        .param(DbId(run.id))
+        .param(DbId(run.replica_id))
+        .param(DbId(run.instance_id))
+        .param(DbId(run.owner_id))
+        .param(&run.model_id)
+        .param(&run.driver)
+        .param(&run.driver_ref)
+        .param(codec::compute_json(&run.compute)?)
+        .param(DbTime(run.started_at))
+        .param(DbTime::opt(run.ended_at))
         .execute(&self.pool)
         .await
         .map_err(write_error("replica run", "replica run"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn end_run(&self, instance_id: Uuid, replica_id: Uuid, at: DateTime<Utc>) -> Result<u64> {
         // `ended_at IS NULL` makes a second call a no-op: a run is closed once.
-        let done = sqlx::query(
-            "UPDATE replica_runs SET ended_at = GREATEST(started_at, $3) \
+        let done = sqlx::query(&format!(
+            "UPDATE replica_runs SET ended_at = {}(started_at, $3) \
              WHERE instance_id = $1 AND replica_id = $2 AND ended_at IS NULL",
-        )
-        .bind(instance_id)
-        .bind(replica_id)
-        .bind(at)
+            DB::GREATEST
+        ))
+        .param(DbId(instance_id))
+        .param(DbId(replica_id))
+        .param(DbTime(at))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(DB::rows_affected(&done))
     }
 
+    #[instrument(skip_all)]
     async fn runs_for_instance(&self, instance_id: Uuid) -> Result<Vec<ReplicaRun>> {
         sqlx::query(&format!(
             "SELECT {RUN_COLUMNS} FROM replica_runs WHERE instance_id = $1 \
              ORDER BY started_at, id"
         ))
-        .bind(instance_id)
+        .param(DbId(instance_id))
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -882,29 +909,29 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    #[instrument(skip_all)]
     async fn runs_overlapping(
         &self,
         owner_id: Option<Uuid>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<ReplicaRun>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
+        let mut q = QueryBuilder::<DB>::new(format!(
             "SELECT {RUN_COLUMNS} FROM replica_runs WHERE 1 = 1"
         ));
         if let Some(owner_id) = owner_id {
-            q.push(" AND owner_id = ").push_bind(owner_id);
+            q.push(" AND owner_id = ").push_param(DbId(owner_id));
         }
         if let Some(since) = since {
             q.push(" AND (ended_at IS NULL OR ended_at > ")
-                .push_bind(since)
+                .push_param(DbTime(since))
                 .push(")");
         }
         if let Some(until) = until {
-            q.push(" AND started_at < ").push_bind(until);
+            q.push(" AND started_at < ").push_param(DbTime(until));
         }
         q.push(" ORDER BY started_at, id");
-        q.build()
-            .fetch_all(&self.pool)
+        DB::fetch_all(q, &self.pool)
             .await?
             .iter()
             .map(rows::run)
@@ -913,6 +940,7 @@ impl Store for PostgresStore {
 
     // --- usage ---
 
+    #[instrument(skip_all)]
     async fn record_usage(&self, sample: &UsageSample) -> Result<()> {
         let counts = UsageCounts::of(sample)?;
         // One upsert; in the UPDATE arm the table's values are the ones before this
@@ -924,40 +952,40 @@ impl Store for PostgresStore {
                prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
                completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens"
         ))
-        .bind(sample.owner_id)
-        .bind(sample.instance_id)
-        .bind(&sample.model_id)
-        .bind(codec::hour_start(sample.at))
-        .bind(counts.requests)
-        .bind(counts.prompt_tokens)
-        .bind(counts.completion_tokens)
+        .param(DbId(sample.owner_id))
+        .param(DbId(sample.instance_id))
+        .param(&sample.model_id)
+        .param(DbTime(codec::hour_start(sample.at)))
+        .param(counts.requests)
+        .param(counts.prompt_tokens)
+        .param(counts.completion_tokens)
         .execute(&self.pool)
         .await
         .map_err(write_error("usage", "usage"))?;
         Ok(())
     }
 
+    #[instrument(skip_all)]
     async fn usage(
         &self,
         owner_id: Option<Uuid>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<UsageRow>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
+        let mut q = QueryBuilder::<DB>::new(format!(
             "SELECT {USAGE_COLUMNS} FROM usage_hourly WHERE 1 = 1"
         ));
         if let Some(owner_id) = owner_id {
-            q.push(" AND owner_id = ").push_bind(owner_id);
+            q.push(" AND owner_id = ").push_param(DbId(owner_id));
         }
         if let Some(since) = since {
-            q.push(" AND hour >= ").push_bind(since);
+            q.push(" AND hour >= ").push_param(DbTime(since));
         }
         if let Some(until) = until {
-            q.push(" AND hour < ").push_bind(until);
+            q.push(" AND hour < ").push_param(DbTime(until));
         }
         q.push(" ORDER BY hour, instance_id, model_id, owner_id");
-        q.build()
-            .fetch_all(&self.pool)
+        DB::fetch_all(q, &self.pool)
             .await?
             .iter()
             .map(rows::usage_row)
@@ -966,24 +994,25 @@ impl Store for PostgresStore {
 }
 
 /// Shared by `create_session` and `rotate_session` (inside its transaction).
-async fn insert_session<'c, E>(conn: E, session: &RefreshSession) -> Result<()>
+async fn insert_session<'c, DB: Dialect, E>(conn: E, session: &RefreshSession) -> Result<()>
 where
-    E: sqlx::Executor<'c, Database = Postgres>,
+    E: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
     sqlx::query(&format!(
         "INSERT INTO refresh_sessions ({SESSION_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
     ))
-    .bind(session.id)
-    .bind(session.user_id)
-    .bind(session.family_id)
-    .bind(&session.token_hash)
-    .bind(session.created_at)
-    .bind(session.expires_at)
-    .bind(session.replaced_at)
-    .bind(session.revoked_at)
-    .bind(&session.ip)
-    .bind(&session.user_agent)
+    .param(DbId(session.id))
+    .param(DbId(session.user_id))
+    .param(DbId(session.family_id))
+    .param(&session.token_hash)
+    .param(DbTime(session.created_at))
+    .param(DbTime(session.expires_at))
+    .param(DbTime::opt(session.replaced_at))
+    .param(DbTime::opt(session.revoked_at))
+    .param(&session.ip)
+    .param(&session.user_agent)
     .execute(conn)
     .await
     .map_err(conflict("session"))?;
@@ -994,7 +1023,7 @@ const MODEL_IN_USE: &str = "the model is deployed by instances: delete them firs
 const USER_IN_USE: &str = "the user still owns instances: stop and delete them first";
 
 /// Shared by `append_event` (a note) and `transition` (inside its transaction).
-async fn insert_event<'c, E>(
+async fn insert_event<'c, DB: Dialect, E>(
     conn: E,
     instance_id: Uuid,
     states: Option<(State, State)>,
@@ -1002,17 +1031,18 @@ async fn insert_event<'c, E>(
     at: DateTime<Utc>,
 ) -> Result<()>
 where
-    E: sqlx::Executor<'c, Database = Postgres>,
+    E: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
 {
     sqlx::query(
         "INSERT INTO instance_events (instance_id, from_state, to_state, message, at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
-    .bind(instance_id)
-    .bind(states.map(|(from, _)| from.as_str()))
-    .bind(states.map(|(_, to)| to.as_str()))
-    .bind(message)
-    .bind(at)
+    .param(DbId(instance_id))
+    .param(states.map(|(from, _)| from.as_str()))
+    .param(states.map(|(_, to)| to.as_str()))
+    .param(message)
+    .param(DbTime(at))
     .execute(conn)
     .await
     .map_err(write_error("instance event", "instance"))?;
@@ -1021,9 +1051,15 @@ where
 
 /// `transition`'s compare-and-set. $6: `to` starts the cost clock, $7: `to` stops it.
 /// Every right-hand side reads the row as it was before this update.
-const TRANSITION_SQL: &str = "UPDATE instances SET state = $3, state_reason = $4, updated_at = $5, \
+fn transition_sql<DB: Dialect>() -> String {
+    format!(
+        "UPDATE instances SET state = $3, state_reason = $4, updated_at = $5, \
     running_seconds = running_seconds + CASE WHEN $7 AND running_since IS NOT NULL \
-        THEN GREATEST(0, FLOOR(EXTRACT(EPOCH FROM ($5 - running_since)))::BIGINT) ELSE 0 END, \
+        THEN {}(0, {}) ELSE 0 END, \
     running_since = CASE WHEN $7 THEN NULL WHEN $6 THEN COALESCE(running_since, $5) \
         ELSE running_since END \
-    WHERE id = $1 AND state = $2";
+    WHERE id = $1 AND state = $2",
+        DB::GREATEST,
+        DB::whole_seconds_between("running_since", "$5"),
+    )
+}

@@ -1,0 +1,73 @@
+//! PostgreSQL backend, for deployments that outgrow one file or run several servers
+//! against one database. The store itself is `crate::sql`; this is how PostgreSQL
+//! connects and where its SQL differs.
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::{Postgres, QueryBuilder};
+
+use crate::Result;
+use crate::sql::{Dialect, Param, Query, SqlStore};
+
+/// Enough for the API's concurrent requests; each server connection costs the
+/// database a process, so stay well below its usual `max_connections` of 100.
+const MAX_CONNECTIONS: u32 = 8;
+
+pub type PostgresStore = SqlStore<Postgres>;
+
+impl SqlStore<Postgres> {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(SqlStore::new(pool))
+    }
+}
+
+impl Dialect for Postgres {
+    const BACKEND: &'static str = "postgres";
+    /// `LIKE` is case-sensitive on PostgreSQL.
+    const PREFIX_MATCH: &'static str = " AND action LIKE ";
+    /// `MAX` is only an aggregate on PostgreSQL.
+    const GREATEST: &'static str = "GREATEST";
+
+    /// `%`, `_` and `\` are escaped with `\`, PostgreSQL's default escape.
+    fn prefix_pattern(prefix: &str) -> String {
+        let mut pattern = String::with_capacity(prefix.len() + 1);
+        for c in prefix.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        pattern
+    }
+
+    /// Times are `timestamptz`: their difference is an interval.
+    fn whole_seconds_between(from: &str, to: &str) -> String {
+        format!("FLOOR(EXTRACT(EPOCH FROM ({to} - {from})))::BIGINT")
+    }
+
+    fn rows_affected(done: &PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn fetch_all<'e, 'q: 'e>(
+        mut builder: QueryBuilder<'q, Self>,
+        pool: &'e PgPool,
+    ) -> BoxFuture<'e, sqlx::Result<Vec<PgRow>>> {
+        Box::pin(async move { builder.build().fetch_all(pool).await })
+    }
+
+    fn bind<'q, T: Param<'q>>(query: Query<'q, Self>, value: T) -> Query<'q, Self> {
+        query.bind(value)
+    }
+
+    fn push_bind<'q, T: Param<'q>>(builder: &mut QueryBuilder<'q, Self>, value: T) {
+        builder.push_bind(value);
+    }
+}
