@@ -2,12 +2,11 @@
 //! against one database. The store itself is `crate::sql`; this is how PostgreSQL
 //! connects and where its SQL differs.
 
-use futures_util::future::BoxFuture;
+use sqlx::Postgres;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{Postgres, QueryBuilder};
 
 use crate::Result;
-use crate::sql::{Dialect, Param, Query, SqlStore};
+use crate::sql::{Dialect, SqlStore, forward_to_sqlx};
 
 /// Enough for the API's concurrent requests; each server connection costs the
 /// database a process, so stay well below its usual `max_connections` of 100.
@@ -52,22 +51,5 @@ impl Dialect for Postgres {
         format!("FLOOR(EXTRACT(EPOCH FROM ({to} - {from})))::BIGINT")
     }
 
-    fn rows_affected(done: &PgQueryResult) -> u64 {
-        done.rows_affected()
-    }
-
-    fn fetch_all<'e, 'q: 'e>(
-        mut builder: QueryBuilder<'q, Self>,
-        pool: &'e PgPool,
-    ) -> BoxFuture<'e, sqlx::Result<Vec<PgRow>>> {
-        Box::pin(async move { builder.build().fetch_all(pool).await })
-    }
-
-    fn bind<'q, T: Param<'q>>(query: Query<'q, Self>, value: T) -> Query<'q, Self> {
-        query.bind(value)
-    }
-
-    fn push_bind<'q, T: Param<'q>>(builder: &mut QueryBuilder<'q, Self>, value: T) {
-        builder.push_bind(value);
-    }
+    forward_to_sqlx!(PgPool, PgRow, PgQueryResult);
 }

@@ -5,14 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite};
 
-use crate::sql::{Dialect, Param, Query, SqlStore};
+use crate::sql::{Dialect, SqlStore, forward_to_sqlx};
 use crate::{Error, Result};
 
 /// SQLite has one writer at a time, so more connections only buy concurrent readers;
@@ -85,22 +84,5 @@ impl Dialect for Sqlite {
         format!("({to} - {from}) / 1000000")
     }
 
-    fn rows_affected(done: &SqliteQueryResult) -> u64 {
-        done.rows_affected()
-    }
-
-    fn fetch_all<'e, 'q: 'e>(
-        mut builder: QueryBuilder<'q, Self>,
-        pool: &'e SqlitePool,
-    ) -> BoxFuture<'e, sqlx::Result<Vec<SqliteRow>>> {
-        Box::pin(async move { builder.build().fetch_all(pool).await })
-    }
-
-    fn bind<'q, T: Param<'q>>(query: Query<'q, Self>, value: T) -> Query<'q, Self> {
-        query.bind(value)
-    }
-
-    fn push_bind<'q, T: Param<'q>>(builder: &mut QueryBuilder<'q, Self>, value: T) {
-        builder.push_bind(value);
-    }
+    forward_to_sqlx!(SqlitePool, SqliteRow, SqliteQueryResult);
 }

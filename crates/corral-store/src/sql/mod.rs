@@ -9,6 +9,13 @@
 //! Values are bound with `.param(..)`/`.push_param(..)` (`QueryExt`, `BuilderExt`)
 //! rather than sqlx's `.bind(..)`: a `Param` names both databases, so the generic store
 //! needs no bound per column type. Rows are decoded by `rows.rs` the same way.
+//!
+//! Adding a store method: declare it on `Store` (`lib.rs`), write it once in
+//! `store.rs` with `#[instrument(skip_all)]`, binding ids as `DbId(id)` and times as
+//! `DbTime(at)` / `DbTime::opt(at)`, and decoding rows with a function of `rows.rs`
+//! (`row.id(..)`, `row.time(..)`, `row.get::<T>(..)`); add a check to `conformance.rs`
+//! and implement it in `corral-store-dynamodb`. Only SQL that really differs between
+//! the databases goes into `Dialect`.
 
 use futures_util::future::BoxFuture;
 use sqlx::{Database, Encode, Pool, Postgres, QueryBuilder, Sqlite, Type};
@@ -96,3 +103,36 @@ impl<'q, DB: Dialect> BuilderExt<'q> for QueryBuilder<'q, DB> {
         self
     }
 }
+
+/// The `Dialect` methods that only hand the call to sqlx's concrete types: the same
+/// text for every database (`$pool`, `$row`, `$result` are its pool, row and query
+/// result types).
+macro_rules! forward_to_sqlx {
+    ($pool:ty, $row:ty, $result:ty) => {
+        fn rows_affected(done: &$result) -> u64 {
+            done.rows_affected()
+        }
+
+        fn fetch_all<'e, 'q: 'e>(
+            mut builder: sqlx::QueryBuilder<'q, Self>,
+            pool: &'e $pool,
+        ) -> futures_util::future::BoxFuture<'e, sqlx::Result<Vec<$row>>> {
+            Box::pin(async move { builder.build().fetch_all(pool).await })
+        }
+
+        fn bind<'q, T: $crate::sql::Param<'q>>(
+            query: $crate::sql::Query<'q, Self>,
+            value: T,
+        ) -> $crate::sql::Query<'q, Self> {
+            query.bind(value)
+        }
+
+        fn push_bind<'q, T: $crate::sql::Param<'q>>(
+            builder: &mut sqlx::QueryBuilder<'q, Self>,
+            value: T,
+        ) {
+            builder.push_bind(value);
+        }
+    };
+}
+pub(crate) use forward_to_sqlx;
