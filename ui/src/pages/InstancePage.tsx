@@ -1,60 +1,34 @@
-import { useEffect, useRef, useState, type FormEvent, type ReactNode } from 'react';
-import { Link as RouterLink, useLocation, useNavigate, useParams } from 'react-router';
+import { useEffect, useState, type ReactNode } from 'react';
+import { useLocation, useNavigate, useParams } from 'react-router';
 import Alert from '@mui/material/Alert';
 import Box from '@mui/material/Box';
 import Button from '@mui/material/Button';
 import Card from '@mui/material/Card';
 import CardContent from '@mui/material/CardContent';
-import Dialog from '@mui/material/Dialog';
-import DialogActions from '@mui/material/DialogActions';
-import DialogContent from '@mui/material/DialogContent';
-import DialogTitle from '@mui/material/DialogTitle';
-import FormControlLabel from '@mui/material/FormControlLabel';
-import Link from '@mui/material/Link';
 import Step from '@mui/material/Step';
 import StepLabel from '@mui/material/StepLabel';
 import Stepper from '@mui/material/Stepper';
-import Switch from '@mui/material/Switch';
 import Tab from '@mui/material/Tab';
 import Tabs from '@mui/material/Tabs';
-import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
-import {
-  LIFECYCLE,
-  isActive,
-  chatChunk,
-  formatBytes,
-  formatDuration,
-  formatMs,
-  formatUsd,
-  minuteSeries,
-  readLines,
-  snippets,
-  sseData,
-  type InstanceDetail,
-  type InstanceMetrics,
-  type InstanceSettings,
-  type LogLine,
-  type UsageReport,
-} from '../api/deploy';
+import { LIFECYCLE, isActive, formatDuration, formatUsd, type InstanceDetail } from '../api/deploy';
 import { useAuth } from '../auth/AuthProvider';
 import { CopyButton } from '../components/CopyButton';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Loading } from '../components/Loading';
 import { PageHeader } from '../components/PageHeader';
-import { Bars, Sparkline } from '../components/Sparkline';
 import { StatusChip } from '../components/StatusChip';
 import { useI18n } from '../i18n/I18nProvider';
 import type { MessageKey } from '../i18n/messages';
 import { usePoll } from '../lib/usePoll';
 import { computeLabel, InstanceButtons, useInstanceActions } from './DashboardPage';
-
-interface Sample {
-  cpu: number;
-  memMiB: number;
-  tokens: number;
-}
+import { ChatPanel } from './instance/ChatPanel';
+import { ConnectPanel } from './instance/ConnectPanel';
+import { LogsPanel } from './instance/LogsPanel';
+import { MetricsPanel, type Sample } from './instance/MetricsPanel';
+import { SettingsDialog } from './instance/SettingsDialog';
+import { Timeline, TimelinePanel } from './instance/Timeline';
 
 export default function InstancePage() {
   const { id = '' } = useParams();
@@ -173,45 +147,14 @@ export default function InstancePage() {
         <Tab label={t('inst.tabConnect')} data-testid="tab-connect" />
       </Tabs>
 
-      {tab === 0 && <Chat inst={inst} />}
-      {tab === 1 && (
-        <Card variant="outlined">
-          <CardContent>
-            <Timeline events={inst.timeline} testId="timeline" />
-          </CardContent>
-        </Card>
-      )}
-      {tab === 2 && <Logs id={inst.id} />}
-      {tab === 3 && <Metrics inst={inst} samples={samples} />}
-      {tab === 4 && <Connect inst={inst} />}
+      {tab === 0 && <ChatPanel inst={inst} />}
+      {tab === 1 && <TimelinePanel inst={inst} />}
+      {tab === 2 && <LogsPanel id={inst.id} />}
+      {tab === 3 && <MetricsPanel inst={inst} samples={samples} />}
+      {tab === 4 && <ConnectPanel inst={inst} />}
 
       {settingsOpen && <SettingsDialog inst={inst} onClose={() => setSettingsOpen(false)} onSaved={() => void reload()} />}
       {actions.dialog}
-    </Box>
-  );
-}
-
-function Timeline({ events, testId }: { events: InstanceDetail['timeline']; testId: string }) {
-  const { dateTime } = useI18n();
-  return (
-    <Box component="ol" data-testid={testId} sx={{ listStyle: 'none', p: 0, m: 0 }}>
-      {events.map((ev) => (
-        <Box
-          component="li"
-          key={ev.id}
-          data-testid="timeline-event"
-          data-to={ev.to_state ?? ''}
-          sx={{ display: 'flex', flexWrap: 'wrap', gap: 1, py: 0.75, borderBottom: 1, borderColor: 'divider' }}
-        >
-          <Typography variant="caption" color="text.secondary" sx={{ minWidth: 150 }}>
-            {dateTime(ev.at)}
-          </Typography>
-          {ev.to_state && <StatusChip status={ev.to_state} />}
-          <Typography variant="body2" sx={{ flex: '1 1 240px', wordBreak: 'break-word' }}>
-            {ev.message}
-          </Typography>
-        </Box>
-      ))}
     </Box>
   );
 }
@@ -235,341 +178,3 @@ function Fact({ label, children, testId }: { label: string; children: ReactNode;
     </Box>
   );
 }
-
-// ---- chat playground ---------------------------------------------------------------
-
-interface Msg {
-  role: 'user' | 'assistant';
-  content: string;
-}
-
-function Chat({ inst }: { inst: InstanceDetail }) {
-  const { t } = useI18n();
-  const [messages, setMessages] = useState<Msg[]>([]);
-  const [input, setInput] = useState('');
-  const [error, setError] = useState<unknown>(null);
-  const ctrl = useRef<AbortController | null>(null);
-  const [streaming, setStreaming] = useState(false);
-  const end = useRef<HTMLDivElement>(null);
-
-  useEffect(() => {
-    return () => ctrl.current?.abort();
-  }, []);
-  useEffect(() => {
-    const el = end.current?.parentElement;
-    if (el) el.scrollTop = el.scrollHeight;
-  }, [messages]);
-
-  const send = async (e: FormEvent) => {
-    e.preventDefault();
-    const text = input.trim();
-    if (!text || streaming) return;
-    const history: Msg[] = [...messages, { role: 'user', content: text }];
-    setMessages([...history, { role: 'assistant', content: '' }]);
-    setInput('');
-    setError(null);
-    setStreaming(true);
-    const c = new AbortController();
-    ctrl.current = c;
-    try {
-      const res = await api.fetchAuth(`/i/${inst.id}/api/chat`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ model: inst.model_id, messages: history, stream: true }),
-        signal: c.signal,
-      });
-      if (!res.body) throw new Error('no body');
-      await readLines(res.body, (line) => {
-        const { text: piece } = chatChunk(line);
-        if (piece) {
-          setMessages((m) => {
-            const copy = m.slice();
-            const last = copy[copy.length - 1];
-            copy[copy.length - 1] = { ...last, content: last.content + piece };
-            return copy;
-          });
-        }
-      });
-    } catch (err) {
-      if (!(err instanceof DOMException && err.name === 'AbortError')) setError(err);
-    }
-    ctrl.current = null;
-    setStreaming(false);
-  };
-
-  return (
-    <Card variant="outlined">
-      <CardContent>
-        {inst.status !== 'ready' && (
-          <Alert severity="info" sx={{ mb: 2 }}>
-            {inst.status === 'sleeping' && inst.settings.wake_on_request
-              ? t('chat.sleeping')
-              : inst.status === 'stopped' || inst.status === 'failed'
-                ? t('chat.stopped')
-                : t('chat.notReady')}
-          </Alert>
-        )}
-        <Box data-testid="chat-log" sx={{ display: 'grid', gap: 1, mb: 2, maxHeight: 420, overflowY: 'auto' }}>
-          {messages.length === 0 && (
-            <Typography variant="body2" color="text.secondary">
-              {t('chat.empty')}
-            </Typography>
-          )}
-          {messages.map((m, i) => (
-            <Box
-              key={i}
-              data-testid={m.role === 'assistant' ? 'chat-assistant' : 'chat-user'}
-              sx={{
-                justifySelf: m.role === 'user' ? 'end' : 'start',
-                maxWidth: '90%',
-                px: 1.5,
-                py: 1,
-                borderRadius: 2,
-                bgcolor: m.role === 'user' ? 'primary.main' : 'action.hover',
-                color: m.role === 'user' ? 'primary.contrastText' : 'text.primary',
-                whiteSpace: 'pre-wrap',
-                wordBreak: 'break-word',
-                fontSize: 14,
-              }}
-            >
-              {m.content || (streaming && i === messages.length - 1 ? '…' : '')}
-            </Box>
-          ))}
-          <div ref={end} />
-        </Box>
-        <ErrorAlert error={error} />
-        <Box component="form" onSubmit={send} data-testid="chat-form" sx={{ display: 'flex', gap: 1, alignItems: 'flex-start' }}>
-          <TextField
-            value={input}
-            onChange={(e) => setInput(e.target.value)}
-            placeholder={t('chat.placeholder')}
-            name="prompt"
-            size="small"
-            fullWidth
-            multiline
-            maxRows={6}
-            onKeyDown={(e) => {
-              if (e.key === 'Enter' && !e.shiftKey) {
-                e.preventDefault();
-                (e.currentTarget.closest('form') as HTMLFormElement | null)?.requestSubmit();
-              }
-            }}
-          />
-          {streaming ? (
-            <Button variant="outlined" color="error" onClick={() => ctrl.current?.abort()} data-testid="chat-stop">
-              {t('chat.stop')}
-            </Button>
-          ) : (
-            <Button type="submit" variant="contained" disabled={!input.trim()} data-testid="chat-send">
-              {t('chat.send')}
-            </Button>
-          )}
-        </Box>
-      </CardContent>
-    </Card>
-  );
-}
-
-// ---- logs --------------------------------------------------------------------------
-
-function Logs({ id }: { id: string }) {
-  const { t } = useI18n();
-  const [lines, setLines] = useState<LogLine[]>([]);
-  const [follow, setFollow] = useState(true);
-  const [error, setError] = useState<unknown>(null);
-  const box = useRef<HTMLDivElement>(null);
-
-  useEffect(() => {
-    const c = new AbortController();
-    setError(null);
-    const push = (l: LogLine[]) => setLines((old) => [...old, ...l].slice(-1000));
-    (async () => {
-      try {
-        if (follow) {
-          setLines([]);
-          const res = await api.fetchAuth(`/api/instances/${id}/logs?tail=200&follow=true`, {
-            headers: { Accept: 'text/event-stream' },
-            signal: c.signal,
-          });
-          if (!res.body) return;
-          await readLines(res.body, (line) => {
-            const d = sseData<LogLine>(line);
-            if (d) push([d]);
-          });
-        } else {
-          const r = await api.get<{ lines: LogLine[] }>(`/api/instances/${id}/logs`, { tail: 200 }, c.signal);
-          setLines(r.lines);
-        }
-      } catch (e) {
-        if (!(e instanceof DOMException && e.name === 'AbortError')) setError(e);
-      }
-    })();
-    return () => c.abort();
-  }, [id, follow]);
-
-  useEffect(() => {
-    if (follow && box.current) box.current.scrollTop = box.current.scrollHeight;
-  }, [lines, follow]);
-
-  return (
-    <Card variant="outlined">
-      <CardContent>
-        <FormControlLabel control={<Switch checked={follow} onChange={(e) => setFollow(e.target.checked)} data-testid="logs-follow" />} label={t('logs.follow')} />
-        <ErrorAlert error={error} />
-        <Box
-          ref={box}
-          data-testid="logs"
-          sx={{
-            mt: 1,
-            bgcolor: '#111',
-            color: '#ddd',
-            fontFamily: 'monospace',
-            fontSize: 12,
-            p: 1,
-            borderRadius: 1,
-            height: 400,
-            overflow: 'auto',
-            whiteSpace: 'pre-wrap',
-            wordBreak: 'break-all',
-          }}
-        >
-          {lines.length === 0 ? t('logs.empty') : lines.map((l, i) => <div key={i} data-testid="log-line">{l.line}</div>)}
-        </Box>
-      </CardContent>
-    </Card>
-  );
-}
-
-// ---- charts ------------------------------------------------------------------------
-
-function Metrics({ inst, samples }: { inst: InstanceDetail; samples: Sample[] }) {
-  const { t } = useI18n();
-  const HOURS = 12;
-  // Requests and tokens per hour: one usage query per hour of the last 12, once a minute.
-  const { data: hours } = usePoll(async (signal) => {
-    const now = new Date();
-    now.setUTCMinutes(0, 0, 0);
-    const starts = Array.from({ length: HOURS }, (_, i) => new Date(now.getTime() - (HOURS - 1 - i) * 3600_000));
-    return Promise.all(
-      starts.map(async (s) => {
-        const r = await api.get<UsageReport>(
-          '/api/usage',
-          { group_by: 'instance', since: s.toISOString(), until: new Date(s.getTime() + 3600_000).toISOString() },
-          signal,
-        );
-        const g = r.groups.find((x) => x.key === inst.id);
-        return { label: `${String(s.getHours()).padStart(2, '0')}:00`, requests: g?.requests ?? 0, tokens: g?.total_tokens ?? 0 };
-      }),
-    );
-  }, 60_000);
-  // The gateway's per-minute request statistics of the last hour.
-  const { data: stats } = usePoll((signal) => api.get<InstanceMetrics>(`/api/instances/${inst.id}/metrics`, undefined, signal), 5000);
-  const minutes = stats?.minutes ?? [];
-  // Tokens per second between polls (2 s apart).
-  const tps = samples.map((s, i) => (i === 0 ? 0 : Math.max(0, s.tokens - samples[i - 1].tokens) / 2));
-  return (
-    <Card variant="outlined">
-      <CardContent sx={{ display: 'grid', gridTemplateColumns: { xs: '1fr', md: '1fr 1fr' }, gap: 3 }} data-testid="metrics">
-        <Sparkline title={t('metrics.cpu')} values={samples.map((s) => s.cpu)} format={(v) => `${v.toFixed(1)} %`} testId="chart-cpu" />
-        <Sparkline title={t('metrics.memory')} values={samples.map((s) => s.memMiB)} format={(v) => formatBytes(v * 1024 * 1024)} color="#9c27b0" testId="chart-memory" />
-        <Sparkline title={t('metrics.tps')} values={tps} format={(v) => `${v.toFixed(1)} tok/s`} color="#ed6c02" testId="chart-tps" />
-        <Sparkline title={t('metrics.latency')} values={minuteSeries(minutes, (m) => m.latency_p50_ms)} format={formatMs} color="#d32f2f" testId="chart-latency" />
-        <Sparkline title={t('metrics.ttft')} values={minuteSeries(minutes, (m) => m.first_token_p50_ms)} format={formatMs} color="#0288d1" testId="chart-ttft" />
-        <Bars
-          title={t('metrics.requestsMinute')}
-          data={minutes.map((m) => {
-            const d = new Date(m.start);
-            return { label: `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`, value: m.requests };
-          })}
-          testId="chart-requests-minute"
-        />
-        <Bars title={t('metrics.requestsHour')} data={(hours ?? []).map((h) => ({ label: h.label, value: h.requests }))} testId="chart-requests" />
-        <Bars title={t('metrics.tokensHour')} data={(hours ?? []).map((h) => ({ label: h.label, value: h.tokens }))} testId="chart-tokens" />
-        <Typography variant="caption" color="text.secondary">
-          {t('metrics.note')}
-        </Typography>
-      </CardContent>
-    </Card>
-  );
-}
-
-// ---- how to connect ------------------------------------------------------------------
-
-function Connect({ inst }: { inst: InstanceDetail }) {
-  const { t } = useI18n();
-  const s = snippets(inst.endpoint, inst.model_id);
-  const blocks: [string, string][] = [
-    ['curl', s.curl],
-    [t('connect.openai'), s.openai],
-    [t('connect.ollama'), s.ollama],
-  ];
-  return (
-    <Card variant="outlined">
-      <CardContent sx={{ display: 'grid', gap: 2 }}>
-        <Alert severity="info">
-          {t('connect.keyNote')}{' '}
-          <Link component={RouterLink} to="/keys" data-testid="connect-keys-link">
-            {t('connect.keysLink')}
-          </Link>
-        </Alert>
-        {blocks.map(([title, code]) => (
-          <Box key={title} sx={{ minWidth: 0 }}>
-            <Box sx={{ display: 'flex', justifyContent: 'space-between', alignItems: 'center', mb: 0.5 }}>
-              <Typography variant="subtitle2">{title}</Typography>
-              <CopyButton text={code} />
-            </Box>
-            <Box component="pre" data-testid="snippet" sx={{ m: 0, p: 1.5, bgcolor: 'action.hover', borderRadius: 1, overflowX: 'auto', fontSize: 12 }}>
-              {code}
-            </Box>
-          </Box>
-        ))}
-      </CardContent>
-    </Card>
-  );
-}
-
-// ---- settings ----------------------------------------------------------------------
-
-function SettingsDialog({ inst, onClose, onSaved }: { inst: InstanceDetail; onClose: () => void; onSaved: () => void }) {
-  const { t } = useI18n();
-  const [s, setS] = useState<InstanceSettings>(inst.settings);
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
-  const save = async () => {
-    setBusy(true);
-    try {
-      await api.put(`/api/instances/${inst.id}/settings`, s);
-      onSaved();
-      onClose();
-    } catch (e) {
-      setError(e);
-    }
-    setBusy(false);
-  };
-  return (
-    <Dialog open onClose={onClose} fullWidth maxWidth="xs">
-      <DialogTitle>{t('inst.settings')}</DialogTitle>
-      <DialogContent sx={{ display: 'grid', gap: 2, pt: '8px !important' }}>
-        <TextField
-          type="number"
-          label={t('settings.idleSeconds')}
-          name="idle_timeout_seconds"
-          value={s.idle_timeout_seconds}
-          size="small"
-          onChange={(e) => setS({ ...s, idle_timeout_seconds: Math.max(0, Number(e.target.value)) })}
-        />
-        <TextField type="number" label={t('deploy.minReplicas')} value={s.min_replicas} size="small" onChange={(e) => setS({ ...s, min_replicas: Math.max(0, Number(e.target.value)) })} />
-        <TextField type="number" label={t('deploy.maxReplicas')} value={s.max_replicas} size="small" onChange={(e) => setS({ ...s, max_replicas: Math.max(1, Number(e.target.value)) })} />
-        <FormControlLabel control={<Switch checked={s.wake_on_request} onChange={(e) => setS({ ...s, wake_on_request: e.target.checked })} />} label={t('deploy.wake')} />
-        <ErrorAlert error={error} />
-      </DialogContent>
-      <DialogActions>
-        <Button onClick={onClose}>{t('common.cancel')}</Button>
-        <Button variant="contained" onClick={() => void save()} disabled={busy} data-testid="settings-save">
-          {t('common.save')}
-        </Button>
-      </DialogActions>
-    </Dialog>
-  );
-}
-
