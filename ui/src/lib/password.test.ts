@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { failedRules, isAcceptable, rulesFromDetails } from './password';
+import { failedRules, isAcceptable, newPasswordReady, rulesFromDetails } from './password';
 
 describe('password policy (mirrors corral-core)', () => {
   it("accepts the brief's example", () => {
@@ -30,5 +30,15 @@ describe('password policy (mirrors corral-core)', () => {
   it('reads failed_rules from error details, ignoring junk', () => {
     expect(rulesFromDetails({ failed_rules: ['digit', 'nope', 3] })).toEqual(['digit']);
     expect(rulesFromDetails(undefined)).toEqual([]);
+  });
+
+  it('sends a new password only when acceptable and, where asked twice, repeated', () => {
+    expect(newPasswordReady('SecurePass123!', 'SecurePass123!')).toBe(true);
+    expect(newPasswordReady('SecurePass123!', 'SecurePass123?')).toBe(false);
+    expect(newPasswordReady('SecurePass123!', '')).toBe(false);
+    expect(newPasswordReady('weak', 'weak')).toBe(false);
+    // No confirmation field (an administrator creating a user): acceptable is enough.
+    expect(newPasswordReady('SecurePass123!')).toBe(true);
+    expect(newPasswordReady('weak')).toBe(false);
   });
 });

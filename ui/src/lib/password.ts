@@ -39,3 +39,8 @@ export function rulesFromDetails(details: unknown): Rule[] {
   const list = (details as { failed_rules?: unknown } | undefined)?.failed_rules;
   return Array.isArray(list) ? (list.filter((r) => typeof r === 'string' && known.has(r)) as Rule[]) : [];
 }
+
+/** Whether a new password may be sent: acceptable, and repeated exactly where it is asked twice. */
+export function newPasswordReady(password: string, confirm?: string): boolean {
+  return isAcceptable(password) && (confirm === undefined || password === confirm);
+}

@@ -9,7 +9,7 @@ import Chip from '@mui/material/Chip';
 import Grid from '@mui/material/Grid';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
-import { api, ApiError } from '../api/client';
+import { api } from '../api/client';
 import type { MfaEnrollment, User } from '../api/types';
 import { useAuth } from '../auth/AuthProvider';
 import { features } from '../auth/mode';
@@ -17,10 +17,9 @@ import { useAuthConfig } from '../auth/useAuthConfig';
 import { CopyButton } from '../components/CopyButton';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { PageHeader } from '../components/PageHeader';
-import { PasswordChecklist } from '../components/PasswordChecklist';
+import { NewPasswordFields, useNewPassword } from '../components/NewPasswordFields';
 import { PasswordField } from '../components/PasswordField';
 import { useI18n } from '../i18n/I18nProvider';
-import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
 
 export default function ProfilePage() {
   const { t } = useI18n();
@@ -173,11 +172,9 @@ function PasswordCard({ user }: { user: User }) {
   const { t } = useI18n();
   const navigate = useNavigate();
   const [current, setCurrent] = useState('');
-  const [next, setNext] = useState('');
-  const [confirm, setConfirm] = useState('');
+  const pw = useNewPassword();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
   const [done, setDone] = useState(false);
 
   const submit = async (e: FormEvent) => {
@@ -186,17 +183,17 @@ function PasswordCard({ user }: { user: User }) {
     setError(null);
     setDone(false);
     try {
-      await api.put<User>('/api/user/profile', { current_password: current, new_password: next, confirmPassword: confirm });
+      await api.put<User>('/api/user/profile', { current_password: current, new_password: pw.password, confirmPassword: pw.confirm });
     } catch (err) {
       setError(err);
-      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+      pw.refused(err);
       setBusy(false);
       return;
     }
     // The change signs out every session, this one included: log in again with the new
     // password so that this tab keeps working (or go through the MFA step).
     try {
-      const r = await api.login(user.email, next);
+      const r = await api.login(user.email, pw.password);
       if (r.kind === 'mfa') {
         api.clear();
         navigate(`/login?reason=password_changed&email=${encodeURIComponent(user.email)}`, { replace: true });
@@ -208,8 +205,7 @@ function PasswordCard({ user }: { user: User }) {
       return;
     }
     setCurrent('');
-    setNext('');
-    setConfirm('');
+    pw.clear();
     setDone(true);
     setBusy(false);
   };
@@ -227,27 +223,10 @@ function PasswordCard({ user }: { user: User }) {
           onChange={(e) => setCurrent(e.target.value)}
           required
         />
-        <PasswordField
-          label={t('profile.newPassword')}
-          name="new_password"
-          autoComplete="new-password"
-          value={next}
-          onChange={(e) => setNext(e.target.value)}
-          required
-        />
-        <PasswordField
-          label={t('common.confirmPassword')}
-          name="confirmPassword"
-          autoComplete="new-password"
-          value={confirm}
-          onChange={(e) => setConfirm(e.target.value)}
-          error={confirm.length > 0 && confirm !== next}
-          required
-        />
-        {next.length > 0 && <PasswordChecklist password={next} confirm={confirm} serverFailed={serverFailed} />}
+        <NewPasswordFields value={pw} label={t('profile.newPassword')} name="new_password" checklistWhenTyped />
         <ErrorAlert error={error} />
         {done && <Alert severity="success" sx={{ mb: 2 }}>{t('profile.passwordChanged')}</Alert>}
-        <Button type="submit" variant="contained" disabled={busy || !current || !isAcceptable(next) || next !== confirm}>
+        <Button type="submit" variant="contained" disabled={busy || !current || !pw.ready}>
           {t('profile.changePassword')}
         </Button>
       </Box>

@@ -5,15 +5,13 @@ import Box from '@mui/material/Box';
 import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
-import { api, ApiError } from '../api/client';
+import { api } from '../api/client';
 import { codeError, features, looksLikeCode, resetConfirmBody, type AuthMode } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ErrorAlert } from '../components/ErrorAlert';
-import { PasswordChecklist } from '../components/PasswordChecklist';
-import { PasswordField } from '../components/PasswordField';
+import { NewPasswordFields, useNewPassword } from '../components/NewPasswordFields';
 import { PublicPage } from '../components/PublicPage';
 import { useI18n } from '../i18n/I18nProvider';
-import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
 
 /**
  * `/reset-password` asks for the mail; `/reset-password?token=…` (its link) sets the
@@ -109,11 +107,9 @@ function ConfirmReset({
   const { t } = useI18n();
   const [email, setEmail] = useState(initialEmail);
   const [code, setCode] = useState('');
-  const [password, setPassword] = useState('');
-  const [confirm, setConfirm] = useState('');
+  const pw = useNewPassword();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
   const [done, setDone] = useState(false);
 
   const submit = async (e: FormEvent) => {
@@ -123,14 +119,14 @@ function ConfirmReset({
     try {
       await api.post(
         '/api/auth/reset-password/confirm',
-        resetConfirmBody(mode, { token, email, code, password, confirm }),
+        resetConfirmBody(mode, { token, email, code, password: pw.password, confirm: pw.confirm }),
         { auth: false },
       );
       setDone(true);
       if (token) window.history.replaceState(null, '', '/reset-password');
     } catch (err) {
       setError(codeError(err));
-      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+      pw.refused(err);
     }
     setBusy(false);
   };
@@ -179,25 +175,7 @@ function ConfirmReset({
             />
           </>
         )}
-        <PasswordField
-          label={t('reset.newPassword')}
-          name="password"
-          autoComplete="new-password"
-          value={password}
-          onChange={(e) => setPassword(e.target.value)}
-          autoFocus={mode !== 'cognito'}
-          required
-        />
-        <PasswordField
-          label={t('common.confirmPassword')}
-          name="confirmPassword"
-          autoComplete="new-password"
-          value={confirm}
-          onChange={(e) => setConfirm(e.target.value)}
-          error={confirm.length > 0 && confirm !== password}
-          required
-        />
-        <PasswordChecklist password={password} confirm={confirm} serverFailed={serverFailed} />
+        <NewPasswordFields value={pw} label={t('reset.newPassword')} autoFocus={mode !== 'cognito'} />
         <ErrorAlert error={error} />
         <Button
           type="submit"
@@ -206,8 +184,7 @@ function ConfirmReset({
           fullWidth
           disabled={
             busy ||
-            !isAcceptable(password) ||
-            password !== confirm ||
+            !pw.ready ||
             (mode === 'cognito' && (!email || !looksLikeCode(code)))
           }
         >

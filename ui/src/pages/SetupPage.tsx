@@ -5,16 +5,14 @@ import Box from '@mui/material/Box';
 import Button from '@mui/material/Button';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
-import { api, ApiError } from '../api/client';
+import { api } from '../api/client';
 import { features } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ErrorAlert } from '../components/ErrorAlert';
 import { Markup } from '../components/Markup';
-import { PasswordChecklist } from '../components/PasswordChecklist';
-import { PasswordField } from '../components/PasswordField';
+import { NewPasswordFields, useNewPassword } from '../components/NewPasswordFields';
 import { PublicPage } from '../components/PublicPage';
 import { useI18n } from '../i18n/I18nProvider';
-import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
 import { HOME_PATH } from '../nav';
 
 /** First-admin setup from the link `corral serve` prints when no account exists. */
@@ -24,11 +22,9 @@ export function SetupPage() {
   const token = params.get('token');
   const navigate = useNavigate();
   const [email, setEmail] = useState('');
-  const [password, setPassword] = useState('');
-  const [confirm, setConfirm] = useState('');
+  const pw = useNewPassword();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
   const config = useAuthConfig();
 
   // Cognito mode has no setup: admins are the user pool's admin group.
@@ -60,12 +56,12 @@ export function SetupPage() {
     setBusy(true);
     setError(null);
     try {
-      await api.setup({ setup_token: token, email, password, confirmPassword: confirm });
+      await api.setup({ setup_token: token, email, password: pw.password, confirmPassword: pw.confirm });
       navigate(HOME_PATH, { replace: true });
       return;
     } catch (err) {
       setError(err);
-      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+      pw.refused(err);
     }
     setBusy(false);
   };
@@ -88,31 +84,14 @@ export function SetupPage() {
           autoFocus
           required
         />
-        <PasswordField
-          label={t('common.password')}
-          name="password"
-          autoComplete="new-password"
-          value={password}
-          onChange={(e) => setPassword(e.target.value)}
-          required
-        />
-        <PasswordField
-          label={t('common.confirmPassword')}
-          name="confirmPassword"
-          autoComplete="new-password"
-          value={confirm}
-          onChange={(e) => setConfirm(e.target.value)}
-          error={confirm.length > 0 && confirm !== password}
-          required
-        />
-        <PasswordChecklist password={password} confirm={confirm} serverFailed={serverFailed} />
+        <NewPasswordFields value={pw} />
         <ErrorAlert error={error} />
         <Button
           type="submit"
           variant="contained"
           size="large"
           fullWidth
-          disabled={busy || !email || !isAcceptable(password) || password !== confirm}
+          disabled={busy || !email || !pw.ready}
         >
           {t('setup.submit')}
         </Button>

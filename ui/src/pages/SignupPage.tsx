@@ -6,25 +6,21 @@ import Button from '@mui/material/Button';
 import Link from '@mui/material/Link';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
-import { api, ApiError } from '../api/client';
+import { api } from '../api/client';
 import { features } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ConfirmCodeForm } from '../components/ConfirmCodeForm';
 import { ErrorAlert } from '../components/ErrorAlert';
-import { PasswordChecklist } from '../components/PasswordChecklist';
-import { PasswordField } from '../components/PasswordField';
+import { NewPasswordFields, useNewPassword } from '../components/NewPasswordFields';
 import { PublicPage } from '../components/PublicPage';
 import { useI18n } from '../i18n/I18nProvider';
-import { isAcceptable, rulesFromDetails, type Rule } from '../lib/password';
 
 export function SignupPage() {
   const { t } = useI18n();
   const [email, setEmail] = useState('');
-  const [password, setPassword] = useState('');
-  const [confirm, setConfirm] = useState('');
+  const pw = useNewPassword();
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
   const [sentTo, setSentTo] = useState<string | null>(null);
   const [resent, setResent] = useState(false);
   const [confirmed, setConfirmed] = useState(false);
@@ -35,13 +31,12 @@ export function SignupPage() {
     setBusy(true);
     setError(null);
     try {
-      await api.post('/api/auth/signup', { email, password, confirmPassword: confirm }, { auth: false });
+      await api.post('/api/auth/signup', { email, password: pw.password, confirmPassword: pw.confirm }, { auth: false });
       setSentTo(email.trim());
-      setPassword('');
-      setConfirm('');
+      pw.clear();
     } catch (err) {
       setError(err);
-      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+      pw.refused(err);
     }
     setBusy(false);
   };
@@ -103,7 +98,7 @@ export function SignupPage() {
     );
   }
 
-  const ready = email.length > 0 && isAcceptable(password) && password === confirm;
+  const ready = email.length > 0 && pw.ready;
   return (
     <PublicPage title={t('signup.title')}>
       <Box component="form" onSubmit={submit} noValidate data-testid="signup-form">
@@ -119,27 +114,7 @@ export function SignupPage() {
           autoFocus
           required
         />
-        <PasswordField
-          label={t('common.password')}
-          name="password"
-          autoComplete="new-password"
-          value={password}
-          onChange={(e) => {
-            setPassword(e.target.value);
-            setServerFailed([]);
-          }}
-          required
-        />
-        <PasswordField
-          label={t('common.confirmPassword')}
-          name="confirmPassword"
-          autoComplete="new-password"
-          value={confirm}
-          onChange={(e) => setConfirm(e.target.value)}
-          required
-          error={confirm.length > 0 && confirm !== password}
-        />
-        <PasswordChecklist password={password} confirm={confirm} serverFailed={serverFailed} />
+        <NewPasswordFields value={pw} />
         <ErrorAlert error={error} />
         <Button type="submit" variant="contained" size="large" fullWidth disabled={busy || !ready} sx={{ mt: 1 }}>
           {t('signup.submit')}

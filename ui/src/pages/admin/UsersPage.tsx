@@ -26,7 +26,7 @@ import LockOutlined from '@mui/icons-material/LockOutlined';
 import LockOpenOutlined from '@mui/icons-material/LockOpenOutlined';
 import PersonAddAlt from '@mui/icons-material/PersonAddAlt';
 import Refresh from '@mui/icons-material/Refresh';
-import { api, ApiError } from '../../api/client';
+import { api } from '../../api/client';
 import { ROLES, type Role, type User, type UsersPage as Page } from '../../api/types';
 import { features } from '../../auth/mode';
 import { useAuthConfig } from '../../auth/useAuthConfig';
@@ -35,11 +35,9 @@ import { ConfirmDialog } from '../../components/ConfirmDialog';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { Loading } from '../../components/Loading';
 import { PageHeader } from '../../components/PageHeader';
-import { PasswordChecklist } from '../../components/PasswordChecklist';
-import { PasswordField } from '../../components/PasswordField';
+import { NewPasswordFields, useNewPassword } from '../../components/NewPasswordFields';
 import { useI18n } from '../../i18n/I18nProvider';
 import { visuallyHidden } from '../../lib/a11y';
-import { isAcceptable, rulesFromDetails, type Rule } from '../../lib/password';
 
 const wide = { display: { xs: 'none', md: 'table-cell' } } as const;
 const notPhone = { display: { xs: 'none', sm: 'table-cell' } } as const;
@@ -285,24 +283,23 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
   const [email, setEmail] = useState('');
   const [displayName, setDisplayName] = useState('');
   const [role, setRole] = useState<Role>('user');
-  const [password, setPassword] = useState('');
+  const pw = useNewPassword(false);
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<unknown>(null);
-  const [serverFailed, setServerFailed] = useState<Rule[]>([]);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setBusy(true);
     setError(null);
     try {
-      const body: Record<string, string> = { email, password, role };
+      const body: Record<string, string> = { email, password: pw.password, role };
       if (displayName.trim()) body.display_name = displayName.trim();
       await api.post('/api/admin/users', body);
       onCreated();
       return;
     } catch (err) {
       setError(err);
-      setServerFailed(err instanceof ApiError && err.code === 'weak_password' ? rulesFromDetails(err.details) : []);
+      pw.refused(err);
     }
     setBusy(false);
   };
@@ -343,20 +340,12 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
               </MenuItem>
             ))}
           </TextField>
-          <PasswordField
-            label={t('common.password')}
-            name="password"
-            autoComplete="new-password"
-            value={password}
-            onChange={(e) => setPassword(e.target.value)}
-            required
-          />
-          <PasswordChecklist password={password} serverFailed={serverFailed} />
+          <NewPasswordFields value={pw} withConfirm={false} />
           <ErrorAlert error={error} />
         </DialogContent>
         <DialogActions>
           <Button onClick={onClose}>{t('common.cancel')}</Button>
-          <Button type="submit" variant="contained" disabled={busy || !email || !isAcceptable(password)}>
+          <Button type="submit" variant="contained" disabled={busy || !email || !pw.ready}>
             {t('users.create')}
           </Button>
         </DialogActions>
