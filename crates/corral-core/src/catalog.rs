@@ -22,13 +22,13 @@ pub struct CatalogModel {
     pub id: String,
     /// Human name, e.g. `Llama2`.
     pub family: String,
-    /// Parameter count as the brief writes it, e.g. `7B`, `7B Instruct`.
+    /// Parameter count as displayed, e.g. `7B`, `7B Instruct`.
     pub size: String,
     pub cpu_supported: bool,
     pub gpu_supported: bool,
     /// Memory the model needs to run, in MiB.
     pub memory_required: u32,
-    /// Typical time from deploy to ready, in seconds (the brief's 約3分 = 180).
+    /// Typical time from deploy to ready, in seconds (e.g. 180, about three minutes).
     pub expected_deploy_seconds: u32,
     pub source: ModelSource,
     /// Size of the weights in bytes, when known.

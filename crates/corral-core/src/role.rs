@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The brief's three roles. Permissions are checked through the methods below
+/// Corral's three roles. Permissions are checked through the methods below
 /// rather than by comparing roles at call sites, so the matrix lives in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

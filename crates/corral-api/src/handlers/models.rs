@@ -1,7 +1,7 @@
 //! The model catalog: `GET /api/models` for everyone signed in (with whether each
 //! model's weights are on this machine), and for admins adding and removing entries and
 //! pulling weights ahead of a deploy (`POST /api/models/{id}/pull`, progress on
-//! `GET /api/models/{id}`). The built-in entries (the brief's table and the demo model)
+//! `GET /api/models/{id}`). The built-in entries (the standard models and the demo model)
 //! are written at every server start, so they cannot be removed.
 
 use axum::extract::State;

@@ -118,7 +118,7 @@ fn valid_email(raw: &str) -> ApiResult<String> {
     Ok(normalize_email(raw))
 }
 
-/// The brief's password policy (400 `weak_password` naming each failed rule), then the
+/// Corral's password policy (400 `weak_password` naming each failed rule), then the
 /// confirmation (400 `password_mismatch`).
 fn check_new_password(password: &str, confirm: &str) -> ApiResult<()> {
     let failed = policy::check(password);

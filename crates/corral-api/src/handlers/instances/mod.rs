@@ -1,12 +1,11 @@
-//! Instances (a deployed model) with the brief's paths: `POST /api/models/start`
-//! deploys, `DELETE /api/models/{id}/stop` stops (the id is the instance's, as in the
-//! brief), and `/api/instances/...` lists, shows, starts again, tunes, deletes and
-//! tails them.
+//! Instances (a deployed model): `POST /api/models/start` deploys,
+//! `DELETE /api/models/{id}/stop` stops (the id is the instance's, not the model's), and
+//! `/api/instances/...` lists, shows, starts again, tunes, deletes and tails them.
 //!
 //! Who sees what: a user sees and changes only their own instances; another user's id
 //! answers 404 on every route, exactly like an unknown one (no IDOR). Admins see and
 //! change every instance. Viewers are read-only: they see every instance and its logs
-//! (the brief's "read-only: view models and logs") and every change answers 403.
+//! (the viewer role: "read-only: view models and logs") and every change answers 403.
 //!
 //! The API changes only `desired` (through `Control`); the reconciler moves `state`
 //! and records each transition in the instance's timeline.
@@ -112,7 +111,7 @@ pub(super) fn sees_all(principal: &Principal) -> bool {
     matches!(principal.user.role, Role::Admin | Role::Viewer)
 }
 
-/// The brief's spelling `llama2-7b` is the catalog's `llama2:7b`: an id that is not in
+/// The dash spelling `llama2-7b` is the catalog's `llama2:7b`: an id that is not in
 /// the catalog as written is tried with its first `-` as the tag separator.
 async fn find_model(state: &AppState, raw: &str) -> ApiResult<CatalogModel> {
     let id = normalize_model_id(raw).map_err(|m| ApiError::bad_request("invalid_model_id", m))?;
@@ -133,7 +132,7 @@ async fn find_model(state: &AppState, raw: &str) -> ApiResult<CatalogModel> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartModel {
-    /// Catalog id, e.g. `smollm2:135m`; the brief's `llama2-7b` spelling works too.
+    /// Catalog id, e.g. `smollm2:135m`; the dash spelling `llama2-7b` works too.
     model_id: String,
     /// `local`, `fargate` or `gpu`. Default: local where offered. An `instance_type` or
     /// `gpu_count` alone means gpu.
@@ -334,7 +333,7 @@ async fn start_model(
     ))
 }
 
-/// Stops an instance (the brief's path; `id` is the instance id). Its replicas finish
+/// Stops an instance (`id` is the instance's id, not the model's). Its replicas finish
 /// their requests and stop; it stays listed as stopped and can be started again.
 #[utoipa::path(delete, path = "/api/models/{id}/stop", tag = "instances",
     security(("bearer" = [])),

@@ -134,7 +134,7 @@ pub fn plan(
     Err(refusal.expect("at least one candidate offer"))
 }
 
-/// Local when offered (the brief's one-machine case), else the first offered kind the
+/// Local when offered (Corral on one machine), else the first offered kind the
 /// model runs on.
 fn default_kind(model: &CatalogModel, offers: &[ComputeOffer]) -> Result<ComputeType, Refusal> {
     offers
