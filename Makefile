@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA_DIR ?= .corral
 export CARGO_TERM_COLOR ?= always
 
-.PHONY: run test deps ui build model lint test-rust test-runner test-e2e test-ui test-aws bench bench-runner bench-gateway clean
+.PHONY: run test deps ui openapi build model lint test-rust test-runner test-e2e test-ui test-aws bench bench-runner bench-gateway clean
 
 ## run: build the UI and binaries, fetch the demo model, create the first admin, start `corral serve`
 run: deps ui build model
@@ -19,6 +19,11 @@ deps:
 
 ui:
 	scripts/build-ui.sh
+
+## openapi: after an API change, rewrite the OpenAPI snapshot and the UI's types made from it
+openapi:
+	UPDATE_SNAPSHOTS=1 $(CARGO) test -p corral-api --locked --test openapi_snapshot
+	cd ui && npm run --silent api-types
 
 # The UI is embedded into the release binary, so build it first (`make ui`).
 build:

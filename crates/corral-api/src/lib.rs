@@ -34,6 +34,12 @@ pub use state::AppState;
 /// Largest request body accepted anywhere in the API (requests are small JSON documents).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// The OpenAPI document `GET /api/openapi.json` serves, built without a server (for the
+/// checked-in snapshot the UI's TypeScript types are generated from).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(handlers::document())
+}
+
 /// The whole application with its state applied.
 pub fn router(state: AppState) -> Router {
     let (api, doc) = handlers::routes(state.clone()).split_for_parts();

@@ -30,4 +30,8 @@ async fn openapi_document_lists_routes() {
     assert_eq!(status, 200);
     assert_eq!(body["info"]["title"], "Corral API");
     assert!(body["paths"]["/api/health"].is_object(), "{body}");
+    // The snapshot (and the UI's types) come from `openapi_document()`: it must be what
+    // the server serves.
+    let built = serde_json::to_value(corral_api::openapi_document()).unwrap();
+    assert_eq!(body, built);
 }
