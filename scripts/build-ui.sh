@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the web UI (ui/, React + TypeScript + MUI) into ui/dist, which `corral` embeds
-# in release builds and serves. Installs the npm packages first (npm ci) when
+# in release builds and serves, after generating its API types from the OpenAPI document. Installs the npm packages first (npm ci) when
 # ui/node_modules is missing or older than ui/package-lock.json; UI_NPM_CI=1 forces it.
 set -euo pipefail
 cd "$(dirname "$0")/../ui"
@@ -25,6 +25,11 @@ if [ "${UI_NPM_CI:-0}" = 1 ] || [ ! -f node_modules/.package-lock.json ] ||
 else
   say "npm packages up to date (UI_NPM_CI=1 reinstalls)"
 fi
+
+# The API's TypeScript types come from the checked-in OpenAPI document, which a test in
+# corral-api keeps equal to what the server serves (UPDATE_SNAPSHOTS=1 refreshes it).
+say "generating src/api/schema.gen.ts from crates/corral-api/openapi.json (openapi-typescript)..."
+npx --no-install openapi-typescript ../crates/corral-api/openapi.json -o src/api/schema.gen.ts
 
 say "building ui/dist (vite build)..."
 start=$(date +%s)

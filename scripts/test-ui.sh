@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The web UI's checks: typecheck, lint, unit tests (Vitest), production build, initial
+# The web UI's checks: API types up to date, typecheck, lint, unit tests (Vitest), production build, initial
 # bundle budget, and end-to-end tests in headless Chromium against a real `corral serve`.
 # Installs Debian's chromium (and Japanese fonts for the screenshots) when missing.
 # Screenshots and the server log go to artifacts/ui/.
@@ -38,6 +38,15 @@ if [ "${UI_NPM_CI:-0}" = 1 ] || [ ! -f node_modules/.package-lock.json ] ||
 else
   echo "up to date (UI_NPM_CI=1 reinstalls)"
 fi
+
+# Stale types would let the UI and the server disagree unseen: the generated file must be
+# what crates/corral-api/openapi.json (itself checked by a corral-api test) gives today.
+step "API types (src/api/schema.gen.ts from crates/corral-api/openapi.json)"
+if ! npx --no-install openapi-typescript ../crates/corral-api/openapi.json -o src/api/schema.gen.ts --check; then
+  echo "test-ui: ui/src/api/schema.gen.ts is stale: run scripts/build-ui.sh and commit it" >&2
+  exit 1
+fi
+echo "ok"
 
 step "typecheck (tsc --noEmit)"
 npx --no-install tsc --noEmit -p tsconfig.json

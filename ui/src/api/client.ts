@@ -9,7 +9,7 @@
 // * Refresh tokens rotate and a reused one signs the whole login out, so refreshes are
 //   serialised: one in flight per tab, and across tabs through the Web Locks API.
 
-import type { LoginResponse, TokenPair, User } from './types';
+import type { LoginResponse, Schemas, TokenPair, User } from './types';
 
 export class ApiError extends Error {
   readonly status: number;
@@ -253,16 +253,18 @@ export class ApiClient {
   // ---- auth flows ----------------------------------------------------------------
 
   async login(email: string, password: string): Promise<LoginResult> {
-    const r = await this.post<LoginResponse>('/api/auth/login', { email, password }, { auth: false });
+    const r = await this.post<LoginResponse>('/api/auth/login', { email, password } satisfies Schemas['LoginRequest'], { auth: false });
     return this.signedIn(r);
   }
 
   async completeMfa(mfaToken: string, code: string): Promise<LoginResult> {
-    const r = await this.post<LoginResponse>('/api/auth/mfa/verify', { mfa_token: mfaToken, code }, { auth: false });
+    const r = await this.post<LoginResponse>('/api/auth/mfa/verify', { mfa_token: mfaToken, code } satisfies Schemas['MfaVerifyRequest'], {
+      auth: false,
+    });
     return this.signedIn(r);
   }
 
-  async setup(body: { setup_token: string; email: string; password: string; confirmPassword: string }) {
+  async setup(body: Schemas['SetupRequest']) {
     const r = await this.post<TokenPair>('/api/auth/setup', body, { auth: false });
     return this.signedIn(r);
   }

@@ -1,188 +1,48 @@
-// Shapes of the deployment API's JSON (models, compute, instances, usage) and the small
-// pure helpers the pages share (kept here so Vitest covers them without a browser).
+// The deployment API's shapes (models, compute, instances, usage), aliases of the types
+// generated from its OpenAPI document (see types.ts), and the small pure helpers the pages
+// share (kept here so Vitest covers them without a browser).
 
-export type ComputeType = 'local' | 'fargate' | 'gpu';
-export type Observed =
-  | 'pending'
-  | 'provisioning'
-  | 'starting'
-  | 'ready'
-  | 'scaling'
-  | 'stopping'
-  | 'stopped'
-  | 'sleeping'
-  | 'failed';
-export type Desired = 'running' | 'sleeping' | 'stopped' | 'deleted';
+import type { Schemas } from './types';
 
-export type ModelSource =
-  | { kind: 'ollama'; name: string }
-  | { kind: 'url'; url: string; sha256: string }
-  | { kind: 'file'; path: string };
-
-export interface PullView {
-  phase: string;
-  done_bytes: number;
-  total_bytes: number | null;
-  percent: number | null;
-  error: string | null;
-}
-
-export interface CatalogModel {
-  id: string;
-  family: string;
-  size: string;
-  cpu_supported: boolean;
-  gpu_supported: boolean;
-  /** MiB. */
-  memory_required: number;
-  expected_deploy_seconds: number;
-  source: ModelSource;
-  weights_bytes: number | null;
-  builtin: boolean;
-  present: boolean;
-  pull: PullView | null;
-}
-
-export interface ComputeSize {
-  cpu: number;
-  /** MiB choices valid with this vCPU count. */
-  memory: number[];
-}
-
-export interface GpuInstanceType {
-  name: string;
-  gpus: number;
-  gpu_model: string;
-  cpu: number;
-  memory: number;
-  hourly_usd: number;
-}
-
-export interface ComputeOffer {
-  driver: string;
-  compute_type: ComputeType;
-  sizes: ComputeSize[];
-  gpu_instance_types: GpuInstanceType[];
-  spot: boolean;
-}
-
-export interface ComputeSpec {
-  compute_type: ComputeType;
-  cpu: number;
-  memory: number;
-  gpu_count: number;
-  instance_type?: string | null;
-  spot: boolean;
-}
-
-export interface InstanceSettings {
-  idle_timeout_seconds: number;
-  min_replicas: number;
-  max_replicas: number;
-  wake_on_request: boolean;
-}
-
-export interface Instance {
-  id: string;
-  model_id: string;
-  owner_id: string;
-  owner_email?: string;
-  status: Observed;
-  status_reason: string | null;
-  desired: Desired;
-  endpoint: string;
-  driver: string;
-  compute: ComputeSpec;
-  settings: InstanceSettings;
-  target_replicas: number;
-  created_at: string;
-  updated_at: string;
-  last_activity_at: string;
-  uptime_seconds: number;
-}
-
-export interface Replica {
-  id: string;
-  state: string;
-  restarts: number;
-  started_at: string;
-  cpu_percent: number | null;
-  memory_bytes: number | null;
-  endpoint?: string;
-}
-
-export interface InstanceEvent {
-  id: number;
-  instance_id: string;
-  at: string;
-  from_state: Observed | null;
-  to_state: Observed | null;
-  message: string;
-}
-
-export interface UsageTotals {
-  requests: number;
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-}
-
-export interface Cost {
-  usd: number | null;
-  hourly_usd: number | null;
-  running_seconds: number;
-  replica_seconds: number;
-}
-
-export interface InstanceDetail extends Instance {
-  replicas: Replica[];
-  timeline: InstanceEvent[];
-  usage: UsageTotals;
-  cost: Cost;
-}
-
-export interface UsageGroup extends UsageTotals {
-  key: string;
-  label: string | null;
-  cost_usd: number;
-  cost_incomplete: boolean;
-}
-
-export interface UsageReport {
-  since: string | null;
-  until: string | null;
-  group_by: 'user' | 'model' | 'instance';
-  groups: UsageGroup[];
-  total: UsageTotals;
-  total_cost_usd: number;
-}
-
+export type ComputeType = Schemas['ComputeType'];
+/** The state the reconciler observed. */
+export type Observed = Schemas['State'];
+/** The state the owner asked for. */
+export type Desired = Schemas['Desired'];
+export type ModelSource = Schemas['ModelSource'];
+export type PullView = Schemas['PullView'];
+/** A catalog entry with whether its weights are on this machine and its pull's progress. */
+export type CatalogModel = Schemas['ModelView'];
+/** A vCPU count with the memory sizes (MiB) valid with it. */
+export type ComputeSize = Schemas['CpuMemoryPair'];
+export type GpuInstanceType = Schemas['GpuInstanceType'];
+export type ComputeOffer = Schemas['ComputeOffer'];
+export type ComputeSpec = Schemas['ComputeSpec'];
+export type InstanceSettings = Schemas['InstanceSettings'];
+export type Instance = Schemas['InstanceView'];
+export type Replica = Schemas['ReplicaView'];
+export type InstanceEvent = Schemas['InstanceEvent'];
+export type UsageTotals = Schemas['UsageTotals'];
+export type Cost = Schemas['Cost'];
+export type InstanceDetail = Schemas['InstanceDetail'];
+export type UsageGroup = Schemas['UsageGroup'];
+export type UsageReport = Schemas['UsageReport'];
 /** One minute of an instance's gateway requests (`GET /api/instances/{id}/metrics`). */
-export interface MinuteStats {
-  start: string;
-  requests: number;
-  errors: number;
-  latency_p50_ms: number | null;
-  latency_p95_ms: number | null;
-  first_token_p50_ms: number | null;
-  first_token_p95_ms: number | null;
-  tokens_out: number;
-}
-
-export interface InstanceMetrics {
-  instance_id: string;
-  /** The last 60 minutes, oldest first, the current one last. */
-  minutes: MinuteStats[];
-}
+export type MinuteStats = Schemas['MinuteView'];
+export type InstanceMetrics = Schemas['InstanceMetrics'];
+export type LogLine = Schemas['LogLineView'];
+export type LogsPage = Schemas['LogsPage'];
+export type StartRequest = Schemas['StartModel'];
 
 /**
  * A per-minute figure over the minutes that had requests (a minute without any has no
  * latency: drawing it as 0 would read as "instant"), oldest first.
  */
-export function minuteSeries(minutes: MinuteStats[], pick: (m: MinuteStats) => number | null): number[] {
+export function minuteSeries(minutes: MinuteStats[], pick: (m: MinuteStats) => number | null | undefined): number[] {
   return minutes.filter((m) => m.requests > 0).flatMap((m) => {
     const v = pick(m);
-    return v === null ? [] : [v];
+    // The document lets an absent figure be left out as well as be null.
+    return v === null || v === undefined ? [] : [v];
   });
 }
 
@@ -191,26 +51,6 @@ export function formatMs(ms: number): string {
   if (ms >= 10_000) return `${(ms / 1000).toFixed(1)} s`;
   if (ms >= 10) return `${Math.round(ms)} ms`;
   return `${ms.toFixed(ms >= 1 ? 1 : 2)} ms`;
-}
-
-export interface LogLine {
-  at: string | null;
-  replica_id: string;
-  line: string;
-}
-
-export interface StartRequest {
-  model_id: string;
-  compute_type: ComputeType;
-  cpu?: number;
-  memory?: number;
-  gpu_count?: number;
-  instance_type?: string;
-  spot?: boolean;
-  idle_timeout_seconds: number;
-  min_replicas: number;
-  max_replicas: number;
-  wake_on_request: boolean;
 }
 
 // ---- helpers -----------------------------------------------------------------------

@@ -1,95 +1,31 @@
-// Shapes of the management API's JSON (see /api/openapi.json).
+// The management API's shapes, as its OpenAPI document defines them: `schema.gen.ts` is
+// generated from crates/corral-api/openapi.json by scripts/build-ui.sh (openapi-typescript),
+// and `scripts/test-ui.sh` fails when it is stale. These aliases keep the pages' names.
 
-export type Role = 'admin' | 'user' | 'viewer';
-export const ROLES: readonly Role[] = ['admin', 'user', 'viewer'];
+import type { components } from './schema.gen';
 
-export interface User {
-  id: string;
-  email: string;
-  display_name: string;
-  role: Role;
-  email_verified: boolean;
-  mfa_enabled: boolean;
-  /** Locked by an administrator. */
-  disabled: boolean;
-  created_at: string;
-  last_login_at: string | null;
-}
+/** Every schema of the API's OpenAPI document, by its name there. */
+export type Schemas = components['schemas'];
 
-export interface TokenPair {
-  access_token: string;
-  refresh_token: string;
-  token_type: 'Bearer';
-  expires_in: number;
-  user: User;
-}
+export type Role = Schemas['Role'];
+/** Every role, in the order the UI lists them. */
+export const ROLES = ['admin', 'user', 'viewer'] as const satisfies readonly Role[];
+// A role the server adds and this list lacks fails to typecheck here.
+const allRoles: Exclude<Role, (typeof ROLES)[number]> extends never ? true : false = true;
+void allRoles;
 
-export interface MfaChallenge {
-  mfa_required: true;
-  mfa_token: string;
-  token_type: 'Bearer';
-  expires_in: number;
-}
-
-export type LoginResponse = TokenPair | MfaChallenge;
-
-export interface Accepted {
-  status: string;
-  message?: string;
-}
-
-export interface MfaEnrollment {
-  secret: string;
-  otpauth_uri: string;
-}
-
-export interface ApiKey {
-  id: string;
-  name: string;
-  prefix: string;
-  created_at: string;
-  expires_at: string | null;
-  last_used_at: string | null;
-  expired: boolean;
-}
-
-export interface CreatedKey {
-  id: string;
-  name: string;
-  key: string;
-  prefix: string;
-  created_at: string;
-  expires_at: string | null;
-}
-
-export interface UsersPage {
-  users: User[];
-  total: number;
-}
-
-export type Outcome = 'success' | 'failure';
-
-export interface AuditEntry {
-  id: number;
-  actor_id: string | null;
-  actor_email: string | null;
-  action: string;
-  target: string | null;
-  ip: string | null;
-  outcome: Outcome;
-  detail: string | null;
-  at: string;
-}
-
-export interface OutboxMessage {
-  id: string;
-  to: string;
-  subject: string;
-  body: string;
-  created_at: string;
-}
-
-export interface Health {
-  status: string;
-  version: string;
-}
+export type User = Schemas['UserView'];
+export type TokenPair = Schemas['TokenPair'];
+export type MfaChallenge = Schemas['MfaChallenge'];
+export type LoginResponse = Schemas['LoginResponse'];
+export type Accepted = Schemas['Accepted'];
+export type MfaEnrollment = Schemas['Enrollment'];
+export type ApiKey = Schemas['KeyView'];
+export type CreatedKey = Schemas['CreatedKey'];
+export type UsersPage = Schemas['UsersPage'];
+export type Outcome = Schemas['Outcome'];
+export type AuditEntry = Schemas['AuditEntry'];
+export type AuditPage = Schemas['AuditPage'];
+export type OutboxMessage = Schemas['OutboxMessage'];
+export type OutboxPage = Schemas['OutboxPage'];
+export type Health = Schemas['Health'];

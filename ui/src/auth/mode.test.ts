@@ -47,7 +47,7 @@ describe('request bodies', () => {
     expect(verifyBody('builtin', { token: 'tok', email: 'a@b.c', code: '1' })).toEqual({ token: 'tok' });
     expect(verifyBody('cognito', { token: 'tok', email: ' a@b.c ', code: ' 123456 ' })).toEqual({
       email: 'a@b.c',
-      code: '123456',
+      token: '123456',
     });
   });
   it('reset confirm', () => {
@@ -59,7 +59,7 @@ describe('request bodies', () => {
     });
     expect(resetConfirmBody('cognito', { email: 'a@b.c', code: '654321', ...passwords })).toEqual({
       email: 'a@b.c',
-      code: '654321',
+      token: '654321',
       password: 'Aa1!aaaa',
       confirmPassword: 'Aa1!aaaa',
     });

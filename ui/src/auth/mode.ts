@@ -2,13 +2,10 @@
 // mode accounts live in an Amazon Cognito user pool: Cognito e-mails codes instead of
 // links, and passwords, MFA enrolment and roles are managed in the pool, not in Corral.
 
-export type AuthMode = 'builtin' | 'cognito';
+import type { Schemas } from '../api/types';
 
-export interface AuthConfig {
-  mode: AuthMode;
-  signup_enabled: boolean;
-  setup_available: boolean;
-}
+export type AuthMode = Schemas['Mode'];
+export type AuthConfig = Schemas['AuthConfig'];
 
 /** What a server that predates /api/auth/config (or cannot be asked) behaves like. */
 export const BUILTIN: AuthConfig = { mode: 'builtin', signup_enabled: true, setup_available: true };
@@ -43,18 +40,19 @@ export function features(config: AuthConfig): AuthFeatures {
 }
 
 /** The body of POST /api/auth/verify: the mailed link's token, or the address and code. */
-export function verifyBody(mode: AuthMode, v: { token?: string; email?: string; code?: string }) {
-  return mode === 'cognito' ? { email: (v.email ?? '').trim(), code: (v.code ?? '').trim() } : { token: v.token ?? '' };
+export function verifyBody(mode: AuthMode, v: { token?: string; email?: string; code?: string }): Schemas['TokenRequest'] {
+  // Cognito's mailed code goes in `token`, the field the API documents for both.
+  return mode === 'cognito' ? { email: (v.email ?? '').trim(), token: (v.code ?? '').trim() } : { token: v.token ?? '' };
 }
 
 /** The body of POST /api/auth/reset-password/confirm in each mode. */
 export function resetConfirmBody(
   mode: AuthMode,
   v: { token?: string; email?: string; code?: string; password: string; confirm: string },
-) {
+): Schemas['ResetConfirmRequest'] {
   const passwords = { password: v.password, confirmPassword: v.confirm };
   return mode === 'cognito'
-    ? { email: (v.email ?? '').trim(), code: (v.code ?? '').trim(), ...passwords }
+    ? { email: (v.email ?? '').trim(), token: (v.code ?? '').trim(), ...passwords }
     : { token: v.token ?? '', ...passwords };
 }
 

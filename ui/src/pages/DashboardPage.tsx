@@ -20,7 +20,7 @@ import DeleteOutline from '@mui/icons-material/DeleteOutline';
 import PlayArrow from '@mui/icons-material/PlayArrow';
 import Stop from '@mui/icons-material/Stop';
 import { api } from '../api/client';
-import { canStart, canStop, formatDuration, formatMiB, formatUsd, type Instance, type UsageReport } from '../api/deploy';
+import { canStart, canStop, formatDuration, formatMiB, formatUsd, type Instance, type InstanceDetail, type UsageReport } from '../api/deploy';
 import { useAuth } from '../auth/AuthProvider';
 import { ConfirmDialog } from '../components/ConfirmDialog';
 import { ErrorAlert } from '../components/ErrorAlert';
@@ -194,7 +194,7 @@ export default function DashboardPage() {
 /** Instances the usage report leaves out (a viewer's view of others'): cost from the detail. */
 function InstanceCost({ id, status }: { id: string; status: string }) {
   const { data } = usePoll(
-    (signal) => api.get<{ cost: { usd: number | null } }>(`/api/instances/${id}`, undefined, signal),
+    (signal) => api.get<Pick<InstanceDetail, 'cost'>>(`/api/instances/${id}`, undefined, signal),
     status === 'ready' ? 10_000 : 30_000,
   );
   return <>{data ? formatUsd(data.cost.usd) : '—'}</>;

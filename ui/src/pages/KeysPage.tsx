@@ -22,7 +22,7 @@ import Tooltip from '@mui/material/Tooltip';
 import Typography from '@mui/material/Typography';
 import DeleteOutline from '@mui/icons-material/DeleteOutline';
 import { api } from '../api/client';
-import type { ApiKey, CreatedKey } from '../api/types';
+import type { ApiKey, CreatedKey, Schemas } from '../api/types';
 import { ConfirmDialog } from '../components/ConfirmDialog';
 import { CopyButton } from '../components/CopyButton';
 import { ErrorAlert } from '../components/ErrorAlert';
@@ -65,7 +65,7 @@ export default function KeysPage() {
     setError(null);
     setNotice(null);
     try {
-      const body: { name: string; expires_in_days?: number } = { name: name.trim() };
+      const body: Schemas['CreateKey'] = { name: name.trim() };
       if (days > 0) body.expires_in_days = days;
       setCreated(await api.post<CreatedKey>('/api/keys', body));
       setName('');

@@ -10,7 +10,7 @@ import Grid from '@mui/material/Grid';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
-import type { MfaEnrollment, User } from '../api/types';
+import type { MfaEnrollment, Schemas, User } from '../api/types';
 import { useAuth } from '../auth/AuthProvider';
 import { features } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
@@ -134,7 +134,7 @@ function DisplayNameCard({ user, onSaved }: { user: User; onSaved: (u: User) => 
     setError(null);
     setSaved(false);
     try {
-      onSaved(await api.put<User>('/api/user/profile', { display_name: name }));
+      onSaved(await api.put<User>('/api/user/profile', { display_name: name } satisfies Schemas['UpdateProfile']));
       setSaved(true);
     } catch (err) {
       setError(err);
@@ -183,7 +183,11 @@ function PasswordCard({ user }: { user: User }) {
     setError(null);
     setDone(false);
     try {
-      await api.put<User>('/api/user/profile', { current_password: current, new_password: pw.password, confirmPassword: pw.confirm });
+      await api.put<User>('/api/user/profile', {
+        current_password: current,
+        new_password: pw.password,
+        confirmPassword: pw.confirm,
+      } satisfies Schemas['UpdateProfile']);
     } catch (err) {
       setError(err);
       pw.refused(err);
@@ -281,7 +285,7 @@ function MfaCard({ user, onChanged }: { user: User; onChanged: () => Promise<voi
   const confirm = (e: FormEvent) => {
     e.preventDefault();
     return run(async () => {
-      await api.post('/api/auth/mfa/confirm', { code });
+      await api.post('/api/auth/mfa/confirm', { code } satisfies Schemas['CodeRequest']);
       setEnrollment(null);
       setCode('');
       setNotice(t('mfa.enabledNow'));
@@ -292,7 +296,7 @@ function MfaCard({ user, onChanged }: { user: User; onChanged: () => Promise<voi
   const disable = (e: FormEvent) => {
     e.preventDefault();
     return run(async () => {
-      await api.post('/api/auth/mfa/disable', { password, code });
+      await api.post('/api/auth/mfa/disable', { password, code } satisfies Schemas['DisableRequest']);
       setPassword('');
       setCode('');
       setNotice(t('mfa.disabledNow'));

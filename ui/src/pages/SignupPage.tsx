@@ -7,6 +7,7 @@ import Link from '@mui/material/Link';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../api/client';
+import type { Schemas } from '../api/types';
 import { features } from '../auth/mode';
 import { useAuthConfig } from '../auth/useAuthConfig';
 import { ConfirmCodeForm } from '../components/ConfirmCodeForm';
@@ -31,7 +32,7 @@ export function SignupPage() {
     setBusy(true);
     setError(null);
     try {
-      await api.post('/api/auth/signup', { email, password: pw.password, confirmPassword: pw.confirm }, { auth: false });
+      await api.post('/api/auth/signup', { email, password: pw.password, confirmPassword: pw.confirm } satisfies Schemas['SignupRequest'], { auth: false });
       setSentTo(email.trim());
       pw.clear();
     } catch (err) {

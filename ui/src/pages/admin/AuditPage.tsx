@@ -14,7 +14,7 @@ import TableRow from '@mui/material/TableRow';
 import TextField from '@mui/material/TextField';
 import Typography from '@mui/material/Typography';
 import { api } from '../../api/client';
-import type { AuditEntry, Outcome, UsersPage } from '../../api/types';
+import type { AuditEntry, AuditPage as Page, Outcome, UsersPage } from '../../api/types';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { Loading } from '../../components/Loading';
 import { PageHeader } from '../../components/PageHeader';
@@ -56,7 +56,7 @@ export default function AuditPage() {
 
   const load = useCallback(async () => {
     try {
-      const page = await api.get<{ entries: AuditEntry[] }>('/api/admin/audit', query());
+      const page = await api.get<Page>('/api/admin/audit', query());
       setEntries(page.entries);
       setMore(page.entries.length === PAGE);
       setError(null);
@@ -68,7 +68,7 @@ export default function AuditPage() {
   const loadMore = async () => {
     if (!entries?.length) return;
     try {
-      const page = await api.get<{ entries: AuditEntry[] }>('/api/admin/audit', query(entries[entries.length - 1].id));
+      const page = await api.get<Page>('/api/admin/audit', query(entries[entries.length - 1].id));
       setEntries([...entries, ...page.entries]);
       setMore(page.entries.length === PAGE);
     } catch (e) {

@@ -20,6 +20,7 @@ import DeleteOutline from '@mui/icons-material/DeleteOutline';
 import Download from '@mui/icons-material/Download';
 import { api } from '../../api/client';
 import { formatBytes, formatMiB, type CatalogModel, type ModelSource } from '../../api/deploy';
+import type { Schemas } from '../../api/types';
 import { ConfirmDialog } from '../../components/ConfirmDialog';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { Loading } from '../../components/Loading';
@@ -67,7 +68,7 @@ export default function ModelsPage() {
           ? { kind: 'url', url: form.url.trim(), sha256: form.sha256.trim().toLowerCase() }
           : { kind: 'file', path: form.path.trim() };
     void act(async () => {
-      await api.post('/api/models', { id: form.id.trim(), memory_required: form.memory, source });
+      await api.post('/api/models', { id: form.id.trim(), memory_required: form.memory, source } satisfies Schemas['CreateModel']);
       setForm({ ...form, id: '', name: '', url: '', sha256: '', path: '' });
     }, t('models.added'));
   };

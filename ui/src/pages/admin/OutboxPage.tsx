@@ -11,7 +11,7 @@ import Tooltip from '@mui/material/Tooltip';
 import Typography from '@mui/material/Typography';
 import Refresh from '@mui/icons-material/Refresh';
 import { api } from '../../api/client';
-import type { OutboxMessage } from '../../api/types';
+import type { OutboxMessage, OutboxPage as Page } from '../../api/types';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { Loading } from '../../components/Loading';
 import { PageHeader } from '../../components/PageHeader';
@@ -44,7 +44,7 @@ export default function OutboxPage() {
 
   const load = useCallback(async () => {
     try {
-      const page = await api.get<{ messages: OutboxMessage[] }>('/api/admin/outbox', { to: filter || undefined, limit: 50 });
+      const page = await api.get<Page>('/api/admin/outbox', { to: filter || undefined, limit: 50 });
       setMessages(page.messages);
       setError(null);
     } catch (e) {

@@ -27,7 +27,7 @@ import LockOpenOutlined from '@mui/icons-material/LockOpenOutlined';
 import PersonAddAlt from '@mui/icons-material/PersonAddAlt';
 import Refresh from '@mui/icons-material/Refresh';
 import { api } from '../../api/client';
-import { ROLES, type Role, type User, type UsersPage as Page } from '../../api/types';
+import { ROLES, type Role, type Schemas, type User, type UsersPage as Page } from '../../api/types';
 import { features } from '../../auth/mode';
 import { useAuthConfig } from '../../auth/useAuthConfig';
 import { useAuth } from '../../auth/AuthProvider';
@@ -95,7 +95,7 @@ export default function UsersPage() {
   };
 
   const setRole = (u: User, role: Role) =>
-    act(u, () => api.put(`/api/admin/users/${u.id}`, { role }), t('users.updated'));
+    act(u, () => api.put(`/api/admin/users/${u.id}`, { role } satisfies Schemas['UpdateUser']), t('users.updated'));
   const toggleLock = (u: User) =>
     act(u, () => api.post(`/api/admin/users/${u.id}/${u.disabled ? 'unlock' : 'lock'}`), t('users.updated'));
   const remove = async () => {
@@ -292,7 +292,7 @@ function CreateUserDialog({ onClose, onCreated }: { onClose: () => void; onCreat
     setBusy(true);
     setError(null);
     try {
-      const body: Record<string, string> = { email, password: pw.password, role };
+      const body: Schemas['CreateUser'] = { email, password: pw.password, role };
       if (displayName.trim()) body.display_name = displayName.trim();
       await api.post('/api/admin/users', body);
       onCreated();

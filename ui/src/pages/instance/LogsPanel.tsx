@@ -5,7 +5,7 @@ import CardContent from '@mui/material/CardContent';
 import FormControlLabel from '@mui/material/FormControlLabel';
 import Switch from '@mui/material/Switch';
 import { api } from '../../api/client';
-import { readLines, sseData, type LogLine } from '../../api/deploy';
+import { readLines, sseData, type LogLine, type LogsPage } from '../../api/deploy';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { useI18n } from '../../i18n/I18nProvider';
 
@@ -35,7 +35,7 @@ export function LogsPanel({ id }: { id: string }) {
             if (d) push([d]);
           });
         } else {
-          const r = await api.get<{ lines: LogLine[] }>(`/api/instances/${id}/logs`, { tail: 200 }, c.signal);
+          const r = await api.get<LogsPage>(`/api/instances/${id}/logs`, { tail: 200 }, c.signal);
           setLines(r.lines);
         }
       } catch (e) {

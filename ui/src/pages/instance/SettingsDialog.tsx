@@ -9,6 +9,7 @@ import Switch from '@mui/material/Switch';
 import TextField from '@mui/material/TextField';
 import { api } from '../../api/client';
 import type { InstanceDetail, InstanceSettings } from '../../api/deploy';
+import type { Schemas } from '../../api/types';
 import { ErrorAlert } from '../../components/ErrorAlert';
 import { useI18n } from '../../i18n/I18nProvider';
 
@@ -21,7 +22,7 @@ export function SettingsDialog({ inst, onClose, onSaved }: { inst: InstanceDetai
   const save = async () => {
     setBusy(true);
     try {
-      await api.put(`/api/instances/${inst.id}/settings`, s);
+      await api.put(`/api/instances/${inst.id}/settings`, s satisfies Schemas['UpdateSettings']);
       onSaved();
       onClose();
     } catch (e) {
