@@ -1,6 +1,7 @@
 //! Adoption after a restart of `corral serve`: replicas that are still running are kept
 //! (the instance tasks health-check and route them, no relaunch); lost ones are
-//! recorded and dropped; processes the store does not know are stopped.
+//! stopped (a lost one may run where the driver cannot see it), recorded and dropped;
+//! processes the store does not know are stopped by the orphan sweep.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +11,7 @@ use corral_drivers::{Observed, ReplicaRef};
 use uuid::Uuid;
 
 use crate::control::Inner;
+use crate::sweep;
 
 fn short(id: Uuid) -> String {
     id.simple().to_string()[..8].to_string()
@@ -20,8 +22,6 @@ fn short(id: Uuid) -> String {
 pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
     let rows = ctl.store.all_replicas().await?;
     let mut instances: HashMap<Uuid, Option<Instance>> = HashMap::new();
-    // Replica ids each driver may keep running.
-    let mut known: HashMap<&'static str, Vec<Uuid>> = HashMap::new();
     let (mut adopted, mut lost) = (0usize, 0usize);
     let with_rows: HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
     close_runs_without_rows(ctl, &with_rows).await?;
@@ -72,7 +72,6 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
         };
         let why = match driver.observe(&rref).await {
             Ok(Observed::Running { endpoint }) => {
-                known.entry(driver.name()).or_default().push(row.id);
                 adopted += 1;
                 event(format!(
                     "adopted replica {} still running at {endpoint}",
@@ -82,7 +81,6 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
                 continue;
             }
             Ok(Observed::Starting) => {
-                known.entry(driver.name()).or_default().push(row.id);
                 adopted += 1;
                 event(format!(
                     "adopted replica {} (still starting)",
@@ -93,11 +91,21 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
             }
             Ok(Observed::Exited { reason }) => reason,
             Ok(Observed::Lost) => "not found".into(),
-            Err(e) => e.to_string(),
+            Err(e) => {
+                // Not seen is not gone: the instance task observes it again and decides.
+                tracing::warn!(replica = %row.id, error = %e, "observing a replica to adopt failed; keeping it");
+                continue;
+            }
         };
+        // Forgetting a replica that may still run would leave it billing: stop it first
+        // (stops are idempotent). If that fails the row stays, and the instance task
+        // retries the stop before it relaunches.
+        if let Err(e) = driver.stop(&rref, ctl.settings.stop_grace).await {
+            tracing::warn!(replica = %row.id, error = %e, "stopping a lost replica failed; keeping it");
+            continue;
+        }
         // Dropping the row makes the instance task launch a replacement if the instance
-        // should run, or simply finish stopping it; not counting it as known lets the
-        // orphan sweep stop whatever may be left of it.
+        // should run, or simply finish stopping it.
         // When it ended while the server was down is unknown: its run is closed now,
         // which bills the downtime (an overestimate, never a lost charge).
         ctl.store
@@ -111,33 +119,8 @@ pub(crate) async fn adopt(ctl: &Inner) -> corral_store::Result<()> {
         ))
         .await;
     }
-    for driver in &ctl.drivers {
-        let known = known.remove(driver.name()).unwrap_or_default();
-        let orphans = match driver.orphans(&known).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(driver = driver.name(), error = %e, "listing orphaned replicas failed");
-                continue;
-            }
-        };
-        for orphan in orphans {
-            tracing::warn!(driver = driver.name(), replica = %orphan.replica_id, driver_ref = %orphan.driver_ref, "stopping an orphaned replica");
-            if let Err(e) = driver.stop(&orphan, ctl.settings.stop_grace).await {
-                tracing::warn!(replica = %orphan.replica_id, error = %e, "stopping an orphaned replica failed");
-                continue;
-            }
-            let message = format!(
-                "stopped replica {}: it was running without a record in the store",
-                short(orphan.replica_id)
-            );
-            // The instance may be gone; the note is only for its timeline.
-            let _ = ctl
-                .store
-                .append_event(orphan.instance_id, &message, Utc::now())
-                .await;
-        }
-    }
-    tracing::info!(adopted, lost, "adoption done");
+    let orphans = sweep::sweep(ctl).await;
+    tracing::info!(adopted, lost, orphans, "adoption done");
     Ok(())
 }
 

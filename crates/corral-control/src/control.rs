@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use corral_core::{ComputeOffer, Desired, Instance, State};
+use corral_core::{CatalogModel, ComputeOffer, Desired, Instance, State};
 use corral_drivers::{ComputeDriver, ResourceUsage};
 use corral_store::Store;
 use tokio::sync::{Notify, watch};
@@ -22,7 +22,7 @@ use crate::resolver::WeightsResolver;
 use crate::routing::{InstanceRoute, RoutingTable};
 use crate::settings::ControlSettings;
 use crate::stats::{ControlStats, Counters};
-use crate::{adopt, wake};
+use crate::{adopt, sweep, wake};
 
 /// The reconciler and everything the API and gateway ask of it. Cheap to clone.
 #[derive(Clone)]
@@ -155,6 +155,20 @@ pub(crate) fn needs_task(inst: &Instance) -> bool {
     }
 }
 
+/// The orphan sweep every `sweep_interval` until shutdown.
+async fn sweep_every(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.settings.sweep_interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let stopped = sweep::sweep(&inner).await;
+        if stopped > 0 {
+            tracing::warn!(stopped, "orphan sweep stopped compute no replica owned");
+        }
+    }
+}
+
 impl Control {
     /// `drivers` are the compute drivers this server offers (looked up by
     /// `Instance::driver`); `weights` turns a catalog entry into a local GGUF.
@@ -200,6 +214,9 @@ impl Control {
             }
         }
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Adoption swept once; later leaks (a task the cloud kept after it was lost, a
+        // retried launch's twin) are found by sweeping again on a timer.
+        let sweeper = tokio::spawn(sweep_every(inner.clone(), stop_rx.clone()));
         let mut tasks: HashMap<Uuid, JoinHandle<()>> = HashMap::new();
         loop {
             tasks.retain(|_, h| !h.is_finished());
@@ -224,6 +241,7 @@ impl Control {
         // Let each task finish the step it is in (a launch cut in half is recoverable
         // by adoption, but a finished one is tidier), then abandon the rest.
         let _ = stop_tx.send(true);
+        sweeper.abort();
         let wait = inner.settings.stop_grace + Duration::from_secs(5);
         let handles: Vec<JoinHandle<()>> = tasks.into_values().collect();
         let aborts: Vec<_> = handles.iter().map(|h| h.abort_handle()).collect();
@@ -252,6 +270,20 @@ impl Control {
     /// What every configured driver offers (`GET /api/compute`; validate `start` with it).
     pub fn offers(&self) -> Vec<ComputeOffer> {
         self.inner.drivers.iter().flat_map(|d| d.offers()).collect()
+    }
+
+    /// Why `driver`'s replicas could not get `model`'s weights with this server's
+    /// runtime (a file on the Corral host for an ECS task, say); None when they can.
+    /// The API refuses such a deploy before it creates anything.
+    pub fn cannot_run(&self, driver: &str, model: &CatalogModel) -> Option<String> {
+        let driver = self.inner.driver(driver)?;
+        driver
+            .check_model(&model.id, &model.source, self.inner.settings.runtime)
+            .err()
+            .map(|e| match e {
+                corral_drivers::Error::Invalid(why) => why,
+                other => other.to_string(),
+            })
     }
 
     /// The driver an instance names (for logs).

@@ -17,6 +17,7 @@ mod resolver;
 pub mod routing;
 mod settings;
 mod stats;
+mod sweep;
 mod wake;
 
 pub use autoscale::ScalePolicy;

@@ -279,12 +279,22 @@ impl InstanceTask {
                         Ok(m) => m,
                         Err(reason) => return self.fail(inst, driver, &replicas, &reason).await,
                     };
-                    let message = format!("provisioning: getting the weights of {}", model.id);
+                    let message = if driver.reads_model_path() {
+                        format!("provisioning: getting the weights of {}", model.id)
+                    } else {
+                        format!(
+                            "provisioning: {} fetches {} itself",
+                            driver.name(),
+                            model.id
+                        )
+                    };
                     self.move_to(inst, State::Provisioning, None, &message)
                         .await?;
                 }
                 State::Provisioning => {
-                    if let Err(reason) = self.weights(inst).await? {
+                    if driver.reads_model_path()
+                        && let Err(reason) = self.weights(inst).await?
+                    {
                         return self.fail(inst, driver, &replicas, &reason).await;
                     }
                     let message = format!(
@@ -794,7 +804,10 @@ impl InstanceTask {
     ) -> Step<()> {
         let ctl = self.ctl.clone();
         let s = &ctl.settings;
-        if how == Failure::Stuck
+        // A lost replica may still run (and bill) where the driver cannot see it: an ECS
+        // task DescribeTasks stopped listing. Stop it now rather than after the back-off;
+        // `relaunch` stops it again (stops are idempotent) before it is forgotten.
+        if matches!(how, Failure::Stuck | Failure::Lost)
             && !r.driver_ref.is_empty()
             && let Err(e) = driver.stop(&replica_ref(r), s.stop_grace).await
         {
@@ -855,6 +868,25 @@ impl InstanceTask {
     }
 
     async fn relaunch(&mut self, inst: &Instance, driver: &Driver, r: &mut Replica) -> Step<()> {
+        // Its old task or process is forgotten below: make sure it is gone first, or it
+        // would run on unbilled beside its replacement. Until the stop succeeds the
+        // relaunch waits another back-off.
+        if !r.driver_ref.is_empty()
+            && let Err(e) = driver
+                .stop(&replica_ref(r), self.ctl.settings.stop_grace)
+                .await
+        {
+            tracing::warn!(replica = %r.id, error = %e, "stopping a failed replica before its relaunch failed");
+            let s = &self.ctl.settings;
+            let m = self
+                .mem
+                .replicas
+                .get_mut(&r.id)
+                .expect("entry made by check_replica");
+            m.retry_at =
+                Some(Instant::now() + restart_delay(m.failures, s.backoff_base, s.backoff_max));
+            return Ok(());
+        }
         let now = Utc::now();
         r.restarts += 1;
         r.driver_ref.clear();
@@ -883,7 +915,7 @@ impl InstanceTask {
     }
 
     async fn launch(&mut self, inst: &Instance, driver: &Driver, r: &mut Replica) -> Step<()> {
-        let spec = match self.launch_spec(inst, r.id).await? {
+        let spec = match self.launch_spec(inst, driver, r).await? {
             Ok(spec) => spec,
             Err(why) => return self.replica_failed(driver, r, why, Failure::Exited).await,
         };
@@ -928,23 +960,29 @@ impl InstanceTask {
     async fn launch_spec(
         &mut self,
         inst: &Instance,
-        replica_id: Uuid,
+        driver: &Driver,
+        r: &Replica,
     ) -> Step<Result<LaunchSpec, String>> {
         let model = match self.model(inst).await? {
             Ok(m) => m,
             Err(reason) => return Ok(Err(reason)),
         };
-        let path = match self.weights(inst).await? {
-            Ok(p) => p,
-            Err(reason) => return Ok(Err(reason)),
+        let path = if driver.reads_model_path() {
+            match self.weights(inst).await? {
+                Ok(p) => Some(p),
+                Err(reason) => return Ok(Err(reason)),
+            }
+        } else {
+            None
         };
         let s = &self.ctl.settings;
         Ok(Ok(LaunchSpec {
             instance_id: inst.id,
-            replica_id,
+            replica_id: r.id,
+            launch: r.restarts,
             model_id: model.id,
             source: model.source,
-            model_path: Some(path),
+            model_path: path,
             compute: inst.compute.clone(),
             runtime: s.runtime,
             parallel: s.parallel,

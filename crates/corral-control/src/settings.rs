@@ -40,6 +40,9 @@ pub struct ControlSettings {
     pub activity_flush: Duration,
     /// How often CPU/memory of each replica is sampled.
     pub resource_interval: Duration,
+    /// How often the compute of every driver is searched for tasks or processes that
+    /// no replica owns (they are stopped); the first sweep runs at start-up.
+    pub sweep_interval: Duration,
     pub autoscale: ScalePolicy,
     /// Model server that replicas run, and its decoding parameters.
     pub runtime: Runtime,
@@ -64,6 +67,7 @@ impl Default for ControlSettings {
             wake_timeout: Duration::from_secs(120),
             activity_flush: Duration::from_secs(5),
             resource_interval: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(300),
             autoscale: ScalePolicy::default(),
             runtime: Runtime::CorralRunner,
             parallel: 4,

@@ -52,7 +52,7 @@ impl ComputeDriver for Refusing {
     async fn resources(&self, _: &ReplicaRef) -> corral_drivers::Result<Option<ResourceUsage>> {
         Ok(None)
     }
-    async fn orphans(&self, _: &[Uuid]) -> corral_drivers::Result<Vec<ReplicaRef>> {
+    async fn orphans(&self, _: &[ReplicaRef]) -> corral_drivers::Result<Vec<ReplicaRef>> {
         Ok(Vec::new())
     }
 }

@@ -314,6 +314,7 @@ async fn adopts_running_replicas_after_a_restart_and_stops_orphans() {
         .launch(&LaunchSpec {
             instance_id: id,
             replica_id: Uuid::now_v7(),
+            launch: 0,
             model_id: MODEL_ID.into(),
             source: corral_core::ModelSource::File {
                 path: model.display().to_string(),

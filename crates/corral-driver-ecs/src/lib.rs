@@ -8,7 +8,10 @@
 //!   service and a claim of the task it starts (service mode, see [`service`]). The task
 //!   carries the tags `corral:instance-id` and `corral:replica-id` (and in task mode
 //!   `startedBy` is the replica id). The `driver_ref` is the task ARN in both modes.
-//! - `observe`: DescribeTasks; the endpoint is the private IPv4 of the task's ENI.
+//! - `observe`: DescribeTasks; the endpoint is the private IPv4 of the task's ENI. ECS
+//!   is eventually consistent right after RunTask: a task it does not list yet counts as
+//!   starting for `missing_grace` after its launch (or, for one launched by an earlier
+//!   server process, after it was first found missing), and as lost only after that.
 //! - `stop`: StopTask of exactly that task; in service mode the service's desiredCount
 //!   follows, and the last replica deletes the service.
 //! - `logs`: the awslogs driver writes to `<log group>/<instance id>/model/<task id>`;
@@ -16,8 +19,12 @@
 //!   `instance_logs` reads all of an instance's streams with FilterLogEvents, stopped
 //!   and replaced tasks included (see `logs.rs`).
 //! - `resources`: none; per-task CPU and memory would come from Container Insights.
-//! - `orphans`: tasks tagged by Corral for replicas it does not know; in service mode
-//!   also Corral's services with no task and service tasks nobody claimed.
+//! - `orphans`: tasks tagged by Corral that no known replica owns (an unknown replica, or
+//!   a task ARN other than the one the replica's row names: the twin of a retried launch,
+//!   the task of a lost replica); in service mode also Corral's services with no task
+//!   and service tasks nobody claimed.
+//! - RunTask carries a `clientToken` made of the replica id and its launch number, so a
+//!   retried call (the SDK retries on timeouts and 5xx) starts no second task.
 //!
 //! Endpoints: `AWS_ENDPOINT_URL` (read by aws-config) or `EcsConfig::endpoint_url`, which
 //! is how the tests point the driver at moto.
@@ -39,9 +46,9 @@ mod logs;
 pub mod service;
 mod taskdef;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
@@ -54,9 +61,10 @@ use aws_sdk_ecs::types::{
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use chrono::DateTime;
 use corral_core::compute::{GpuInstanceType, fargate_sizes, known_gpu_instance_types};
-use corral_core::{ComputeOffer, ComputeType};
+use corral_core::{ComputeOffer, ComputeType, ModelSource};
 use corral_drivers::{
-    ComputeDriver, Error, LaunchSpec, LogLine, LogPage, Observed, ReplicaRef, ResourceUsage, Result,
+    ComputeDriver, Error, LaunchSpec, LogLine, LogPage, Observed, ReplicaRef, ResourceUsage,
+    Result, Runtime, is_owned,
 };
 use uuid::Uuid;
 
@@ -106,11 +114,16 @@ pub struct EcsConfig {
     /// it asked for (the task, not its readiness: a task exists, PROVISIONING, within
     /// seconds even while a capacity provider is still adding an instance).
     pub service_start_timeout: Duration,
+    /// How long after its launch a task DescribeTasks does not list (yet) counts as
+    /// starting rather than lost.
+    pub missing_grace: Duration,
 }
 
 impl EcsConfig {
     pub const DEFAULT_RUNTIME_IMAGE: &str = "ollama/ollama:latest";
     pub const DEFAULT_SERVICE_START_TIMEOUT: Duration = Duration::from_secs(60);
+    /// ECS usually lists a new task within seconds; a minute covers its slow days.
+    pub const DEFAULT_MISSING_GRACE: Duration = Duration::from_secs(60);
 }
 
 /// How the driver turns a replica into an ECS task (`[ecs] launch`).
@@ -151,6 +164,9 @@ pub struct EcsDriver {
     locks: std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     /// The replica of each task whose log lines were read (see `logs.rs`).
     task_replicas: std::sync::Mutex<HashMap<String, Uuid>>,
+    /// Since when each task DescribeTasks has not listed yet has been expected: its
+    /// launch, or the first observation that missed it (see [`missing`]).
+    unlisted: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl EcsDriver {
@@ -179,6 +195,7 @@ impl EcsDriver {
             offers,
             locks: Default::default(),
             task_replicas: Default::default(),
+            unlisted: Default::default(),
         })
     }
 
@@ -302,6 +319,7 @@ impl EcsDriver {
             .network_configuration(placement.network)
             // A UUID is 36 characters, ECS's limit for startedBy; ListTasks can filter on it.
             .started_by(spec.replica_id.to_string())
+            .client_token(client_token(spec.replica_id, spec.launch))
             .set_tags(Some(replica_tags(spec.instance_id, spec.replica_id)))
             .enable_ecs_managed_tags(true)
             .send()
@@ -335,6 +353,7 @@ impl EcsDriver {
             %capacity_provider,
             "started ECS task"
         );
+        self.expect(arn);
         Ok(ReplicaRef {
             instance_id: spec.instance_id,
             replica_id: spec.replica_id,
@@ -342,8 +361,14 @@ impl EcsDriver {
         })
     }
 
+    /// A task was just started: until DescribeTasks lists it, it is starting.
+    pub(crate) fn expect(&self, arn: &str) {
+        lock(&self.unlisted).insert(arn.to_string(), Instant::now());
+    }
+
     /// StopTask; a task ECS no longer knows counts as stopped.
     async fn stop_task(&self, replica: &ReplicaRef) -> Result<()> {
+        lock(&self.unlisted).remove(&replica.driver_ref);
         let result = self
             .ecs
             .stop_task()
@@ -513,6 +538,27 @@ fn replica_tags(instance_id: Uuid, replica_id: Uuid) -> Vec<Tag> {
         .to_vec()
 }
 
+/// RunTask's idempotency token (at most 64 characters): the same for a retried call of
+/// one launch, another for the replica's next launch.
+fn client_token(replica_id: Uuid, launch: u32) -> String {
+    format!("{}-{launch}", replica_id.simple())
+}
+
+/// What a task DescribeTasks does not list is, `since` it was expected: still starting
+/// within the grace (ECS lists new tasks eventually), lost after it.
+fn missing(since: Instant, now: Instant, grace: Duration) -> Observed {
+    if now.saturating_duration_since(since) < grace {
+        Observed::Starting
+    } else {
+        Observed::Lost
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay consistent between statements; a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn task_id(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
@@ -567,6 +613,15 @@ impl ComputeDriver for EcsDriver {
         self.offers.clone()
     }
 
+    /// The task pulls the model itself (see `taskdef.rs`).
+    fn reads_model_path(&self) -> bool {
+        false
+    }
+
+    fn check_model(&self, model_id: &str, source: &ModelSource, runtime: Runtime) -> Result<()> {
+        taskdef::check_source(&self.cfg, runtime, model_id, source)
+    }
+
     async fn launch(&self, spec: &LaunchSpec) -> Result<ReplicaRef> {
         let placement = self.placement(spec).await?;
         match self.cfg.launch {
@@ -576,11 +631,19 @@ impl ComputeDriver for EcsDriver {
     }
 
     async fn observe(&self, replica: &ReplicaRef) -> Result<Observed> {
-        let tasks = self.describe(vec![replica.driver_ref.clone()]).await?;
-        Ok(tasks
-            .iter()
-            .find(|t| t.task_arn() == Some(&replica.driver_ref))
-            .map_or(Observed::Lost, observed))
+        let arn = &replica.driver_ref;
+        let tasks = self.describe(vec![arn.clone()]).await?;
+        let mut unlisted = lock(&self.unlisted);
+        Ok(match tasks.iter().find(|t| t.task_arn() == Some(arn)) {
+            Some(task) => {
+                unlisted.remove(arn);
+                observed(task)
+            }
+            None => {
+                let since = *unlisted.entry(arn.clone()).or_insert_with(Instant::now);
+                missing(since, Instant::now(), self.cfg.missing_grace)
+            }
+        })
     }
 
     /// ECS sends SIGTERM and, after the container's stop timeout (30 s by default), SIGKILL;
@@ -664,8 +727,7 @@ impl ComputeDriver for EcsDriver {
         Ok(None)
     }
 
-    async fn orphans(&self, known: &[Uuid]) -> Result<Vec<ReplicaRef>> {
-        let known: HashSet<Uuid> = known.iter().copied().collect();
+    async fn orphans(&self, known: &[ReplicaRef]) -> Result<Vec<ReplicaRef>> {
         let mut arns = Vec::new();
         let mut pages = self
             .ecs
@@ -685,15 +747,18 @@ impl ComputeDriver for EcsDriver {
                     tag(&task, TAG_REPLICA).and_then(|v| v.parse().ok()),
                     task.task_arn(),
                 );
-                if let (Some(instance_id), Some(replica_id), Some(arn)) = ids
-                    && !known.contains(&replica_id)
-                    && task.last_status() != Some("STOPPED")
-                {
-                    orphans.push(ReplicaRef {
+                let Some(found) = (match ids {
+                    (Some(instance_id), Some(replica_id), Some(arn)) => Some(ReplicaRef {
                         instance_id,
                         replica_id,
                         driver_ref: arn.to_string(),
-                    });
+                    }),
+                    _ => None,
+                }) else {
+                    continue;
+                };
+                if !is_owned(known, &found) && task.last_status() != Some("STOPPED") {
+                    orphans.push(found);
                 }
             }
         }
@@ -732,7 +797,28 @@ mod tests {
             endpoint_url: Some("http://127.0.0.1:9".into()),
             launch: LaunchMode::Task,
             service_start_timeout: EcsConfig::DEFAULT_SERVICE_START_TIMEOUT,
+            missing_grace: EcsConfig::DEFAULT_MISSING_GRACE,
         }
+    }
+
+    #[test]
+    fn a_missing_task_is_starting_within_the_grace_then_lost() {
+        let grace = Duration::from_secs(60);
+        let since = Instant::now();
+        assert_eq!(missing(since, since, grace), Observed::Starting);
+        let later = since + Duration::from_secs(59);
+        assert_eq!(missing(since, later, grace), Observed::Starting);
+        let later = since + grace;
+        assert_eq!(missing(since, later, grace), Observed::Lost);
+    }
+
+    #[test]
+    fn client_tokens_name_one_launch_within_ecs_limit() {
+        let id = Uuid::now_v7();
+        assert_eq!(client_token(id, 3), client_token(id, 3));
+        assert_ne!(client_token(id, 3), client_token(id, 4));
+        assert_ne!(client_token(id, 0), client_token(Uuid::now_v7(), 0));
+        assert!(client_token(id, u32::MAX).len() <= 64);
     }
 
     #[tokio::test]
@@ -741,6 +827,7 @@ mod tests {
         let spec = LaunchSpec {
             instance_id: Uuid::now_v7(),
             replica_id: Uuid::now_v7(),
+            launch: 0,
             model_id: "smollm2:135m".into(),
             source: ModelSource::Ollama {
                 name: "smollm2:135m".into(),

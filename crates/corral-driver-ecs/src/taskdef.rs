@@ -204,6 +204,60 @@ pub fn build(cfg: &EcsConfig, spec: &LaunchSpec) -> Result<TaskDef> {
     })
 }
 
+/// Whether a task of this driver can get the model at all: the ollama image pulls from
+/// the Ollama registry only; the runner image (when one is configured) fetches a URL or
+/// the registry; neither can read a file on the Corral host. The API asks this before
+/// it creates an instance (`ComputeDriver::check_model`), and `launch` again.
+pub fn check_source(
+    cfg: &EcsConfig,
+    runtime: Runtime,
+    model_id: &str,
+    source: &ModelSource,
+) -> Result<()> {
+    if runtime == Runtime::CorralRunner {
+        runner_image(cfg)?;
+    }
+    source_env(runtime, model_id, source).map(|_| ())
+}
+
+fn runner_image(cfg: &EcsConfig) -> Result<String> {
+    cfg.runner_image.clone().ok_or_else(|| {
+        Error::Invalid(
+            "no runner image is configured for the ecs driver (ecs.runner_image); \
+             use the ollama runtime"
+                .into(),
+        )
+    })
+}
+
+/// The environment that tells the container where its weights come from.
+fn source_env(
+    runtime: Runtime,
+    model_id: &str,
+    source: &ModelSource,
+) -> Result<Vec<(&'static str, String)>> {
+    match (runtime, source) {
+        (Runtime::Ollama, ModelSource::Ollama { name }) => {
+            Ok(vec![("CORRAL_OLLAMA_PULL", name.clone())])
+        }
+        (Runtime::Ollama, _) => Err(Error::Invalid(format!(
+            "the ollama runtime on ECS pulls from the Ollama registry; model {model_id} \
+             comes from elsewhere: use the corral-runner runtime"
+        ))),
+        (Runtime::CorralRunner, ModelSource::Url { url, sha256 }) => Ok(vec![
+            ("CORRAL_MODEL_URL", url.clone()),
+            ("CORRAL_MODEL_SHA256", sha256.clone()),
+        ]),
+        (Runtime::CorralRunner, ModelSource::Ollama { name }) => {
+            Ok(vec![("CORRAL_MODEL_OLLAMA", name.clone())])
+        }
+        (Runtime::CorralRunner, ModelSource::File { path }) => Err(Error::Invalid(format!(
+            "model {model_id} is a file on the Corral host ({path}), which an ECS task \
+             cannot read"
+        ))),
+    }
+}
+
 type RuntimeSetup = (String, Option<Vec<String>>, Vec<(&'static str, String)>);
 
 /// The image, its entry point override and environment for the spec's runtime.
@@ -213,17 +267,14 @@ fn runtime_setup(cfg: &EcsConfig, spec: &LaunchSpec) -> Result<RuntimeSetup> {
         ("CORRAL_MODEL", spec.model_id.clone()),
         ("CORRAL_INSTANCE_ID", spec.instance_id.to_string()),
     ];
+    let image = match spec.runtime {
+        Runtime::Ollama => cfg.runtime_image.clone(),
+        Runtime::CorralRunner => runner_image(cfg)?,
+    };
+    env.extend(source_env(spec.runtime, &spec.model_id, &spec.source)?);
     match spec.runtime {
         Runtime::Ollama => {
-            let ModelSource::Ollama { name } = &spec.source else {
-                return Err(Error::Invalid(format!(
-                    "the ollama runtime on ECS pulls from the Ollama registry; model {} \
-                     comes from elsewhere: use the corral-runner runtime",
-                    spec.model_id
-                )));
-            };
             env.extend([
-                ("CORRAL_OLLAMA_PULL", name.clone()),
                 ("OLLAMA_NUM_PARALLEL", spec.parallel.to_string()),
                 ("OLLAMA_CONTEXT_LENGTH", spec.context.to_string()),
                 // Corral decides when a replica sleeps; ollama must not unload on its own.
@@ -231,33 +282,12 @@ fn runtime_setup(cfg: &EcsConfig, spec: &LaunchSpec) -> Result<RuntimeSetup> {
                 ("OLLAMA_MAX_LOADED_MODELS", "1".into()),
             ]);
             Ok((
-                cfg.runtime_image.clone(),
+                image,
                 Some(vec!["/bin/sh".into(), "-c".into(), OLLAMA_SCRIPT.into()]),
                 env,
             ))
         }
         Runtime::CorralRunner => {
-            let image = cfg.runner_image.clone().ok_or_else(|| {
-                Error::Invalid(
-                    "no runner image is configured for the ecs driver (ecs.runner_image); \
-                     use the ollama runtime"
-                        .into(),
-                )
-            })?;
-            match &spec.source {
-                ModelSource::Url { url, sha256 } => env.extend([
-                    ("CORRAL_MODEL_URL", url.clone()),
-                    ("CORRAL_MODEL_SHA256", sha256.clone()),
-                ]),
-                ModelSource::Ollama { name } => env.push(("CORRAL_MODEL_OLLAMA", name.clone())),
-                ModelSource::File { path } => {
-                    return Err(Error::Invalid(format!(
-                        "model {} is a file on the Corral host ({path}), which an ECS task \
-                         cannot read",
-                        spec.model_id
-                    )));
-                }
-            }
             env.extend([
                 ("CORRAL_PARALLEL", spec.parallel.to_string()),
                 ("CORRAL_CTX", spec.context.to_string()),

@@ -137,6 +137,7 @@ async fn fixture_with(
         endpoint_url: Some(endpoint.clone()),
         launch,
         service_start_timeout,
+        missing_grace: EcsConfig::DEFAULT_MISSING_GRACE,
     };
     let driver = EcsDriver::new(cfg.clone()).await.expect("driver");
     let sdk = corral_driver_ecs::sdk_config(REGION, Some(&endpoint)).await;
@@ -165,6 +166,7 @@ fn spec(compute: ComputeSpec) -> LaunchSpec {
     LaunchSpec {
         instance_id: Uuid::now_v7(),
         replica_id: Uuid::now_v7(),
+        launch: 0,
         model_id: "smollm2:135m".into(),
         source: ModelSource::Ollama {
             name: "smollm2:135m".into(),
@@ -383,7 +385,8 @@ async fn fargate_replica_runs_logs_and_stops() {
         other => panic!("expected Exited, got {other:?}"),
     }
 
-    // Unknown task: Lost.
+    // A task ECS does not list: starting until the grace is over (see
+    // item2_missing_task_is_starting_within_the_grace_then_lost), lost after it.
     let lost = ReplicaRef {
         driver_ref: r
             .driver_ref
@@ -392,7 +395,7 @@ async fn fargate_replica_runs_logs_and_stops() {
     };
     assert_eq!(
         f.driver.observe(&lost).await.expect("observe"),
-        Observed::Lost
+        Observed::Starting
     );
 }
 
@@ -416,10 +419,18 @@ async fn spot_reuses_the_definition_and_orphans_are_found() {
         "a replica of the same instance reuses the revision"
     );
 
-    let orphans = f.driver.orphans(&[a.replica_id]).await.expect("orphans");
+    let orphans = f
+        .driver
+        .orphans(std::slice::from_ref(&ra))
+        .await
+        .expect("orphans");
     assert_eq!(orphans, std::slice::from_ref(&rb));
     f.driver.stop(&rb, Duration::ZERO).await.expect("stop");
-    let orphans = f.driver.orphans(&[a.replica_id]).await.expect("orphans");
+    let orphans = f
+        .driver
+        .orphans(std::slice::from_ref(&ra))
+        .await
+        .expect("orphans");
     assert!(
         orphans.is_empty(),
         "stopped tasks are no orphans: {orphans:?}"
@@ -712,11 +723,15 @@ async fn service_mode_scales_claims_and_deletes_the_service() {
 
     let orphans = f
         .driver
-        .orphans(&[s1.replica_id, s2.replica_id])
+        .orphans(&[r1.clone(), r2.clone()])
         .await
         .expect("orphans");
     assert!(orphans.is_empty(), "{orphans:?}");
-    let orphans = f.driver.orphans(&[s1.replica_id]).await.expect("orphans");
+    let orphans = f
+        .driver
+        .orphans(std::slice::from_ref(&r1))
+        .await
+        .expect("orphans");
     assert_eq!(orphans, std::slice::from_ref(&r2));
 
     // A count raised by a launch that never claimed its task: the next launch takes
@@ -1055,4 +1070,228 @@ async fn service_mode_concurrent_launches_and_a_crashed_task() {
         Some("INACTIVE".into())
     );
     ecs_scheduler.abort();
+}
+
+/// A recording proxy in front of moto: every request's `X-Amz-Target` and JSON body are
+/// kept, then the request is forwarded and moto's answer returned. It shows what the
+/// driver sends where moto ignores it (RunTask's clientToken).
+struct Recording {
+    endpoint: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+async fn recording(moto: &str) -> Recording {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (kept, moto) = (calls.clone(), moto.to_string());
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (kept, moto, client) = (kept.clone(), moto.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                // One request after another on a kept-alive connection.
+                loop {
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 8192];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let mut lines = head.split("\r\n");
+                    let path = lines
+                        .next()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or("/")
+                        .to_string();
+                    let headers: Vec<(String, String)> = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .collect();
+                    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v);
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 8192];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[head_end..head_end + len].to_vec();
+                    buf.drain(..head_end + len);
+                    let target = header("x-amz-target").cloned().unwrap_or_default();
+                    kept.lock()
+                        .unwrap()
+                        .push((target, String::from_utf8_lossy(&body).to_string()));
+                    let mut req = client.post(format!("{moto}{path}")).body(body);
+                    for (k, v) in &headers {
+                        if !matches!(k.as_str(), "host" | "content-length" | "connection") {
+                            req = req.header(k.as_str(), v.as_str());
+                        }
+                    }
+                    let resp = req.send().await.expect("moto answers");
+                    let status = resp.status().as_u16();
+                    let ctype = resp
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("application/x-amz-json-1.1")
+                        .to_string();
+                    let out = resp.bytes().await.unwrap_or_default();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                        out.len()
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err()
+                        || conn.write_all(&out).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Recording { endpoint, calls }
+}
+
+impl Recording {
+    /// The `clientToken` of every RunTask so far.
+    fn run_task_tokens(&self) -> Vec<Option<String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(target, _)| target.ends_with(".RunTask"))
+            .map(|(_, body)| {
+                body.split("\"clientToken\":\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+}
+
+/// Issue 13 item 2: RunTask carries an idempotency token naming the replica and its
+/// launch, so an SDK retry of the same call cannot start a twin, while a relaunch does
+/// start a new task.
+#[tokio::test]
+async fn item2_run_task_carries_a_client_token_per_launch() {
+    let Some(f) = fixture("token", false).await else {
+        return;
+    };
+    let proxy = recording(&f.endpoint).await;
+    let driver = EcsDriver::new(EcsConfig {
+        endpoint_url: Some(proxy.endpoint.clone()),
+        ..f.cfg.clone()
+    })
+    .await
+    .expect("driver");
+    let first = spec(fargate(0.25, 512, false));
+    let r0 = driver.launch(&first).await.expect("launch 0");
+    let again = LaunchSpec {
+        launch: 1,
+        ..first.clone()
+    };
+    let r1 = driver.launch(&again).await.expect("launch 1");
+    assert_ne!(r0.driver_ref, r1.driver_ref);
+    let id = first.replica_id.simple();
+    assert_eq!(
+        proxy.run_task_tokens(),
+        [Some(format!("{id}-0")), Some(format!("{id}-1"))]
+    );
+    for r in [&r0, &r1] {
+        driver.stop(r, Duration::ZERO).await.expect("stop");
+    }
+}
+
+/// Issue 13 item 2: a task DescribeTasks does not list is starting for the grace
+/// (ECS is eventually consistent right after RunTask), and lost only after it.
+#[tokio::test]
+async fn item2_missing_task_is_starting_within_the_grace_then_lost() {
+    let Some(f) = fixture("missing", false).await else {
+        return;
+    };
+    let grace = Duration::from_secs(2);
+    let driver = EcsDriver::new(EcsConfig {
+        missing_grace: grace,
+        ..f.cfg.clone()
+    })
+    .await
+    .expect("driver");
+    let unlisted = ReplicaRef {
+        instance_id: Uuid::now_v7(),
+        replica_id: Uuid::now_v7(),
+        driver_ref: format!(
+            "arn:aws:ecs:{REGION}:123456789012:task/{}/{}",
+            f.cfg.cluster,
+            Uuid::now_v7().simple()
+        ),
+    };
+    assert_eq!(
+        driver.observe(&unlisted).await.expect("observe"),
+        Observed::Starting
+    );
+    tokio::time::sleep(grace).await;
+    assert_eq!(
+        driver.observe(&unlisted).await.expect("observe"),
+        Observed::Lost
+    );
+    // A listed task is what ECS says it is, grace or not.
+    let r = driver
+        .launch(&spec(fargate(0.25, 512, false)))
+        .await
+        .expect("launch");
+    assert!(matches!(
+        driver.observe(&r).await.expect("observe"),
+        Observed::Running { .. }
+    ));
+    driver.stop(&r, Duration::ZERO).await.expect("stop");
+}
+
+/// Issue 13 item 2: the orphan sweep compares task ARNs, not only replica ids: the task
+/// of an earlier launch of a known replica (a lost one, or a retried launch's twin) is
+/// an orphan; the one the replica's row names is not.
+#[tokio::test]
+async fn item2_a_second_task_of_a_known_replica_is_an_orphan() {
+    let Some(f) = fixture("twin", false).await else {
+        return;
+    };
+    let first = spec(fargate(0.25, 512, false));
+    let old = f.driver.launch(&first).await.expect("launch 0");
+    let current = f
+        .driver
+        .launch(&LaunchSpec {
+            launch: 1,
+            ..first.clone()
+        })
+        .await
+        .expect("launch 1");
+    let orphans = f
+        .driver
+        .orphans(std::slice::from_ref(&current))
+        .await
+        .expect("orphans");
+    assert_eq!(orphans, std::slice::from_ref(&old));
+    // While the replica's launch is in flight (no ARN recorded) both are its own.
+    let in_flight = ReplicaRef {
+        driver_ref: String::new(),
+        ..current.clone()
+    };
+    assert!(f.driver.orphans(&[in_flight]).await.unwrap().is_empty());
+    for r in [&old, &current] {
+        f.driver.stop(r, Duration::ZERO).await.expect("stop");
+    }
 }

@@ -66,6 +66,7 @@ fn spec(model_path: Option<PathBuf>, runtime: Runtime, model_id: &str) -> Launch
     LaunchSpec {
         instance_id: Uuid::now_v7(),
         replica_id: Uuid::now_v7(),
+        launch: 0,
         model_id: model_id.into(),
         source: ModelSource::Ollama {
             name: format!("library/{model_id}"),
@@ -360,11 +361,14 @@ async fn runner_lifecycle_crash_adoption_orphans_stop() {
     assert!(after.next.unwrap().parse::<u64>().unwrap() < 4096);
 
     // Orphans: a replica the restarted server does not know about.
-    let orphans = restarted.orphans(&[first.replica_id]).await.unwrap();
+    let orphans = restarted
+        .orphans(std::slice::from_ref(&first))
+        .await
+        .unwrap();
     assert_eq!(orphans, std::slice::from_ref(&second));
     assert!(
         restarted
-            .orphans(&[second.replica_id])
+            .orphans(std::slice::from_ref(&second))
             .await
             .unwrap()
             .is_empty()

@@ -365,6 +365,9 @@ pub struct EcsFile {
     pub endpoint_url: Option<String>,
     /// `task` (default) or `service`.
     pub launch: Option<String>,
+    /// Seconds after its launch that a task ECS does not list yet counts as starting
+    /// (ECS is eventually consistent); default 60.
+    pub missing_grace_secs: Option<u64>,
 }
 
 /// The ECS driver's settings after precedence (flags and CORRAL_ECS_* over `[ecs]`), or
@@ -438,6 +441,9 @@ pub fn ecs_config(args: &ServeArgs, file: &FileConfig) -> Result<Option<EcsConfi
             None => LaunchMode::default(),
         },
         service_start_timeout: EcsConfig::DEFAULT_SERVICE_START_TIMEOUT,
+        missing_grace: ecs
+            .and_then(|e| e.missing_grace_secs)
+            .map_or(EcsConfig::DEFAULT_MISSING_GRACE, Duration::from_secs),
     }))
 }
 

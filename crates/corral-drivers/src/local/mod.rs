@@ -778,7 +778,10 @@ impl ComputeDriver for LocalDriver {
         }
     }
 
-    async fn orphans(&self, known: &[Uuid]) -> Result<Vec<ReplicaRef>> {
+    /// By replica id only: a replica's process is found again by the id in its
+    /// environment, and the handle rebuilt here may differ in form from the recorded one
+    /// (the port is only known for ollama). Twins cannot arise: a relaunch stops first.
+    async fn orphans(&self, known: &[ReplicaRef]) -> Result<Vec<ReplicaRef>> {
         let runner_name = file_name(&self.runner_bin);
         let ollama_name = self.ollama_bin.as_deref().map(file_name);
         let mut found: Vec<ReplicaRef> = Vec::new();
@@ -798,7 +801,9 @@ impl ComputeDriver for LocalDriver {
             else {
                 continue;
             };
-            if known.contains(&replica_id) || found.iter().any(|r| r.replica_id == replica_id) {
+            if known.iter().any(|k| k.replica_id == replica_id)
+                || found.iter().any(|r| r.replica_id == replica_id)
+            {
                 continue;
             }
             let exe = procfs::exe_name(pid);

@@ -249,7 +249,7 @@ async fn owner_email(
     request_body = StartModel,
     responses(
         (status = 201, body = InstanceView, description = "created; poll `GET /api/instances/{id}` until status is ready"),
-        (status = 400, description = "invalid_model_id, unknown_model, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
+        (status = 400, description = "invalid_model_id, unknown_model, unsupported_model_source, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
     ))]
@@ -271,6 +271,11 @@ async fn start_model(
         spot: body.spot.unwrap_or(false),
     };
     let planned = plan::plan(&model, &size, &state.control.offers())?;
+    // A model the chosen driver's replicas cannot get would only fail after every
+    // launch attempt; refuse it now, before anything is created.
+    if let Some(why) = state.control.cannot_run(&planned.driver, &model) {
+        return Err(ApiError::bad_request("unsupported_model_source", why));
+    }
     let defaults = InstanceSettings::default();
     let min_replicas = body.min_replicas.unwrap_or(defaults.min_replicas);
     let settings = InstanceSettings {
