@@ -293,7 +293,7 @@ impl Setup {
     async fn recorded_task(&self, id: Uuid) -> ReplicaRef {
         self.until("a launched replica", async || {
             let r = self.store.list_replicas(id).await.unwrap().pop()?;
-            (!r.driver_ref.is_empty()).then(|| ReplicaRef {
+            (!r.driver_ref.is_empty()).then_some(ReplicaRef {
                 instance_id: id,
                 replica_id: r.id,
                 driver_ref: r.driver_ref,
