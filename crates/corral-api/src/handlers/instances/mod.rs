@@ -249,7 +249,7 @@ async fn owner_email(
     request_body = StartModel,
     responses(
         (status = 201, body = InstanceView, description = "created; poll `GET /api/instances/{id}` until status is ready"),
-        (status = 400, description = "invalid_model_id, unknown_model, unsupported_model_source, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
+        (status = 400, description = "invalid_model_id, unknown_model, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
     ))]
