@@ -49,6 +49,16 @@ pub struct Args {
     /// Requests that may wait for a free slot; beyond that the server answers 503.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+
+    /// A Jinja chat template to use instead of the model's own (as Ollama's Modelfile
+    /// `TEMPLATE`): e.g. one that renders `tools`, for a model whose template does not.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+
+    /// Free a slot's KV cache after each request instead of keeping it for the next
+    /// request that starts with the same tokens (prompt caching, on by default).
+    #[arg(long)]
+    pub no_cache_prompt: bool,
 }
 
 impl Args {

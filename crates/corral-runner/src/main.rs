@@ -10,8 +10,10 @@ mod metrics;
 mod model;
 mod options;
 mod prompt;
+mod reasoning;
 mod sampling;
 mod text;
+mod tools;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -43,6 +45,8 @@ enum StartupError {
     ModelMissing(String),
     #[error("llama.cpp: {0}")]
     Llama(String),
+    #[error("cannot read chat template {0}: {1}")]
+    Template(String, std::io::Error),
     #[error("cannot read model file: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot listen on {0}: {1}")]
@@ -106,6 +110,7 @@ async fn run(args: Args) -> Result<(), StartupError> {
             slot_ctx,
             threads,
             queue: args.queue,
+            cache_prompt: !args.no_cache_prompt,
         },
         metrics.clone(),
     )
@@ -119,7 +124,14 @@ async fn run(args: Args) -> Result<(), StartupError> {
         metrics.clone(),
     )
     .map_err(StartupError::Llama)?;
-    let model = ServedModel::new(llama, args.model_name(), &args.model, slot_ctx)?;
+    let template = match &args.chat_template {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| StartupError::Template(path.display().to_string(), e))?,
+        ),
+        None => None,
+    };
+    let model = ServedModel::new(llama, args.model_name(), &args.model, slot_ctx, template)?;
     tracing::info!(
         "loaded {} as {} in {:.2?} ({} slots x {slot_ctx} tokens, {threads} threads)",
         args.model.display(),

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     pub failed: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    pub prompt_cached_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     pub engine_alive: AtomicBool,
     generation_rate: Mutex<RateWindow>,
@@ -31,6 +32,7 @@ impl Metrics {
             cancelled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
+            prompt_cached_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
             engine_alive: AtomicBool::new(true),
             generation_rate: Mutex::new(RateWindow::new(Instant::now())),
@@ -91,6 +93,12 @@ impl Metrics {
             "counter",
             "Prompt tokens evaluated (tokens in).",
             n(&self.prompt_tokens),
+        );
+        metric(
+            "prompt_cached_tokens_total",
+            "counter",
+            "Prompt tokens found in a slot's KV cache and not evaluated again.",
+            n(&self.prompt_cached_tokens),
         );
         metric(
             "generated_tokens_total",

@@ -44,6 +44,7 @@ impl ServedModel {
         name: String,
         path: &Path,
         context_length: u32,
+        template: Option<String>,
     ) -> std::io::Result<Self> {
         let meta = std::fs::metadata(path)?;
         let modified_at = meta
@@ -68,7 +69,7 @@ impl ServedModel {
             quantization_level,
         };
         Ok(Self {
-            chat: ChatTemplate::from_model(&llama),
+            chat: ChatTemplate::from_model(&llama, template),
             llama,
             name,
             path: path.to_owned(),
@@ -121,11 +122,9 @@ impl ServedModel {
             .collect()
     }
 
-    /// The model's own chat template (Jinja text from the GGUF), for `/api/show`.
+    /// The chat template in use (Jinja text), for `/api/show`.
     pub fn template_text(&self) -> String {
-        self.llama
-            .meta_val_str("tokenizer.chat_template")
-            .unwrap_or_default()
+        self.chat.source.clone()
     }
 
     pub fn license(&self) -> String {

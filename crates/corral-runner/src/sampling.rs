@@ -18,6 +18,8 @@ pub enum Format {
     Json,
     /// A JSON schema the output must match.
     Schema(Value),
+    /// A GBNF grammar with its root rule (tool calls, see [`crate::tools`]).
+    Grammar(String, &'static str),
 }
 
 impl Format {
@@ -34,15 +36,18 @@ impl Format {
         }
     }
 
-    fn grammar(&self) -> Result<String, ApiError> {
+    /// The GBNF grammar and its root rule.
+    fn grammar(&self) -> Result<(String, &'static str), ApiError> {
         // Ollama's "json" means a JSON object; llama.cpp's schema converter makes the
         // grammar for that from the smallest schema that says so.
         let schema = match self {
             Self::Json => r#"{"type":"object"}"#.to_owned(),
             Self::Schema(schema) => schema.to_string(),
+            Self::Grammar(gbnf, root) => return Ok((gbnf.clone(), root)),
         };
-        llama_cpp_2::json_schema_to_grammar(&schema)
-            .map_err(|e| ApiError::invalid(format!("unsupported JSON schema in format: {e}")))
+        let gbnf = llama_cpp_2::json_schema_to_grammar(&schema)
+            .map_err(|e| ApiError::invalid(format!("unsupported JSON schema in format: {e}")))?;
+        Ok((gbnf, "root"))
     }
 }
 
@@ -130,10 +135,13 @@ impl SamplingParams {
     pub fn build(&self, model: &LlamaModel, num_ctx: u32) -> Result<TokenSampler, ApiError> {
         self.validate()?;
         let grammar = match &self.format {
-            Some(format) => Some(
-                LlamaSampler::grammar(model, &format.grammar()?, "root")
-                    .map_err(|e| ApiError::invalid(format!("cannot use format: {e}")))?,
-            ),
+            Some(format) => {
+                let (gbnf, root) = format.grammar()?;
+                Some(
+                    LlamaSampler::grammar(model, &gbnf, root)
+                        .map_err(|e| ApiError::invalid(format!("cannot use format: {e}")))?,
+                )
+            }
             None => None,
         };
         let mut chain = Vec::new();

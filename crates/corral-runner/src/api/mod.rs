@@ -1,9 +1,11 @@
 //! HTTP: the Ollama API, the OpenAI API, health and metrics.
 
+mod answer;
 mod health;
 mod ollama;
 mod openai;
 mod stream;
+mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +76,7 @@ impl AppState {
         prompt: Vec<llama_cpp_2::token::LlamaToken>,
         settings: GenerationSettings,
         stream: bool,
+        special: bool,
     ) -> Result<UnboundedReceiver<Event>, ApiError> {
         prompt::check_fits(prompt.len(), settings.num_ctx)?;
         let sampler = settings
@@ -86,6 +89,7 @@ impl AppState {
             stop: settings.stop,
             num_ctx: settings.num_ctx,
             whole: !stream,
+            special,
         })
     }
 }

@@ -10,14 +10,19 @@ use chrono::{SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::answer::{Answer, Think};
 use super::stream::{event_body, line, ndjson, whole_answer};
+use super::tools::ollama_calls;
 use super::{SharedState, nanos};
+use crate::chat_template::Extras;
 use crate::embed::normalize;
 use crate::engine::{Event, Summary};
 use crate::error::{ApiError, parse_json};
 use crate::options::{OllamaOptions, OneOrMany};
 use crate::prompt::{self, Message};
+use crate::reasoning::starts_inside;
 use crate::sampling::Format;
+use crate::tools::{ToolCall, ToolChoice};
 
 pub async fn root() -> &'static str {
     // The exact text clients probe for.
@@ -107,9 +112,21 @@ pub async fn show(State(state): State<SharedState>, body: Bytes) -> Result<Json<
         "template": template,
         "details": m.details,
         "model_info": m.model_info(),
-        "capabilities": ["completion"],
+        "capabilities": capabilities(&state),
         "modified_at": m.modified_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
     })))
+}
+
+/// What `/api/show` reports the model can do; clients check it before sending tools.
+fn capabilities(state: &SharedState) -> Vec<&'static str> {
+    let mut c = vec!["completion"];
+    if state.model.chat.tool_format.is_some() {
+        c.push("tools");
+    }
+    if state.model.chat.thinks {
+        c.push("thinking");
+    }
+    c
 }
 
 #[derive(Deserialize)]
@@ -135,22 +152,12 @@ struct GenerateRequest {
     think: Option<Value>,
 }
 
-/// Features of Ollama this runner's model does not have: refused like Ollama refuses
-/// them for a model without the capability.
-fn check_unsupported(
-    state: &SharedState,
-    images: bool,
-    think: Option<&Value>,
-) -> Result<(), ApiError> {
+/// Images need a multimodal projector, which the runner does not load (see the README):
+/// refused as Ollama refuses them for a model without vision.
+fn check_images(state: &SharedState, images: bool) -> Result<(), ApiError> {
     if images {
         return Err(ApiError::invalid(format!(
             "{} does not support images",
-            state.model.name
-        )));
-    }
-    if think.is_some_and(|t| t.as_bool() == Some(true) || t.is_string()) {
-        return Err(ApiError::invalid(format!(
-            "{} does not support thinking",
             state.model.name
         )));
     }
@@ -161,7 +168,12 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
     let received = Instant::now();
     let req: GenerateRequest = parse_json(&body)?;
     state.check_model(&req.model)?;
-    check_unsupported(&state, !req.images.is_empty(), req.think.as_ref())?;
+    check_images(&state, !req.images.is_empty())?;
+    let think = Think::from_ollama(
+        req.think.as_ref(),
+        state.model.chat.thinks && !req.raw,
+        &state.model.name,
+    )?;
     if !req.suffix.is_empty() {
         return Err(ApiError::invalid(format!(
             "{} does not support insert",
@@ -191,18 +203,18 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
     } else {
         let mut messages = Vec::new();
         if let Some(system) = req.system.filter(|s| !s.is_empty()) {
-            messages.push(Message {
-                role: "system".into(),
-                content: system,
-            });
+            messages.push(Message::new("system", system));
         }
-        messages.push(Message {
-            role: "user".into(),
-            content: req.prompt,
-        });
-        let rendered = state.model.chat.render(llama, &messages)?;
+        messages.push(Message::new("user", req.prompt));
+        let extras = Extras {
+            enable_thinking: think.enable,
+            reasoning_effort: think.effort.as_deref(),
+            ..Extras::default()
+        };
+        let rendered = state.model.chat.render(llama, &messages, &extras)?;
         (rendered.text, rendered.add_special)
     };
+    let answer = Answer::new(think.split.then(|| starts_inside(&text)), None);
     // A `context` from an earlier answer continues that conversation; it already holds
     // the start-of-text token, if the model uses one.
     let mut tokens = prompt::tokens_from_ids(llama, &context)?;
@@ -212,7 +224,7 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
         add_special && context.is_empty(),
     ));
     let stream = req.stream != Some(false);
-    let rx = state.generate(tokens, settings, stream)?;
+    let rx = state.generate(tokens, settings, stream, false)?;
     let model = req.model;
     let done = move |summary: &Summary| {
         let mut v = final_fields(&model, summary, received);
@@ -227,18 +239,42 @@ pub async fn generate(State(state): State<SharedState>, body: Bytes) -> Result<R
     };
     if !stream {
         return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
+            let a = answer.split(&text);
             let mut v = done(&summary);
-            v["response"] = text.into();
+            v["response"] = a.content.into();
+            if !a.thinking.is_empty() {
+                v["thinking"] = a.thinking.into();
+            }
             v
         })
         .await;
     }
     let model = state.model.name.clone();
+    let chunk = move |thinking: String, response: String| {
+        let mut v =
+            json!({ "model": model, "created_at": now(), "response": response, "done": false });
+        if !thinking.is_empty() {
+            v["thinking"] = thinking.into();
+        }
+        line(&v)
+    };
+    let mut answer = Some(answer);
     Ok(ndjson(event_body(rx, move |event| match event {
-        Event::Text(t) => line(&json!({
-            "model": model, "created_at": now(), "response": t, "done": false
-        })),
-        Event::Done(summary) => line(&done(&summary)),
+        Event::Text(t) => match answer.as_mut().map(|a| a.push(&t)) {
+            Some(s) if !s.thinking.is_empty() || !s.content.is_empty() => {
+                chunk(s.thinking, s.content)
+            }
+            _ => String::new(),
+        },
+        Event::Done(summary) => {
+            let rest = answer.take().map(Answer::finish).unwrap_or_default();
+            let mut out = String::new();
+            if !rest.thinking.is_empty() || !rest.content.is_empty() {
+                out.push_str(&chunk(rest.thinking, rest.content));
+            }
+            out.push_str(&line(&done(&summary)));
+            out
+        }
         Event::Failed(message) => line(&json!({ "error": message })),
         Event::Started => String::new(),
     })))
@@ -256,7 +292,10 @@ fn final_fields(model: &str, s: &Summary, received: Instant) -> Value {
         // once, before it accepts requests, so no request ever waits for a load; time
         // spent queued for a free slot is part of total_duration, as in Ollama.
         "load_duration": 0,
+        // The whole prompt, cached part included, as Ollama counts it since 0.2; the
+        // cached part is Ollama's `prompt_eval_cached_count`.
         "prompt_eval_count": s.prompt_tokens,
+        "prompt_eval_cached_count": s.cached_tokens,
         "prompt_eval_duration": nanos(s.prompt_duration),
         "eval_count": s.generated_tokens,
         "eval_duration": nanos(s.eval_duration),
@@ -270,6 +309,25 @@ struct ChatMessageIn {
     content: Option<String>,
     #[serde(default)]
     images: Vec<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<prompt::CallIn>>,
+    /// A tool result's tool (Ollama's field; `name` in older clients).
+    #[serde(alias = "name")]
+    tool_name: Option<String>,
+    tool_call_id: Option<String>,
+}
+
+impl ChatMessageIn {
+    fn into_message(self) -> Result<Message, ApiError> {
+        let tool_calls = prompt::history_calls(self.tool_calls)?;
+        Ok(Message {
+            role: prompt::normalize_role(&self.role)?.to_owned(),
+            content: self.content.unwrap_or_default(),
+            tool_calls,
+            tool_call_id: self.tool_call_id,
+            name: self.tool_name,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -292,62 +350,92 @@ pub async fn chat(State(state): State<SharedState>, body: Bytes) -> Result<Respo
     let req: ChatRequest = parse_json(&body)?;
     state.check_model(&req.model)?;
     let has_images = req.messages.iter().any(|m| !m.images.is_empty());
-    check_unsupported(&state, has_images, req.think.as_ref())?;
-    if !req.tools.is_empty() {
-        return Err(ApiError::invalid(format!(
-            "{} does not support tools",
-            state.model.name
-        )));
-    }
+    check_images(&state, has_images)?;
+    let chat = &state.model.chat;
+    let think = Think::from_ollama(req.think.as_ref(), chat.thinks, &state.model.name)?;
+    let tools = state.tool_use(req.tools, &ToolChoice::Auto, true)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages must not be empty"));
     }
     let messages = req
         .messages
         .into_iter()
-        .map(|m| {
-            Ok(Message {
-                role: prompt::normalize_role(&m.role)?.to_owned(),
-                content: m.content.unwrap_or_default(),
-            })
-        })
+        .map(ChatMessageIn::into_message)
         .collect::<Result<Vec<_>, ApiError>>()?;
     let format = Format::from_ollama(req.format.as_ref())?;
     let settings = req
         .options
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
-    let rendered = state.model.chat.render(llama, &messages)?;
+    let extras = Extras {
+        tools: tools.as_ref().map(|t| t.tools.as_slice()),
+        enable_thinking: think.enable,
+        reasoning_effort: think.effort.as_deref(),
+    };
+    let rendered = chat.render(llama, &messages, &extras)?;
     let stream = req.stream != Some(false);
     let rx = state.generate(
         prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
         stream,
+        tools.is_some(),
     )?;
+    let answer = Answer::new(
+        think.split.then(|| starts_inside(&rendered.text)),
+        tools.map(|t| t.format),
+    );
     let model = req.model;
-    let done = move |summary: &Summary, content: String| {
+    let done = move |summary: &Summary, message: Value| {
         let mut v = final_fields(&model, summary, received);
-        v["message"] = json!({ "role": "assistant", "content": content });
+        v["message"] = message;
         v
     };
     if !stream {
         return whole_answer(rx, ApiError::ollama_body, move |text, summary| {
-            done(&summary, text)
+            let a = answer.split(&text);
+            done(&summary, message(&a.thinking, &a.content, &a.calls))
         })
         .await;
     }
     let model = state.model.name.clone();
+    let chunk = move |message: Value| {
+        line(&json!({ "model": model, "created_at": now(), "message": message, "done": false }))
+    };
+    let mut answer = Some(answer);
     Ok(ndjson(event_body(rx, move |event| match event {
-        Event::Text(t) => line(&json!({
-            "model": model,
-            "created_at": now(),
-            "message": { "role": "assistant", "content": t },
-            "done": false
-        })),
-        Event::Done(summary) => line(&done(&summary, String::new())),
+        Event::Text(t) => {
+            let Some(split) = answer.as_mut().map(|a| a.push(&t)) else {
+                return String::new();
+            };
+            if split.thinking.is_empty() && split.content.is_empty() {
+                return String::new();
+            }
+            chunk(message(&split.thinking, &split.content, &[]))
+        }
+        Event::Done(summary) => {
+            let mut out = String::new();
+            let rest = answer.take().map(Answer::finish).unwrap_or_default();
+            if !rest.thinking.is_empty() || !rest.content.is_empty() || !rest.calls.is_empty() {
+                out.push_str(&chunk(message(&rest.thinking, &rest.content, &rest.calls)));
+            }
+            out.push_str(&line(&done(&summary, message("", "", &[]))));
+            out
+        }
         Event::Failed(message) => line(&json!({ "error": message })),
         Event::Started => String::new(),
     })))
+}
+
+/// Ollama's assistant `message`: `thinking` and `tool_calls` only when there are some.
+fn message(thinking: &str, content: &str, calls: &[ToolCall]) -> Value {
+    let mut m = json!({ "role": "assistant", "content": content });
+    if !thinking.is_empty() {
+        m["thinking"] = thinking.into();
+    }
+    if !calls.is_empty() {
+        m["tool_calls"] = ollama_calls(calls);
+    }
+    m
 }
 
 #[derive(Deserialize)]

@@ -8,15 +8,20 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::answer::{Answer, Think};
 use super::ollama::shorten;
 use super::stream::{data, event_body, sse, whole_answer};
+use super::tools::{constraint, openai_calls};
 use super::{SharedState, new_id};
+use crate::chat_template::Extras;
 use crate::embed::normalize;
 use crate::engine::{Event, Summary};
 use crate::error::{ApiError, OpenAiError, parse_json};
 use crate::options::{OneOrMany, max_tokens};
 use crate::prompt::{self, Message};
+use crate::reasoning::starts_inside;
 use crate::sampling::{Format, GenerationSettings, SamplingParams, seed_from_i64};
+use crate::tools::ToolChoice;
 
 type Result<T> = std::result::Result<T, OpenAiError>;
 
@@ -175,6 +180,27 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<prompt::CallIn>>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+}
+
+impl ChatMessage {
+    fn into_message(self) -> std::result::Result<Message, ApiError> {
+        let tool_calls = prompt::history_calls(self.tool_calls)?;
+        Ok(Message {
+            role: prompt::normalize_role(&self.role)?.to_owned(),
+            content: self
+                .content
+                .map(Content::into_text)
+                .transpose()?
+                .unwrap_or_default(),
+            tool_calls,
+            tool_call_id: self.tool_call_id,
+            name: self.name,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -190,6 +216,12 @@ struct ChatCompletionRequest {
     response_format: Option<ResponseFormat>,
     #[serde(default)]
     tools: Vec<Value>,
+    tool_choice: Option<Value>,
+    /// OpenAI's default is true; llama-server's false. One call unless asked, so a forced
+    /// call from a small model cannot run on into a list of them.
+    #[serde(default)]
+    parallel_tool_calls: bool,
+    reasoning_effort: Option<String>,
     #[serde(flatten)]
     sampling: SamplingFields,
 }
@@ -199,69 +231,84 @@ fn usage(s: &Summary) -> Value {
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.generated_tokens,
         "total_tokens": s.prompt_tokens + s.generated_tokens,
+        "prompt_tokens_details": { "cached_tokens": s.cached_tokens },
     })
 }
 
 pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> Result<Response> {
     let req: ChatCompletionRequest = parse_json(&body)?;
     state.check_model(&req.model)?;
-    if !req.tools.is_empty() {
-        return Err(
-            ApiError::invalid(format!("{} does not support tools", state.model.name)).into(),
-        );
-    }
+    let choice = ToolChoice::from_openai(req.tool_choice.as_ref())?;
+    let tools = state.tool_use(req.tools, &choice, req.parallel_tool_calls)?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages must not be empty").into());
     }
     let messages = req
         .messages
         .into_iter()
-        .map(|m| {
-            Ok(Message {
-                role: prompt::normalize_role(&m.role)?.to_owned(),
-                content: m
-                    .content
-                    .map(Content::into_text)
-                    .transpose()?
-                    .unwrap_or_default(),
-            })
-        })
+        .map(ChatMessage::into_message)
         .collect::<std::result::Result<Vec<_>, ApiError>>()?;
     let format = req.response_format.and_then(ResponseFormat::into_format);
+    let format = constraint(tools.as_ref(), format)?;
     let settings = req
         .sampling
         .into_settings(format, state.model.context_length)?;
     let llama = &state.model.llama;
-    let rendered = state.model.chat.render(llama, &messages)?;
+    let chat = &state.model.chat;
+    let think = Think::from_openai(
+        req.reasoning_effort.as_deref(),
+        chat.thinks,
+        &state.model.name,
+    )?;
+    let extras = Extras {
+        tools: tools.as_ref().map(|t| t.tools.as_slice()),
+        enable_thinking: think.enable,
+        reasoning_effort: think.effort.as_deref(),
+    };
+    let rendered = chat.render(llama, &messages, &extras)?;
     let rx = state.generate(
         prompt::tokenize(llama, &rendered.text, rendered.add_special),
         settings,
         req.stream,
+        tools.is_some(),
     )?;
+    let answer = Answer::new(
+        think.split.then(|| starts_inside(&rendered.text)),
+        tools.map(|t| t.format),
+    );
 
     let id = new_id("chatcmpl");
     let created = unix_now();
     let model = req.model;
     if !req.stream {
         let render = move |text: String, summary: Summary| {
+            let answer = answer.split(&text);
+            let mut message = json!({ "role": "assistant", "content": answer.content });
+            if !answer.thinking.is_empty() {
+                message["reasoning_content"] = answer.thinking.into();
+            }
+            let mut finish = summary.reason.as_str();
+            if !answer.calls.is_empty() {
+                if answer.content.is_empty() {
+                    message["content"] = Value::Null;
+                }
+                message["tool_calls"] = openai_calls(&answer.calls, false);
+                finish = "tool_calls";
+            }
             json!({
                 "id": id,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{
-                    "index": 0,
-                    "message": { "role": "assistant", "content": text },
-                    "finish_reason": summary.reason.as_str(),
-                }],
+                "choices": [{ "index": 0, "message": message, "finish_reason": finish }],
                 "usage": usage(&summary),
             })
         };
         return Ok(whole_answer(rx, ApiError::openai_body, render).await?);
     }
     let include_usage = req.stream_options.include_usage;
-    let chunk = move |delta: Value, finish: Option<&str>| {
+    let object = move |delta: Value, finish: Option<&str>| {
         json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -271,12 +318,50 @@ pub async fn chat_completions(State(state): State<SharedState>, body: Bytes) -> 
             "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
         })
     };
+    let chunk = {
+        let object = object.clone();
+        move |delta: Value, finish: Option<&str>| data(&object(delta, finish))
+    };
+    // A chunk of reasoning and/or content; nothing if both are empty.
+    let text = |thinking: &str, content: &str| {
+        let mut delta = json!({ "role": "assistant" });
+        if !thinking.is_empty() {
+            delta["reasoning_content"] = thinking.into();
+        }
+        if !content.is_empty() {
+            delta["content"] = content.into();
+        }
+        delta
+    };
+    let mut answer = Some(answer);
     Ok(sse(event_body(rx, move |event| match event {
-        Event::Text(t) => data(&chunk(json!({ "role": "assistant", "content": t }), None)),
+        Event::Text(t) => {
+            let Some(split) = answer.as_mut().map(|a| a.push(&t)) else {
+                return String::new();
+            };
+            if split.thinking.is_empty() && split.content.is_empty() {
+                return String::new();
+            }
+            chunk(text(&split.thinking, &split.content), None)
+        }
         Event::Done(summary) => {
-            let mut out = data(&chunk(json!({}), Some(summary.reason.as_str())));
+            let mut out = String::new();
+            let mut finish = summary.reason.as_str();
+            let rest = answer.take().map(Answer::finish).unwrap_or_default();
+            if !rest.thinking.is_empty() || !rest.content.is_empty() {
+                out.push_str(&chunk(text(&rest.thinking, &rest.content), None));
+            }
+            if !rest.calls.is_empty() {
+                let calls = openai_calls(&rest.calls, true);
+                out.push_str(&chunk(
+                    json!({ "role": "assistant", "tool_calls": calls }),
+                    None,
+                ));
+                finish = "tool_calls";
+            }
+            out.push_str(&chunk(json!({}), Some(finish)));
             if include_usage {
-                let mut last = chunk(json!({}), None);
+                let mut last = object(json!({}), None);
                 last["choices"] = json!([]);
                 last["usage"] = usage(&summary);
                 out.push_str(&data(&last));
@@ -362,7 +447,7 @@ pub async fn completions(State(state): State<SharedState>, body: Bytes) -> Resul
     let settings = req
         .sampling
         .into_settings(None, state.model.context_length)?;
-    let rx = state.generate(tokens, settings, req.stream)?;
+    let rx = state.generate(tokens, settings, req.stream, false)?;
 
     let id = new_id("cmpl");
     let created = unix_now();

@@ -7,6 +7,7 @@
 //! request that finishes or whose client went away frees its slot for the next step.
 //! HTTP handlers never wait on a lock: they only send on and receive from channels.
 
+mod cache;
 mod slot;
 mod worker;
 
@@ -36,6 +37,8 @@ pub struct EngineConfig {
     pub slot_ctx: u32,
     pub threads: u32,
     pub queue: usize,
+    /// Keep each slot's KV cache after a request for the next one to reuse.
+    pub cache_prompt: bool,
 }
 
 /// A validated generation request.
@@ -49,6 +52,9 @@ pub struct GenerationRequest {
     /// The client wants the answer in one piece: the text comes in one event at the end
     /// instead of one per token, which saves waking the HTTP side for every token.
     pub whole: bool,
+    /// Write special tokens as their text (`<|python_tag|>`, `[TOOL_CALLS]`): tool call
+    /// and reasoning markers are special tokens in some vocabularies.
+    pub special: bool,
 }
 
 /// What the engine sends back for one request, in order: `Started` (only for `whole`
@@ -83,6 +89,8 @@ impl FinishReason {
 pub struct Summary {
     pub reason: FinishReason,
     pub prompt_tokens: u32,
+    /// Of these, how many were found in the KV cache and not read again.
+    pub cached_tokens: u32,
     /// Prompt followed by the generated tokens (Ollama's `context`).
     pub tokens: Vec<LlamaToken>,
     pub generated_tokens: u32,

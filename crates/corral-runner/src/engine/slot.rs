@@ -13,6 +13,8 @@ pub(super) struct Slot {
     pub fed: usize,
     /// Positions filled in this slot's KV cache sequence.
     pub n_past: u32,
+    /// Prompt tokens found in the KV cache, not read again.
+    reused: usize,
     /// Sampled but not yet decoded: goes into the next batch.
     pub pending: Option<LlamaToken>,
     /// Index in the current batch whose logits this slot samples from.
@@ -34,12 +36,14 @@ pub(super) enum Next {
 }
 
 impl Slot {
-    pub fn new(job: Job) -> Self {
+    /// A slot whose KV cache already holds the first `reused` prompt tokens.
+    pub fn new(job: Job, reused: usize) -> Self {
         let text = TextStream::new(job.request.stop.clone());
         Self {
             job,
-            fed: 0,
-            n_past: 0,
+            fed: reused,
+            n_past: u32::try_from(reused).unwrap_or(u32::MAX),
+            reused,
             pending: None,
             logits_at: None,
             generated: Vec::new(),
@@ -64,6 +68,10 @@ impl Slot {
 
     pub fn sampler(&mut self) -> &mut crate::sampling::TokenSampler {
         &mut self.job.request.sampler
+    }
+
+    pub fn renders_special(&self) -> bool {
+        self.job.request.special
     }
 
     pub fn max_tokens(&self) -> Option<u32> {
@@ -107,6 +115,17 @@ impl Slot {
         Next::Continue
     }
 
+    /// The tokens whose keys and values are in this slot's KV cache sequence: the prompt
+    /// read so far, then the generated tokens already decoded (the last sampled token
+    /// never is).
+    pub fn kv_tokens(&self) -> Vec<LlamaToken> {
+        let n = self.n_past as usize;
+        let prompt = &self.job.request.prompt;
+        let mut tokens = prompt[..n.min(prompt.len())].to_vec();
+        tokens.extend(self.generated.iter().take(n.saturating_sub(prompt.len())));
+        tokens
+    }
+
     pub fn generated_count(&self) -> usize {
         self.generated.len()
     }
@@ -128,6 +147,7 @@ impl Slot {
         let summary = Summary {
             reason,
             prompt_tokens,
+            cached_tokens: u32::try_from(self.reused).unwrap_or(u32::MAX),
             tokens,
             generated_tokens,
             prompt_duration: first_token.saturating_duration_since(self.admitted),

@@ -7,7 +7,9 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
 
+use super::cache::pick_slot;
 use super::slot::{Next, Slot};
 use super::{EngineConfig, FinishReason, Job, PREFILL_CHUNK};
 use crate::metrics::Metrics;
@@ -17,6 +19,10 @@ pub(super) struct Worker<'m> {
     model: &'m LlamaModel,
     /// Slot `i` decodes as llama.cpp sequence `i`.
     slots: Vec<Option<Slot>>,
+    /// What the KV cache sequence of each free slot holds, for the next request to reuse
+    /// (see [`super::cache`]). Stays empty when prompt caching is off.
+    cached: Vec<Vec<LlamaToken>>,
+    cache_prompt: bool,
     batch: LlamaBatch<'static>,
     jobs: Receiver<Job>,
     metrics: Arc<Metrics>,
@@ -37,6 +43,8 @@ impl<'m> Worker<'m> {
             ctx,
             model,
             slots,
+            cached: vec![Vec::new(); config.slots as usize],
+            cache_prompt: config.cache_prompt,
             batch: LlamaBatch::new(PREFILL_CHUNK + config.slots as usize, 1),
             jobs,
             metrics,
@@ -65,7 +73,7 @@ impl<'m> Worker<'m> {
     /// Moves queued requests into free slots. Blocks while there is nothing to do.
     /// Returns false when the queue is closed and no slot is busy.
     fn admit(&mut self) -> bool {
-        while let Some(free) = self.slots.iter().position(Option::is_none) {
+        while self.slots.iter().any(Option::is_none) {
             let job = if self.busy() == 0 {
                 match self.jobs.recv() {
                     Ok(job) => job,
@@ -82,16 +90,55 @@ impl<'m> Worker<'m> {
                 self.metrics.cancelled.fetch_add(1, Relaxed);
                 continue;
             }
-            let slot = Slot::new(job);
-            if slot.max_tokens() == Some(0) {
-                slot.finish(FinishReason::Length);
+            if job.request.max_tokens == Some(0) {
+                Slot::new(job, 0).finish(FinishReason::Length);
                 continue;
             }
-            self.clear_sequence(free);
-            self.slots[free] = Some(slot);
+            let free = self
+                .slots
+                .iter()
+                .zip(&self.cached)
+                .enumerate()
+                .filter(|(_, (slot, _))| slot.is_none())
+                .map(|(i, (_, cached))| (i, cached.as_slice()));
+            let Some((index, reuse)) = pick_slot(free, &job.request.prompt) else {
+                break;
+            };
+            let reused = self.keep_prefix(index, reuse);
+            self.slots[index] = Some(Slot::new(job, reused));
             self.metrics.slots_busy.fetch_add(1, Relaxed);
+            self.metrics
+                .prompt_cached_tokens
+                .fetch_add(reused as u64, Relaxed);
         }
         true
+    }
+
+    /// Keeps the first `reuse` positions of sequence `seq` and removes the rest from the
+    /// KV cache (the cached conversation may diverge from the new prompt mid-way).
+    /// Returns how many positions were kept: 0 if llama.cpp cannot cut this sequence.
+    fn keep_prefix(&mut self, seq: usize, reuse: usize) -> usize {
+        let cached = std::mem::take(&mut self.cached[seq]);
+        if reuse == 0 {
+            self.clear_sequence(seq);
+            return 0;
+        }
+        if cached.len() == reuse {
+            return reuse;
+        }
+        // Positions are u32 in the KV cache API; a slot's context is far below that.
+        let from = u32::try_from(reuse).unwrap_or(u32::MAX);
+        match self
+            .ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(from), None)
+        {
+            Ok(true) => reuse,
+            // Recurrent models cannot drop the tail of a sequence: start from scratch.
+            Ok(false) | Err(_) => {
+                self.clear_sequence(seq);
+                0
+            }
+        }
     }
 
     fn drop_cancelled(&mut self) {
@@ -181,7 +228,8 @@ impl<'m> Worker<'m> {
             let is_eog = vocab.is_eog(token);
             self.piece.clear();
             if !is_eog {
-                vocab.token_to_piece_into(token, &mut self.piece, false, None);
+                let special = slot.renders_special();
+                vocab.token_to_piece_into(token, &mut self.piece, special, None);
             }
             let before = slot.generated_count();
             let next = slot.accept(token, is_eog, &self.piece);
@@ -210,13 +258,21 @@ impl<'m> Worker<'m> {
                 slot.fail(message.to_owned());
                 self.metrics.failed.fetch_add(1, Relaxed);
             }
+            // After a failed decode the KV cache may hold part of a batch: trust none of it.
+            self.cached[i].clear();
+            self.clear_sequence(i);
         }
     }
 
-    /// Frees slot `i` and its KV cache cells at once, so the next request can use them.
+    /// Frees slot `i`. With prompt caching its KV cache stays for the next request to
+    /// reuse; without, its cells are freed at once.
     fn release(&mut self, i: usize) -> Option<Slot> {
         let slot = self.slots[i].take()?;
-        self.clear_sequence(i);
+        if self.cache_prompt {
+            self.cached[i] = slot.kv_tokens();
+        } else {
+            self.clear_sequence(i);
+        }
         self.metrics.slots_busy.fetch_sub(1, Relaxed);
         Some(slot)
     }
