@@ -186,7 +186,7 @@ impl ToolChoice {
 
     /// The tools the grammar must admit: none for auto/none (no grammar), all of them for
     /// required, the named one (which must exist).
-    pub fn forced<'t>(&self, tools: &'t [Value]) -> Result<Option<Vec<Value>>, ApiError> {
+    pub fn forced(&self, tools: &[Value]) -> Result<Option<Vec<Value>>, ApiError> {
         match self {
             Self::Auto | Self::None => Ok(None),
             Self::Required => Ok(Some(tools.to_vec())),
