@@ -343,6 +343,7 @@ async fn user_who_owns_instances_is_not_deleted(backend: Backend) {
             last_activity_at: now,
             running_since: None,
             running_seconds: 0,
+            team_id: None,
         })
         .await
         .unwrap();

@@ -86,6 +86,7 @@ async fn instance(app: &TestApp, owner: Uuid, driver: &str, compute: ComputeSpec
         last_activity_at: now,
         running_since: None,
         running_seconds: 0,
+        team_id: None,
     };
     app.state.store.create_instance(&inst).await.unwrap();
     inst

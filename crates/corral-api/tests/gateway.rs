@@ -147,6 +147,7 @@ impl Gateway {
             last_activity_at: now,
             running_since: None,
             running_seconds: 0,
+            team_id: None,
         };
         store.create_instance(&inst).await.unwrap();
         self.app.state.control.nudge();

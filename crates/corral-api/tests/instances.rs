@@ -521,6 +521,7 @@ async fn stored_instance(app: &TestApp, owner: Uuid, model: &str) -> Uuid {
         last_activity_at: now,
         running_since: None,
         running_seconds: 0,
+        team_id: None,
     };
     app.state.store.create_instance(&inst).await.unwrap();
     inst.id

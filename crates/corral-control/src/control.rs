@@ -403,6 +403,7 @@ mod tests {
                 last_activity_at: now,
                 running_since: None,
                 running_seconds: 0,
+                team_id: None,
             }
         };
         use Desired as D;

@@ -105,7 +105,11 @@ impl Default for InstanceSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Instance {
     pub id: Uuid,
+    /// The user who deployed it (and is billed for it when it has no team).
     pub owner_id: Uuid,
+    /// The team it belongs to, if deployed for one: every member may use it, the
+    /// team's owners may manage it. Fixed at deploy time.
+    pub team_id: Option<Uuid>,
     pub model_id: String,
     /// Name of the compute driver (`local`, `ecs`).
     pub driver: String,

@@ -9,6 +9,7 @@ pub mod password;
 pub mod pricing;
 pub mod role;
 pub mod secret;
+pub mod team;
 pub mod totp;
 pub mod user;
 
@@ -21,4 +22,5 @@ pub use instance::{
 };
 pub use pricing::PriceTable;
 pub use role::Role;
+pub use team::{Membership, TEAM_NAME_MAX, Team, TeamMember, TeamRole, validate_team_name};
 pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};

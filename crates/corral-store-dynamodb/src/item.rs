@@ -12,7 +12,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use corral_core::{
     ApiKey, AuditEntry, CatalogModel, ComputeSpec, Instance, InstanceEvent, InstanceSettings,
-    LoginFailures, ModelSource, OutboxMessage, RefreshSession, Replica, UsageRow, User,
+    LoginFailures, ModelSource, OutboxMessage, RefreshSession, Replica, Team, TeamMember, UsageRow,
+    User,
 };
 use corral_store::{Error, ReplicaRun, Result};
 use serde::Serialize;
@@ -85,6 +86,28 @@ pub fn runs_pk(instance_id: Uuid) -> String {
 }
 pub fn run_pointer_pk(id: Uuid) -> String {
     format!("RUN#{id}")
+}
+/// Every team is in one collection, `TEAMS`, sorted by id: a consistent Query lists
+/// them all.
+pub fn team_key(id: Uuid) -> Item {
+    key("TEAMS".into(), &id.to_string())
+}
+/// Holds a team name (its `Team::name_key`) while a team has it: uniqueness.
+pub fn team_name_key(name: &str) -> Item {
+    key(format!("TEAMNAME#{}", Team::name_key(name)), "TEAMNAME")
+}
+pub fn team_name_item(name: &str, team_id: Uuid) -> Item {
+    let mut it = team_name_key(name);
+    it.insert("team_id".into(), s(team_id.to_string()));
+    it
+}
+/// A team's members: `MEMBER#<user>` items in `TEAM#<team>`; each has a twin
+/// `TEAM#<team>` in the user's collection, so both sides read consistently.
+pub fn team_pk(id: Uuid) -> String {
+    format!("TEAM#{id}")
+}
+pub fn team_instances_pk(id: Uuid) -> String {
+    format!("TEAMINSTANCES#{id}")
 }
 pub fn usage_pk(owner_id: Uuid) -> String {
     format!("USAGE#{owner_id}")
@@ -521,12 +544,15 @@ pub fn instance_item(inst: &Instance, version: i64) -> Result<Item> {
         .set("GSI1PK", s(user_pk(inst.owner_id)))
         .set("GSI1SK", s(format!("INSTANCE#{created}")))
         .set("GSI2PK", s("INSTANCES"))
-        .set("GSI2SK", s(created))
+        .set("GSI2SK", s(created.clone()))
         .set("version", n(version))
         .set("id", s(inst.id.to_string()))
         .set("owner_id", s(inst.owner_id.to_string()))
         .set("model_id", s(&inst.model_id))
-        .set("driver", s(&inst.driver));
+        .set("driver", s(&inst.driver))
+        .opt("team_id", inst.team_id.map(|id| s(id.to_string())))
+        .opt("GSI3PK", inst.team_id.map(|id| s(team_instances_pk(id))))
+        .opt("GSI3SK", inst.team_id.map(|_| s(created.clone())));
     Ok(compute_attrs(builder, &inst.compute)
         .set(
             "idle_timeout_seconds",
@@ -571,6 +597,7 @@ pub fn instance(item: &Item) -> Result<(Instance, i64)> {
         last_activity_at: r.time("last_activity_at")?,
         running_since: r.opt_time("running_since")?,
         running_seconds: r.i64("running_seconds")?,
+        team_id: r.opt_uuid("team_id")?,
     };
     Ok((inst, r.i64("version")?))
 }
@@ -678,6 +705,60 @@ pub fn run(item: &Item) -> Result<ReplicaRun> {
         compute: compute(&r)?,
         started_at: r.time("started_at")?,
         ended_at: r.opt_time("ended_at")?,
+    })
+}
+
+// --- teams ---
+
+pub fn team_item(team: &Team) -> Item {
+    Builder::keys("TEAMS".into(), team.id.to_string())
+        .set("id", s(team.id.to_string()))
+        .set("name", s(&team.name))
+        .set("name_key", s(Team::name_key(&team.name)))
+        .set("created_at", t(team.created_at))
+        // How many instances the team owns: delete_team refuses while it is above zero.
+        .set("instances", n(0))
+        .build()
+}
+
+pub fn team(item: &Item) -> Result<Team> {
+    let r = Reader::new(item, "team");
+    Ok(Team {
+        id: r.uuid("id")?,
+        name: r.string("name")?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+/// The two items of a membership: in the team's collection, then in the user's.
+pub fn member_items(member: &TeamMember) -> [Item; 2] {
+    let attrs = |builder: Builder| {
+        builder
+            .set("team_id", s(member.team_id.to_string()))
+            .set("user_id", s(member.user_id.to_string()))
+            .set("role", s(member.role.as_str()))
+            .set("added_at", t(member.added_at))
+            .build()
+    };
+    [
+        attrs(Builder::keys(
+            team_pk(member.team_id),
+            format!("MEMBER#{}", member.user_id),
+        )),
+        attrs(Builder::keys(
+            user_pk(member.user_id),
+            format!("TEAM#{}", member.team_id),
+        )),
+    ]
+}
+
+pub fn team_member(item: &Item) -> Result<TeamMember> {
+    let r = Reader::new(item, "team member");
+    Ok(TeamMember {
+        team_id: r.uuid("team_id")?,
+        user_id: r.uuid("user_id")?,
+        role: r.str("role")?.parse().map_err(Error::Corrupt)?,
+        added_at: r.time("added_at")?,
     })
 }
 

@@ -5,10 +5,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
     ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
-    TokenPurpose, UsageRow, UsageSample, User,
+    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
+    Replica, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
 };
-use corral_store::{ActionToken, Error, ReplicaRun, Result, Store, UsageCounts, UserPatch};
+use corral_store::{
+    ActionToken, Error, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch,
+};
 use uuid::Uuid;
 
 use crate::item::{self, Builder, Item, b, key, n, s, t, tkey};
@@ -135,6 +137,10 @@ impl DynamoStore {
             } else if sk.starts_with("APIKEY#") {
                 let api_key = item::api_key(it)?;
                 keys.extend(item::api_key_pointers(&api_key).map(|p| pointer_key(&p)));
+            } else if sk.starts_with("TEAM#") {
+                let member = item::team_member(it)?;
+                let [in_team, _] = item::member_items(&member);
+                keys.push(pointer_key(&in_team));
             }
             keys.push(key(item::user_pk(user_id), &sk));
         }
@@ -152,6 +158,15 @@ impl DynamoStore {
         keys.sort_by_key(|k| format!("{:?}", (k.get("PK"), k.get("SK"))));
         keys.dedup();
         Ok(keys)
+    }
+
+    /// Deletes both items of each membership (after the team or the user is gone).
+    async fn delete_memberships(&self, members: &[TeamMember]) -> Result<()> {
+        let keys = members
+            .iter()
+            .flat_map(|m| item::member_items(m).map(|it| pointer_key(&it)))
+            .collect();
+        self.delete_all(keys).await
     }
 
     /// The sessions of one user, read consistently from the user's collection.
@@ -845,6 +860,210 @@ impl Store for DynamoStore {
         }
     }
 
+    // --- teams ---
+
+    async fn create_team(&self, team: &Team) -> Result<()> {
+        let writes = vec![
+            self.tx_put(item::team_item(team), Some(NEW), Item::new())?,
+            self.tx_put(
+                item::team_name_item(&team.name, team.id),
+                Some(NEW),
+                Item::new(),
+            )?,
+        ];
+        match self.transact(writes).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Conflict("team")),
+        }
+    }
+
+    async fn team(&self, id: Uuid) -> Result<Option<Team>> {
+        self.get("TEAMS".into(), &id.to_string())
+            .await?
+            .map(|it| item::team(&it))
+            .transpose()
+    }
+
+    async fn list_teams(&self) -> Result<Vec<Team>> {
+        let mut teams = self
+            .query(Query::new(
+                None,
+                "#PK = :pk",
+                values(&[(":pk", s("TEAMS"))]),
+            ))
+            .await?
+            .iter()
+            .map(item::team)
+            .collect::<Result<Vec<_>>>()?;
+        teams.sort_by_cached_key(|t| (Team::name_key(&t.name), t.id));
+        Ok(teams)
+    }
+
+    async fn rename_team(&self, id: Uuid, name: &str) -> Result<Option<Team>> {
+        for attempt in 0..ATTEMPTS {
+            let Some(current) = self.team(id).await? else {
+                return Ok(None);
+            };
+            let old_key = Team::name_key(&current.name);
+            let new_key = Team::name_key(name);
+            // Conditional on the name read above, so a concurrent rename is not undone.
+            let mut writes = vec![self.tx_update(
+                item::team_key(id),
+                "SET #name = :name, #name_key = :new_key",
+                Some("attribute_exists(#PK) AND #name_key = :old_key"),
+                values(&[
+                    (":name", s(name)),
+                    (":new_key", s(&new_key)),
+                    (":old_key", s(&old_key)),
+                ]),
+            )?];
+            if new_key != old_key {
+                writes.push(self.tx_put(item::team_name_item(name, id), Some(NEW), Item::new())?);
+                writes.push(self.tx_delete(
+                    item::team_name_key(&current.name),
+                    None,
+                    Item::new(),
+                )?);
+            }
+            match self.transact(writes).await? {
+                Ok(()) => {
+                    return Ok(Some(Team {
+                        name: name.to_string(),
+                        ..current
+                    }));
+                }
+                Err(codes) if failed(&codes, 1) => return Err(Error::Conflict("team")),
+                Err(_) => backoff(attempt).await,
+            }
+        }
+        Err(contended("team rename"))
+    }
+
+    async fn delete_team(&self, id: Uuid) -> Result<bool> {
+        let Some(team) = self.team(id).await? else {
+            return Ok(false);
+        };
+        // The instance count is checked in the transaction that deletes the team, and
+        // create_instance raises it in one that checks the team exists (as for users).
+        let writes = vec![
+            self.tx_delete(
+                item::team_key(id),
+                Some("attribute_exists(#PK) AND #instances = :zero"),
+                values(&[(":zero", n(0))]),
+            )?,
+            self.tx_delete(item::team_name_key(&team.name), None, Item::new())?,
+        ];
+        if let Err(codes) = self.transact(writes).await? {
+            if failed(&codes, 0) && self.team(id).await?.is_some() {
+                return Err(Error::InUse(TEAM_IN_USE));
+            }
+            return Ok(false);
+        }
+        // Memberships go after the team: adding one checks (in its transaction) that
+        // the team exists, so none can appear from here on.
+        let members = self.team_members(id).await?;
+        self.delete_memberships(&members).await?;
+        Ok(true)
+    }
+
+    async fn set_team_member(&self, member: &TeamMember) -> Result<TeamMember> {
+        for attempt in 0..ATTEMPTS {
+            let existing = self
+                .get(
+                    item::team_pk(member.team_id),
+                    &format!("MEMBER#{}", member.user_id),
+                )
+                .await?
+                .map(|it| item::team_member(&it))
+                .transpose()?;
+            // A role change keeps the first `added_at`; the condition makes a
+            // concurrent first add or removal send this call round again.
+            let (stored, condition, vals) = match &existing {
+                Some(old) => (
+                    TeamMember {
+                        added_at: old.added_at,
+                        ..member.clone()
+                    },
+                    "#added_at = :added",
+                    values(&[(":added", t(old.added_at))]),
+                ),
+                None => (member.clone(), NEW, Item::new()),
+            };
+            let [in_team, in_user] = item::member_items(&stored);
+            let writes = vec![
+                self.tx_put(in_team, Some(condition), vals)?,
+                self.tx_put(in_user, None, Item::new())?,
+                self.tx_check(item::team_key(member.team_id), EXISTS, Item::new())?,
+                self.tx_check(
+                    key(item::user_pk(member.user_id), "USER"),
+                    EXISTS,
+                    Item::new(),
+                )?,
+            ];
+            match self.transact(writes).await? {
+                Ok(()) => return Ok(stored),
+                Err(codes) if failed(&codes, 2) || failed(&codes, 3) => {
+                    return Err(Error::UnknownReference("team or user"));
+                }
+                Err(_) => backoff(attempt).await,
+            }
+        }
+        Err(contended("team membership"))
+    }
+
+    async fn remove_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<bool> {
+        let Some(found) = self
+            .get(item::team_pk(team_id), &format!("MEMBER#{user_id}"))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let [in_team, in_user] = item::member_items(&item::team_member(&found)?);
+        let writes = vec![
+            self.tx_delete(pointer_key(&in_team), Some(EXISTS), Item::new())?,
+            self.tx_delete(pointer_key(&in_user), None, Item::new())?,
+        ];
+        Ok(self.transact(writes).await?.is_ok())
+    }
+
+    async fn team_members(&self, team_id: Uuid) -> Result<Vec<TeamMember>> {
+        let mut members = self
+            .query(Query::new(
+                None,
+                "#PK = :pk AND begins_with(#SK, :sk)",
+                values(&[(":pk", s(item::team_pk(team_id))), (":sk", s("MEMBER#"))]),
+            ))
+            .await?
+            .iter()
+            .map(item::team_member)
+            .collect::<Result<Vec<_>>>()?;
+        members.sort_by_key(|m| (m.added_at, m.user_id));
+        Ok(members)
+    }
+
+    async fn user_teams(&self, user_id: Uuid) -> Result<Vec<Membership>> {
+        let links = self
+            .query(Query::new(
+                None,
+                "#PK = :pk AND begins_with(#SK, :sk)",
+                values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("TEAM#"))]),
+            ))
+            .await?;
+        let mut teams = Vec::with_capacity(links.len());
+        for link in &links {
+            let member = item::team_member(link)?;
+            // A team being deleted loses its item first, then its memberships.
+            if let Some(team) = self.team(member.team_id).await? {
+                teams.push(Membership {
+                    team,
+                    role: member.role,
+                });
+            }
+        }
+        teams.sort_by_cached_key(|m| (Team::name_key(&m.team.name), m.team.id));
+        Ok(teams)
+    }
+
     // --- instances ---
 
     async fn create_instance(&self, instance: &Instance) -> Result<()> {
@@ -854,7 +1073,7 @@ impl Store for DynamoStore {
         }
         let count_up = "ADD #instances :one";
         let one = || values(&[(":one", n(1))]);
-        let writes = vec![
+        let mut writes = vec![
             self.tx_put(item::instance_item(instance, 0)?, Some(NEW), Item::new())?,
             self.tx_update(
                 key(item::user_pk(instance.owner_id), "USER"),
@@ -869,10 +1088,14 @@ impl Store for DynamoStore {
                 one(),
             )?,
         ];
+        // A team counts its instances as users and models do (RESTRICT on delete).
+        if let Some(team_id) = instance.team_id {
+            writes.push(self.tx_update(item::team_key(team_id), count_up, Some(EXISTS), one())?);
+        }
         match self.transact(writes).await? {
             Ok(()) => Ok(()),
             Err(codes) if failed(&codes, 0) => Err(Error::Conflict("instance")),
-            Err(_) => Err(Error::UnknownReference("owner or model")),
+            Err(_) => Err(Error::UnknownReference("owner, model or team")),
         }
     }
 
@@ -905,6 +1128,21 @@ impl Store for DynamoStore {
             .iter()
             .map(|it| item::instance(it).map(|(inst, _)| inst))
             .collect()
+    }
+
+    async fn list_team_instances(&self, team_id: Uuid) -> Result<Vec<Instance>> {
+        self.query(
+            Query::new(
+                Some("GSI3"),
+                "#GSI3PK = :pk",
+                values(&[(":pk", s(item::team_instances_pk(team_id)))]),
+            )
+            .newest_first(),
+        )
+        .await?
+        .iter()
+        .map(|it| item::instance(it).map(|(inst, _)| inst))
+        .collect()
     }
 
     async fn set_desired(
@@ -1026,7 +1264,7 @@ impl Store for DynamoStore {
         };
         let count_down = "ADD #instances :minus";
         let minus = || values(&[(":minus", n(-1))]);
-        let writes = vec![
+        let mut writes = vec![
             self.tx_delete(
                 key(item::instance_pk(id), "INSTANCE"),
                 Some(EXISTS),
@@ -1045,12 +1283,20 @@ impl Store for DynamoStore {
                 minus(),
             )?,
         ];
+        if let Some(team_id) = inst.team_id {
+            writes.push(self.tx_update(
+                item::team_key(team_id),
+                count_down,
+                Some(EXISTS),
+                minus(),
+            )?);
+        }
         match self.transact(writes).await? {
             Ok(()) => {}
             Err(codes) if failed(&codes, 0) => return Ok(false),
             Err(codes) => {
                 return Err(Error::Corrupt(format!(
-                    "instance {id}: its owner or model is missing ({codes:?})"
+                    "instance {id}: its owner, model or team is missing ({codes:?})"
                 )));
             }
         }

@@ -198,6 +198,7 @@ async fn many_writers_race_one_instance() {
             last_activity_at: t0,
             running_since: None,
             running_seconds: 0,
+            team_id: None,
         };
         store.create_instance(&inst).await.unwrap();
         let latest = t0 + chrono::Duration::seconds(20);

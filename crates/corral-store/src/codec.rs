@@ -4,12 +4,16 @@
 
 use chrono::{DateTime, Utc};
 use corral_core::{
-    ComputeSpec, ComputeType, Desired, ModelSource, Outcome, ReplicaState, Role, State,
+    ComputeSpec, ComputeType, Desired, ModelSource, Outcome, ReplicaState, Role, State, TeamRole,
 };
 
 use crate::Error;
 
 pub(crate) fn role(s: &str) -> Result<Role, Error> {
+    s.parse().map_err(Error::Corrupt)
+}
+
+pub(crate) fn team_role(s: &str) -> Result<TeamRole, Error> {
     s.parse().map_err(Error::Corrupt)
 }
 
@@ -89,7 +93,11 @@ pub(crate) const MODEL_COLUMNS: &str = "id, family, size, cpu_supported, gpu_sup
 pub(crate) const INSTANCE_COLUMNS: &str = "id, owner_id, model_id, driver, compute_type, cpu, \
     memory, gpu_count, instance_type, spot, idle_timeout_seconds, min_replicas, max_replicas, \
     wake_on_request, desired, state, state_reason, target_replicas, created_at, updated_at, \
-    last_activity_at, running_since, running_seconds";
+    last_activity_at, running_since, running_seconds, team_id";
+
+pub(crate) const TEAM_COLUMNS: &str = "id, name, created_at";
+
+pub(crate) const TEAM_MEMBER_COLUMNS: &str = "team_id, user_id, role, added_at";
 
 pub(crate) const EVENT_COLUMNS: &str = "id, instance_id, from_state, to_state, message, at";
 

@@ -9,8 +9,9 @@ use chrono::{DateTime, Duration, Utc};
 use corral_core::catalog::builtin_models;
 use corral_core::{
     ApiKey, AuditFilter, CatalogModel, ComputeSpec, ComputeType, Desired, Instance,
-    InstanceSettings, ModelSource, NewAuditEntry, OutboxMessage, Outcome, RefreshSession, Replica,
-    ReplicaState, Role, State, TokenPurpose, UsageRow, UsageSample, User,
+    InstanceSettings, Membership, ModelSource, NewAuditEntry, OutboxMessage, Outcome,
+    RefreshSession, Replica, ReplicaState, Role, State, Team, TeamMember, TeamRole, TokenPurpose,
+    UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
@@ -69,6 +70,9 @@ pub async fn run_all(store: &dyn Store) {
         end_run_closes_once,
         end_run_concurrently_closes_once,
         runs_overlapping_window,
+        teams_round_trip_and_unique_names,
+        team_members_roles_and_cascades,
+        team_instances_and_delete_refused,
     );
 }
 
@@ -1009,6 +1013,7 @@ fn instance(owner: &User, model: &CatalogModel, at: DateTime<Utc>) -> Instance {
         last_activity_at: at,
         running_since: None,
         running_seconds: 0,
+        team_id: None,
     }
 }
 
@@ -2334,4 +2339,272 @@ pub async fn runs_overlapping_window(store: &dyn Store) {
         ids(store.runs_overlapping(Some(bob), None, None).await.unwrap()),
         vec![d.id]
     );
+}
+
+// --- teams ---
+
+async fn new_team(store: &dyn Store) -> Team {
+    let team = Team {
+        id: Uuid::now_v7(),
+        name: unique("Team"),
+        created_at: now(),
+    };
+    store.create_team(&team).await.expect("create team");
+    team
+}
+
+fn member(team: &Team, user: &User, role: TeamRole, at: DateTime<Utc>) -> TeamMember {
+    TeamMember {
+        team_id: team.id,
+        user_id: user.id,
+        role,
+        added_at: at,
+    }
+}
+
+pub async fn teams_round_trip_and_unique_names(store: &dyn Store) {
+    let t = now();
+    let alpha = Team {
+        id: Uuid::now_v7(),
+        name: format!("Équipe {}", unique("a")),
+        created_at: t,
+    };
+    store.create_team(&alpha).await.unwrap();
+    assert_eq!(store.team(alpha.id).await.unwrap(), Some(alpha.clone()));
+    assert_eq!(store.team(Uuid::now_v7()).await.unwrap(), None);
+
+    // The same name in another case (non-ASCII included) is the same name.
+    let shouting = Team {
+        id: Uuid::now_v7(),
+        name: alpha.name.to_uppercase(),
+        created_at: t,
+    };
+    let err = store.create_team(&shouting).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict("team")), "{err:?}");
+    assert_eq!(store.team(shouting.id).await.unwrap(), None);
+    let same_id = Team {
+        name: unique("other"),
+        ..alpha.clone()
+    };
+    let err = store.create_team(&same_id).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict("team")), "{err:?}");
+
+    // Listed by name ignoring case: "b-..." sorts before "C-..." and after "a-...".
+    let tag = unique("");
+    let names = [format!("b{tag}"), format!("C{tag}"), format!("a{tag}")];
+    let mut made = Vec::new();
+    for name in &names {
+        let team = Team {
+            id: Uuid::now_v7(),
+            name: name.clone(),
+            created_at: t,
+        };
+        store.create_team(&team).await.unwrap();
+        made.push(team);
+    }
+    let listed: Vec<String> = store
+        .list_teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|team| made.iter().any(|m| m.id == team.id))
+        .map(|team| team.name)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![names[2].clone(), names[0].clone(), names[1].clone()]
+    );
+
+    // Renaming: to a free name, to a new case of its own name, not to another's name.
+    let renamed = store
+        .rename_team(made[0].id, &format!("renamed{tag}"))
+        .await
+        .unwrap()
+        .expect("team exists");
+    assert_eq!(renamed.name, format!("renamed{tag}"));
+    assert_eq!(
+        (renamed.id, renamed.created_at),
+        (made[0].id, made[0].created_at)
+    );
+    assert_eq!(store.team(made[0].id).await.unwrap(), Some(renamed.clone()));
+    // The old name is free again.
+    let reuse = Team {
+        id: Uuid::now_v7(),
+        name: names[0].clone(),
+        created_at: t,
+    };
+    store.create_team(&reuse).await.unwrap();
+    let cased = store
+        .rename_team(made[0].id, &format!("RENAMED{tag}"))
+        .await
+        .unwrap()
+        .expect("team exists");
+    assert_eq!(cased.name, format!("RENAMED{tag}"));
+    let err = store
+        .rename_team(made[0].id, &names[1].to_lowercase())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict("team")), "{err:?}");
+    assert_eq!(store.team(made[0].id).await.unwrap(), Some(cased));
+    assert_eq!(
+        store
+            .rename_team(Uuid::now_v7(), &unique("x"))
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(store.delete_team(made[1].id).await.unwrap());
+    assert!(!store.delete_team(made[1].id).await.unwrap());
+    assert_eq!(store.team(made[1].id).await.unwrap(), None);
+    // Its name is free once it is gone.
+    let again = Team {
+        id: Uuid::now_v7(),
+        name: names[1].clone(),
+        created_at: t,
+    };
+    store.create_team(&again).await.unwrap();
+}
+
+pub async fn team_members_roles_and_cascades(store: &dyn Store) {
+    let team = new_team(store).await;
+    let other = new_team(store).await;
+    let (ann, bob) = (new_user(store).await, new_user(store).await);
+    let t = now();
+
+    let first = member(&team, &ann, TeamRole::Owner, t);
+    assert_eq!(store.set_team_member(&first).await.unwrap(), first);
+    let second = member(&team, &bob, TeamRole::Member, t + Duration::seconds(1));
+    store.set_team_member(&second).await.unwrap();
+    store
+        .set_team_member(&member(&other, &ann, TeamRole::Member, t))
+        .await
+        .unwrap();
+    // A role change keeps the first `added_at`.
+    let demoted = store
+        .set_team_member(&member(
+            &team,
+            &ann,
+            TeamRole::Member,
+            t + Duration::hours(1),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        demoted,
+        TeamMember {
+            role: TeamRole::Member,
+            ..first.clone()
+        }
+    );
+    assert_eq!(
+        store.team_members(team.id).await.unwrap(),
+        vec![demoted.clone(), second.clone()]
+    );
+    let mut expected = vec![
+        Membership {
+            team: team.clone(),
+            role: TeamRole::Member,
+        },
+        Membership {
+            team: other.clone(),
+            role: TeamRole::Member,
+        },
+    ];
+    expected.sort_by_key(|m| (Team::name_key(&m.team.name), m.team.id));
+    assert_eq!(store.user_teams(ann.id).await.unwrap(), expected);
+    assert_eq!(store.team_members(Uuid::now_v7()).await.unwrap(), vec![]);
+
+    // Unknown team or user: refused, nothing written.
+    let ghost = User::new(&email(), "h".into(), Role::User, t);
+    let err = store
+        .set_team_member(&member(&team, &ghost, TeamRole::Owner, t))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
+    let ghost_team = Team {
+        id: Uuid::now_v7(),
+        name: unique("ghost"),
+        created_at: t,
+    };
+    let err = store
+        .set_team_member(&member(&ghost_team, &bob, TeamRole::Owner, t))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
+    assert_eq!(store.user_teams(ghost.id).await.unwrap(), vec![]);
+    assert_eq!(store.user_teams(bob.id).await.unwrap().len(), 1);
+
+    // Removing a member.
+    assert!(store.remove_team_member(team.id, bob.id).await.unwrap());
+    assert!(!store.remove_team_member(team.id, bob.id).await.unwrap());
+    assert_eq!(store.user_teams(bob.id).await.unwrap(), vec![]);
+
+    // Deleting a user removes their memberships; deleting a team removes its own.
+    store.set_team_member(&second).await.unwrap();
+    assert!(store.delete_user(bob.id).await.unwrap());
+    assert_eq!(store.team_members(team.id).await.unwrap(), vec![demoted]);
+    assert!(store.delete_team(team.id).await.unwrap());
+    assert_eq!(store.team_members(team.id).await.unwrap(), vec![]);
+    assert_eq!(
+        store.user_teams(ann.id).await.unwrap(),
+        vec![Membership {
+            team: other,
+            role: TeamRole::Member,
+        }]
+    );
+}
+
+pub async fn team_instances_and_delete_refused(store: &dyn Store) {
+    let team = new_team(store).await;
+    let owner = new_user(store).await;
+    let model = new_model(store).await;
+    store
+        .set_team_member(&member(&team, &owner, TeamRole::Member, now()))
+        .await
+        .unwrap();
+    let older = Instance {
+        team_id: Some(team.id),
+        ..instance(&owner, &model, now())
+    };
+    let newer = Instance {
+        team_id: Some(team.id),
+        ..instance(&owner, &model, now() + Duration::seconds(1))
+    };
+    let private = instance(&owner, &model, now());
+    for i in [&older, &newer, &private] {
+        store.create_instance(i).await.unwrap();
+    }
+    assert_eq!(store.instance(older.id).await.unwrap(), Some(older.clone()));
+    assert_eq!(
+        store.list_team_instances(team.id).await.unwrap(),
+        vec![newer.clone(), older.clone()]
+    );
+    assert_eq!(
+        store.list_team_instances(Uuid::now_v7()).await.unwrap(),
+        vec![]
+    );
+    // The deployer's own list includes what they deployed for the team.
+    assert_eq!(store.list_instances(Some(owner.id)).await.unwrap().len(), 3);
+
+    // A team that does not exist is refused like a missing owner.
+    let orphan = Instance {
+        team_id: Some(Uuid::now_v7()),
+        ..instance(&owner, &model, now())
+    };
+    let err = store.create_instance(&orphan).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
+    assert_eq!(store.instance(orphan.id).await.unwrap(), None);
+
+    // The team cannot go while it owns instances; nothing is deleted.
+    let err = store.delete_team(team.id).await.unwrap_err();
+    assert!(matches!(err, Error::InUse(_)), "{err:?}");
+    assert_eq!(store.team(team.id).await.unwrap(), Some(team.clone()));
+    assert_eq!(store.team_members(team.id).await.unwrap().len(), 1);
+    assert!(store.delete_instance(older.id).await.unwrap());
+    let err = store.delete_team(team.id).await.unwrap_err();
+    assert!(matches!(err, Error::InUse(_)), "{err:?}");
+    assert!(store.delete_instance(newer.id).await.unwrap());
+    assert!(store.delete_team(team.id).await.unwrap());
+    assert_eq!(store.user_teams(owner.id).await.unwrap(), vec![]);
 }

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
     ApiKey, AuditEntry, AuditFilter, CatalogModel, ComputeSpec, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, Role,
-    State, TokenPurpose, UsageRow, UsageSample, User,
+    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
+    Replica, Role, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
@@ -43,6 +43,10 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
         SqliteStore::open(std::path::Path::new(path)).await?,
     ))
 }
+
+/// `Error::InUse`'s sentence for deleting a team that still owns instances (every
+/// backend says the same).
+pub const TEAM_IN_USE: &str = "the team still owns instances: stop and delete them first";
 
 /// Which fields of a user to change; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -230,9 +234,40 @@ pub trait Store: Send + Sync + 'static {
     /// instance, in any state, is of this model.
     async fn delete_model(&self, id: &str) -> Result<bool>;
 
+    // --- teams ---
+    /// Inserts the team as given (`name` already validated, see
+    /// `corral_core::validate_team_name`). `Error::Conflict("team")` if the id or the
+    /// name, ignoring case (`Team::name_key`), is taken.
+    async fn create_team(&self, team: &Team) -> Result<()>;
+    async fn team(&self, id: Uuid) -> Result<Option<Team>>;
+    /// Every team, ordered by `Team::name_key`, then id.
+    async fn list_teams(&self) -> Result<Vec<Team>>;
+    /// Renames the team; returns it (None if absent). `Error::Conflict("team")` (and
+    /// nothing changed) if another team has the name, ignoring case; a team may change
+    /// the case of its own name.
+    async fn rename_team(&self, id: Uuid, name: &str) -> Result<Option<Team>>;
+    /// Deletes the team and its memberships. False if absent. Fails with
+    /// `Error::InUse` (and deletes nothing) while the team owns instances, in any
+    /// state, as for users.
+    async fn delete_team(&self, id: Uuid) -> Result<bool>;
+    /// Adds the user to the team with `member.role`, or changes the role of a member
+    /// (then `added_at` stays the first one). Returns the membership as stored.
+    /// `Error::UnknownReference("team or user")` if either does not exist. Deleting
+    /// the user removes their memberships.
+    async fn set_team_member(&self, member: &TeamMember) -> Result<TeamMember>;
+    /// False if the user was not a member.
+    async fn remove_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<bool>;
+    /// The members of one team, in the order they were added (then user id); empty for
+    /// an unknown team.
+    async fn team_members(&self, team_id: Uuid) -> Result<Vec<TeamMember>>;
+    /// The teams a user belongs to, with their role, ordered like `list_teams`. Read
+    /// consistently: a membership just granted or removed is seen at once, since it
+    /// decides what the user may use.
+    async fn user_teams(&self, user_id: Uuid) -> Result<Vec<Membership>>;
+
     // --- instances ---
     /// Inserts the instance as given. `Error::Conflict("instance")` for a duplicate id;
-    /// `Error::UnknownReference` if the owner or the model does not exist;
+    /// `Error::UnknownReference` if the owner, the model or the team does not exist;
     /// `Error::Invalid` if `settings.min_replicas > settings.max_replicas`.
     async fn create_instance(&self, instance: &Instance) -> Result<()>;
     /// Any owner's instance: for the reconciler, the gateway's routing and admins.
@@ -240,10 +275,12 @@ pub trait Store: Send + Sync + 'static {
     /// Owner-scoped lookup in one query: None both when there is no such instance
     /// and when it belongs to someone else (answer 404 either way; no IDOR).
     async fn instance_for_owner(&self, id: Uuid, owner_id: Uuid) -> Result<Option<Instance>>;
-    /// `Some(owner)`: that owner's instances; `None`: everyone's (admins, the
-    /// reconciler). Newest first. Instances whose `desired` is `Deleted` are listed
+    /// `Some(owner)`: the instances that user deployed (for themselves or for a
+    /// team); `None`: everyone's (admins, the reconciler). Newest first. Instances whose `desired` is `Deleted` are listed
     /// until the reconciler has removed them.
     async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>>;
+    /// The instances of one team, newest first (read like `list_instances`).
+    async fn list_team_instances(&self, team_id: Uuid) -> Result<Vec<Instance>>;
     /// Sets what the user asked for and bumps `updated_at`; returns the new row (None
     /// if absent). Asking for `Running` also counts as activity (`last_activity_at`
     /// moves forward to `now`), so a restarted instance is not idle-stopped at once.

@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 use corral_core::{
     ApiKey, AuditEntry, CatalogModel, ComputeSpec, Instance, InstanceEvent, InstanceSettings,
-    LoginFailures, OutboxMessage, RefreshSession, Replica, UsageRow, User,
+    LoginFailures, Membership, OutboxMessage, RefreshSession, Replica, Team, TeamMember, UsageRow,
+    User,
 };
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -209,6 +210,32 @@ pub(crate) fn instance(row: &impl RowExt) -> Result<Instance> {
         last_activity_at: row.time("last_activity_at")?,
         running_since: row.opt_time("running_since")?,
         running_seconds: row.get("running_seconds")?,
+        team_id: row.opt_id("team_id")?,
+    })
+}
+
+pub(crate) fn team(row: &impl RowExt) -> Result<Team> {
+    Ok(Team {
+        id: row.id("id")?,
+        name: row.get("name")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+pub(crate) fn team_member(row: &impl RowExt) -> Result<TeamMember> {
+    Ok(TeamMember {
+        team_id: row.id("team_id")?,
+        user_id: row.id("user_id")?,
+        role: codec::team_role(&row.get::<String>("role")?)?,
+        added_at: row.time("added_at")?,
+    })
+}
+
+/// A team row joined with the member's `role`.
+pub(crate) fn membership(row: &impl RowExt) -> Result<Membership> {
+    Ok(Membership {
+        team: team(row)?,
+        role: codec::team_role(&row.get::<String>("role")?)?,
     })
 }
 

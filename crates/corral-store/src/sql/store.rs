@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
     ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, NewAuditEntry, OutboxMessage, RefreshSession, Replica, State,
-    TokenPurpose, UsageRow, UsageSample, User,
+    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
+    Replica, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
 };
 use sqlx::{Executor, IntoArguments, QueryBuilder};
 use tracing::instrument;
@@ -18,10 +18,10 @@ use super::value::{DbId, DbTime};
 use super::{BuilderExt, Dialect, QueryExt, SqlStore};
 use crate::codec::{
     self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, MODEL_COLUMNS, REPLICA_COLUMNS,
-    RUN_COLUMNS, SESSION_COLUMNS, USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit,
-    write_error,
+    RUN_COLUMNS, SESSION_COLUMNS, TEAM_COLUMNS, TEAM_MEMBER_COLUMNS, USAGE_COLUMNS, USER_COLUMNS,
+    conflict, in_use, page_limit, write_error,
 };
-use crate::{ActionToken, ReplicaRun, Result, Store, UsageCounts, UserPatch};
+use crate::{ActionToken, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch};
 
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
@@ -548,6 +548,128 @@ where
         Ok(DB::rows_affected(&done) == 1)
     }
 
+    // --- teams ---
+
+    #[instrument(skip_all)]
+    async fn create_team(&self, team: &Team) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO teams ({TEAM_COLUMNS}, name_key) VALUES ($1, $2, $3, $4)"
+        ))
+        .param(DbId(team.id))
+        .param(&team.name)
+        .param(DbTime(team.created_at))
+        .param(Team::name_key(&team.name))
+        .execute(&self.pool)
+        .await
+        .map_err(conflict("team"))?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn team(&self, team_id: Uuid) -> Result<Option<Team>> {
+        sqlx::query(&format!("SELECT {TEAM_COLUMNS} FROM teams WHERE id = $1"))
+            .param(DbId(team_id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::team(&row))
+            .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn list_teams(&self) -> Result<Vec<Team>> {
+        sqlx::query(&format!(
+            "SELECT {TEAM_COLUMNS} FROM teams ORDER BY name_key, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::team)
+        .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn rename_team(&self, team_id: Uuid, name: &str) -> Result<Option<Team>> {
+        sqlx::query(&format!(
+            "UPDATE teams SET name = $2, name_key = $3 WHERE id = $1 RETURNING {TEAM_COLUMNS}"
+        ))
+        .param(DbId(team_id))
+        .param(name)
+        .param(Team::name_key(name))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(conflict("team"))?
+        .map(|row| rows::team(&row))
+        .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_team(&self, team_id: Uuid) -> Result<bool> {
+        // Memberships cascade; instances RESTRICT (see 0004_teams.sql).
+        let done = sqlx::query("DELETE FROM teams WHERE id = $1")
+            .param(DbId(team_id))
+            .execute(&self.pool)
+            .await
+            .map_err(in_use(TEAM_IN_USE))?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn set_team_member(&self, member: &TeamMember) -> Result<TeamMember> {
+        // One upsert: a role change keeps the first `added_at`.
+        let row = sqlx::query(&format!(
+            "INSERT INTO team_members ({TEAM_MEMBER_COLUMNS}) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (team_id, user_id) DO UPDATE SET role = excluded.role \
+             RETURNING {TEAM_MEMBER_COLUMNS}"
+        ))
+        .param(DbId(member.team_id))
+        .param(DbId(member.user_id))
+        .param(member.role.as_str())
+        .param(DbTime(member.added_at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(write_error("team member", "team or user"))?;
+        rows::team_member(&row)
+    }
+
+    #[instrument(skip_all)]
+    async fn remove_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
+            .param(DbId(team_id))
+            .param(DbId(user_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn team_members(&self, team_id: Uuid) -> Result<Vec<TeamMember>> {
+        sqlx::query(&format!(
+            "SELECT {TEAM_MEMBER_COLUMNS} FROM team_members WHERE team_id = $1 \
+             ORDER BY added_at, user_id"
+        ))
+        .param(DbId(team_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::team_member)
+        .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn user_teams(&self, user_id: Uuid) -> Result<Vec<Membership>> {
+        sqlx::query(
+            "SELECT t.id, t.name, t.created_at, m.role \
+             FROM team_members m JOIN teams t ON t.id = m.team_id \
+             WHERE m.user_id = $1 ORDER BY t.name_key, t.id",
+        )
+        .param(DbId(user_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::membership)
+        .collect()
+    }
+
     // --- instances ---
 
     #[instrument(skip_all)]
@@ -555,7 +677,7 @@ where
         let (compute, settings) = (&instance.compute, &instance.settings);
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         ))
         .param(DbId(instance.id))
         .param(DbId(instance.owner_id))
@@ -580,9 +702,10 @@ where
         .param(DbTime(instance.last_activity_at))
         .param(DbTime::opt(instance.running_since))
         .param(instance.running_seconds)
+        .param(DbId::opt(instance.team_id))
         .execute(&self.pool)
         .await
-        .map_err(write_error("instance", "owner or model"))?;
+        .map_err(write_error("instance", "owner, model or team"))?;
         Ok(())
     }
 
@@ -627,6 +750,20 @@ where
             .iter()
             .map(rows::instance)
             .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn list_team_instances(&self, team_id: Uuid) -> Result<Vec<Instance>> {
+        sqlx::query(&format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE team_id = $1 \
+             ORDER BY created_at DESC, id DESC"
+        ))
+        .param(DbId(team_id))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::instance)
+        .collect()
     }
 
     #[instrument(skip_all)]

@@ -305,6 +305,7 @@ async fn start_model(
         last_activity_at: now,
         running_since: None,
         running_seconds: 0,
+        team_id: None,
     };
     state.store.create_instance(&inst).await?;
     audit.target(inst.id);
