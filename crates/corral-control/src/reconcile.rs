@@ -619,6 +619,13 @@ impl InstanceTask {
                     ready.len(),
                     took.unwrap_or_default()
                 );
+                // Becoming ready is activity: the idle timeout counts from when the
+                // instance can first serve, not from its creation or wake-up. Else a
+                // deploy slower than the timeout is put to sleep the moment it is ready,
+                // stopping the replica under the request that is about to use it.
+                if let Some(route) = self.ctl.routing.get(self.id) {
+                    route.touch();
+                }
                 self.move_to(inst, State::Ready, None, &message).await?;
             }
             State::Scaling if live.len() == target => {

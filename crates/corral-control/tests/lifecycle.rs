@@ -5,6 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+
 use common::{Harness, MODEL_ID, SERIAL, alive, generate, pid_of, runner_and_model};
 use corral_control::Error;
 use corral_core::{Desired, InstanceSettings, State};
@@ -204,6 +206,49 @@ async fn deploy_crash_restart_and_stop() {
     assert_eq!(runs.len(), 3);
     assert!(runs.iter().all(|r| r.ended_at.is_some()), "{runs:#?}");
     assert!(!log_dir.exists(), "logs of a deleted instance are deleted");
+    h.shutdown().await;
+}
+
+/// Issue 13 item 16 (the flaky gateway test `long_requests_are_activity`): the idle
+/// clock starts when the instance is ready. It counted from the last activity before the
+/// deploy, so a deploy or wake slower than the idle timeout was put to sleep the moment
+/// it became ready, and its replica stopped under the request about to use it (which then
+/// saw `IncompleteMessage` or a refused connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaky_idle_after_a_slow_deploy() {
+    let Some((runner, model)) = runner_and_model() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let h = Harness::new(runner, model).await;
+    let timeout = Duration::from_secs(3);
+    let id = h
+        .create_instance_idle_since(
+            MODEL_ID,
+            InstanceSettings {
+                idle_timeout_seconds: 3,
+                ..settings()
+            },
+            // As if the deploy had taken ten minutes.
+            Utc::now() - chrono::Duration::minutes(10),
+        )
+        .await;
+    h.wait_state(id, State::Ready, Duration::from_secs(30))
+        .await;
+    let ready = Instant::now();
+    while ready.elapsed() < timeout / 3 {
+        let inst = h.instance(id).await;
+        assert_eq!(
+            (inst.desired, inst.state),
+            (Desired::Running, State::Ready),
+            "idled as it became ready\n{}",
+            h.timeline(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nobody calls it: it does go to sleep, a timeout after it became ready.
+    h.wait_state(id, State::Sleeping, Duration::from_secs(15))
+        .await;
     h.shutdown().await;
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use corral_control::{Control, ControlSettings, FileWeights, ScalePolicy};
 use corral_core::{
     CatalogModel, ComputeSpec, ComputeType, Desired, Instance, InstanceEvent, InstanceSettings,
@@ -157,6 +157,18 @@ impl Harness {
     }
 
     pub async fn create_instance(&self, model_id: &str, settings: InstanceSettings) -> Uuid {
+        self.create_instance_idle_since(model_id, settings, Utc::now())
+            .await
+    }
+
+    /// An instance whose last activity was at `last_activity_at`, as if its deploy (or
+    /// wake) had taken since then.
+    pub async fn create_instance_idle_since(
+        &self,
+        model_id: &str,
+        settings: InstanceSettings,
+        last_activity_at: DateTime<Utc>,
+    ) -> Uuid {
         let now = Utc::now();
         let inst = Instance {
             id: Uuid::now_v7(),
@@ -178,7 +190,7 @@ impl Harness {
             state_reason: None,
             created_at: now,
             updated_at: now,
-            last_activity_at: now,
+            last_activity_at,
             running_since: None,
             running_seconds: 0,
             team_id: None,
