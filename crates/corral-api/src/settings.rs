@@ -38,6 +38,10 @@ pub struct Settings {
     pub gateway_tokens_per_minute: u32,
     /// Corral's own accounts (default) or an identity provider's.
     pub auth: crate::auth::cognito::AuthMode,
+    /// Whether `url` model sources (and the weights manager's fetches) may target
+    /// loopback, link-local or private addresses. Off: the control plane must not fetch
+    /// from its own network on an admin's say-so (the cloud metadata address).
+    pub allow_private_model_sources: bool,
 }
 
 /// Argon2id cost. The default is OWASP's first recommendation (19 MiB, 2 passes, 1 lane).
@@ -80,6 +84,7 @@ impl Settings {
             gateway_requests_per_minute: 600,
             gateway_tokens_per_minute: 200_000,
             auth: crate::auth::cognito::AuthMode::Builtin,
+            allow_private_model_sources: false,
         }
     }
 }

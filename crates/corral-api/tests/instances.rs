@@ -13,7 +13,7 @@ mod common;
 
 use chrono::Utc;
 use common::{
-    Backend, MODEL, Reconciler, SERIAL, TestApp, runner_and_model, spawn_app,
+    Backend, MODEL, Reconciler, SERIAL, TestApp, runner_and_model, spawn_app, spawn_app_with,
     spawn_app_with_reconciler,
 };
 use corral_control::ControlSettings;
@@ -741,10 +741,58 @@ async fn catalog_admin(backend: Backend) {
     assert_eq!(status, 404);
 }
 
-/// An admin pulls a URL model ahead of a deploy: 202 at once, progress on the model,
-/// then present. The "registry" is a local HTTP server.
-async fn pull_shows_progress_until_present(backend: Backend) {
+/// Issue 13 item 14: model sources inside the network. An admin cannot add a `url`
+/// source on loopback, link-local (the cloud metadata address) or private addresses
+/// (400, nothing created) unless `allow_private_model_sources` is set.
+async fn model_sources_inside_the_network_are_refused(backend: Backend) {
     let app = spawn_app(backend).await;
+    let (_, admin) = app.user_with_role(Role::Admin).await;
+    let entry = |url: &str| {
+        json!({"id": "inside:1", "memory_required": 512,
+               "source": {"kind": "url", "url": url, "sha256": "ab".repeat(32)}})
+    };
+    for url in [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/x",
+        "http://127.0.0.1:11434/m.gguf",
+        "http://[::ffff:169.254.169.254]/m.gguf",
+        "http://[fd00:ec2::254]/m.gguf",
+        "https://10.0.0.2/m.gguf",
+        "http://192.168.1.1/m.gguf",
+        "http://100.64.0.1/m.gguf",
+        "http://0.0.0.0:8080/m.gguf",
+        "http://localhost:8080/m.gguf",
+    ] {
+        let (status, body) = app.post("/api/models", Some(&admin), entry(url)).await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_source", "{url}: {body}");
+        let (status, _) = app.get("/api/models/inside:1", Some(&admin)).await;
+        assert_eq!(status, 404, "{url}: nothing created");
+    }
+    let (status, body) = app
+        .post(
+            "/api/models",
+            Some(&admin),
+            entry("https://huggingface.co/x/m.gguf"),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let allowed = spawn_app_with(backend, |s| s.allow_private_model_sources = true).await;
+    let (_, admin) = allowed.user_with_role(Role::Admin).await;
+    let (status, body) = allowed
+        .post(
+            "/api/models",
+            Some(&admin),
+            entry("http://127.0.0.1:11434/m.gguf"),
+        )
+        .await;
+    assert_eq!(status, 201, "allowed by the setting: {body}");
+}
+
+/// An admin pulls a URL model ahead of a deploy: 202 at once, progress on the model,
+/// then present. The "registry" is a local HTTP server (allowed by the setting).
+async fn pull_shows_progress_until_present(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.allow_private_model_sources = true).await;
     let (_, admin) = app.user_with_role(Role::Admin).await;
     let (_, user) = app.user_with_role(Role::User).await;
     let gguf = format!("GGUF{}", "x".repeat(300_000));
@@ -1020,6 +1068,7 @@ both_backends!(
     deploy_show_logs_and_stop,
     owners_only_and_viewers_read_only,
     catalog_admin,
+    model_sources_inside_the_network_are_refused,
     pull_shows_progress_until_present,
     impossible_sizes_launch_nothing,
     restart_adopts_and_kill_restarts,

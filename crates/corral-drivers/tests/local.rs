@@ -621,3 +621,46 @@ async fn ollama_runtime_sets_up_the_model_then_serves() {
     );
     driver.stop(&broken, Duration::from_secs(1)).await.unwrap();
 }
+
+/// Issue 13 item 11: file permissions. What the driver writes under the data dir (the
+/// dir itself, replica logs, the ollama runtime's Modelfile and model store) is private
+/// to the server's user, whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_files_are_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let fake = fake_ollama(tmp.path());
+    let mut config = LocalConfig::new(&data_dir);
+    config.runner_bin = Some(fake.clone());
+    config.ollama_bin = Some(fake);
+    let driver = LocalDriver::new(config).unwrap();
+    let mut cleanup = Cleanup {
+        data_dir: data_dir.clone(),
+        pids: Vec::new(),
+    };
+    let r = driver
+        .launch(&spec(None, Runtime::Ollama, "smollm2:135m"))
+        .await
+        .unwrap();
+    cleanup.pids.push(pid(&r));
+    let mode = |p: PathBuf| {
+        let m = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        (p.strip_prefix(&data_dir).unwrap().display().to_string(), m)
+    };
+    let logs = data_dir.join("logs").join(r.instance_id.to_string());
+    let log = fs::read_dir(&logs).unwrap().next().unwrap().unwrap().path();
+    let replica = data_dir.join(format!("ollama/replicas/{}", r.replica_id));
+    for (path, expected) in [
+        (data_dir.clone(), 0o700),
+        (data_dir.join("logs"), 0o700),
+        (logs, 0o700),
+        (log, 0o600),
+        (replica.clone(), 0o700),
+        (replica.join("Modelfile"), 0o600),
+        (data_dir.join("ollama/models"), 0o700),
+    ] {
+        let (name, got) = mode(path);
+        assert_eq!(got, expected, "{name}: {got:o}");
+    }
+    driver.stop(&r, Duration::from_secs(5)).await.unwrap();
+}

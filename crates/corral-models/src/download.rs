@@ -179,7 +179,12 @@ impl Download<'_> {
             );
             (file, hasher)
         } else {
-            let file = tokio::fs::File::create(self.partial)
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(corral_guard::files::FILE_MODE)
+                .open(self.partial)
                 .await
                 .map_err(Error::io(format!("creating {}", self.partial.display())))?;
             (file, Sha256::new())

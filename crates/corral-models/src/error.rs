@@ -29,6 +29,9 @@ pub enum Error {
     /// reqwest's own message ("error sending request") hides the useful part.
     #[error("fetching {url}: {reason}")]
     Http { url: String, reason: String },
+    /// The target is on an internal address and private sources are not allowed.
+    #[error("refusing to fetch {url}: {reason}")]
+    Refused { url: String, reason: String },
     #[error("{url} answered HTTP {status}{hint}")]
     Status {
         url: String,
@@ -55,6 +58,13 @@ impl Error {
     }
 
     pub(crate) fn http(url: &str, err: &reqwest::Error) -> Error {
+        // Refused by the guard (resolver or redirect): final, not a network moment.
+        if let Some(refused) = corral_guard::net::refusal(err) {
+            return Error::Refused {
+                url: url.to_owned(),
+                reason: refused.to_string(),
+            };
+        }
         let mut reason = err.to_string();
         let mut cause = std::error::Error::source(err);
         while let Some(c) = cause {

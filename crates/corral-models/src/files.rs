@@ -79,8 +79,12 @@ pub(crate) async fn link_or_copy(src: &Path, dest: &Path) -> Result<(String, u64
         };
         let mut from =
             std::fs::File::open(&from_path).map_err(Error::io(ctx("opening the source")))?;
-        let mut to =
-            std::fs::File::create(&to_path).map_err(Error::io(ctx("creating the copy")))?;
+        let mut to = corral_guard::files::private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&to_path)
+            .map_err(Error::io(ctx("creating the copy")))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; BUF];
         let mut size = 0u64;
@@ -131,9 +135,12 @@ pub(crate) async fn write_sidecar(path: &Path, sidecar: &Sidecar) -> Result<()> 
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    tokio::fs::write(&tmp, json)
-        .await
-        .map_err(Error::io(format!("writing {}", tmp.display())))?;
+    let written = tmp.clone();
+    blocking(move || {
+        corral_guard::files::write_private(&written, &json)
+            .map_err(Error::io(format!("writing {}", written.display())))
+    })
+    .await?;
     rename(&tmp, path).await
 }
 
@@ -155,7 +162,9 @@ pub(crate) async fn remove(path: &Path) -> Result<()> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))

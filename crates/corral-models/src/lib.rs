@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use corral_core::catalog::normalize_model_id;
 use corral_core::{CatalogModel, ModelSource};
+use corral_guard::net;
 use tokio::sync::watch;
 
 pub use error::{Error, Result};
@@ -43,6 +44,7 @@ pub struct Weights {
     models_dir: PathBuf,
     registry: String,
     client: reqwest::Client,
+    allow_private: bool,
     /// One lock per file stem: the only writer of `<stem>.*` holds it.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per normalized model id; kept for the server's life (one entry per catalog model).
@@ -54,18 +56,12 @@ impl Weights {
     /// touched on disk until something is resolved or imported.
     pub fn new(data_dir: impl Into<PathBuf>) -> Weights {
         let data_dir = data_dir.into();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            // No overall timeout (a pull may take an hour); a stalled transfer is retried.
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .expect("the HTTP client builds with the compiled-in TLS roots");
         Weights {
             models_dir: data_dir.join("models"),
             data_dir,
             registry: DEFAULT_REGISTRY.to_owned(),
-            client,
+            client: client(false),
+            allow_private: false,
             locks: Mutex::default(),
             progress: Mutex::default(),
         }
@@ -74,6 +70,16 @@ impl Weights {
     /// Another Ollama-protocol registry (a mirror, or a test server): its base URL.
     pub fn with_registry(mut self, base_url: impl Into<String>) -> Weights {
         self.registry = base_url.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Whether model URLs and the registry may be on loopback, link-local or private
+    /// addresses (the `allow_private_model_sources` setting). Off by default: an admin's
+    /// URL must not make the control plane fetch from its own network (the cloud
+    /// metadata address, internal services).
+    pub fn allow_private_sources(mut self, allow: bool) -> Weights {
+        self.client = client(allow);
+        self.allow_private = allow;
         self
     }
 
@@ -218,10 +224,12 @@ impl Weights {
         };
         let (url, sha256, size) = match remote {
             Remote::Url { url, sha256 } => {
+                self.check_target(url)?;
                 (url.to_owned(), parse_digest(sha256).map_err(invalid)?, None)
             }
             Remote::Ollama { name } => {
                 let reference = OllamaRef::parse(name).map_err(invalid)?;
+                self.check_target(&self.registry)?;
                 meter.phase(Phase::Manifest, 0, None);
                 let layer =
                     ollama::model_layer(&self.client, &self.registry, name, &reference).await?;
@@ -308,10 +316,25 @@ impl Weights {
         }
     }
 
+    /// IP literals never reach the client's guarded resolver: they are checked here.
+    fn check_target(&self, url: &str) -> Result<()> {
+        if self.allow_private {
+            return Ok(());
+        }
+        net::check_url(url).map_err(|refused| Error::Refused {
+            url: url.to_owned(),
+            reason: refused.to_string(),
+        })
+    }
+
+    /// Private to the server's user (weights may be licensed or fine-tuned in-house).
     async fn create_models_dir(&self) -> Result<()> {
-        tokio::fs::create_dir_all(&self.models_dir)
-            .await
-            .map_err(Error::io(format!("creating {}", self.models_dir.display())))
+        let dir = self.models_dir.clone();
+        files::blocking(move || {
+            corral_guard::files::create_private_dir(&dir)
+                .map_err(Error::io(format!("creating {}", dir.display())))
+        })
+        .await
     }
 
     fn lock(&self, stem: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -325,6 +348,19 @@ impl Weights {
             .or_insert_with(|| watch::Sender::new(Progress::IDLE))
             .clone()
     }
+}
+
+/// The weights client; with `allow_private` false, it connects only to public addresses
+/// (checked after DNS resolution, on every redirect too).
+fn client(allow_private: bool) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        // No overall timeout (a pull may take an hour); a stalled transfer is retried.
+        .read_timeout(Duration::from_secs(60));
+    net::guard(builder, allow_private)
+        .build()
+        .expect("the HTTP client builds with the compiled-in TLS roots")
 }
 
 /// The sources `resolve` downloads, borrowed from the catalog entry.

@@ -267,6 +267,11 @@ fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Weights that may fetch from this test's servers, which listen on loopback.
+fn local(data_dir: &Path) -> Weights {
+    Weights::new(data_dir).allow_private_sources(true)
+}
+
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
@@ -277,7 +282,7 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
 async fn pulls_from_the_ollama_registry_and_verifies() {
     let server = serve().await;
     let (dir, models) = setup();
-    let weights = Weights::new(dir.path()).with_registry(format!("{}/", server.base));
+    let weights = local(dir.path()).with_registry(format!("{}/", server.base));
     let m = model("smol:135m", ollama("library/smol:135m"));
     let progress = weights.progress("smol:135m").unwrap();
     assert_eq!(progress.borrow().phase, Phase::Idle);
@@ -310,7 +315,7 @@ async fn pulls_from_the_ollama_registry_and_verifies() {
     assert_eq!(server.manifest_gets.load(Ordering::SeqCst), 1);
     assert_eq!(server.blob_gets.load(Ordering::SeqCst), 1);
     // A fresh manager (a restarted server) trusts the record too.
-    let again = Weights::new(dir.path()).with_registry(&server.base);
+    let again = local(dir.path()).with_registry(&server.base);
     assert!(again.present(&m).await);
     assert_eq!(again.resolve(&m).await.unwrap(), path);
     assert_eq!(server.blob_gets.load(Ordering::SeqCst), 1);
@@ -320,7 +325,7 @@ async fn pulls_from_the_ollama_registry_and_verifies() {
 async fn registry_errors_are_explained() {
     let server = serve().await;
     let (dir, _) = setup();
-    let weights = Weights::new(dir.path()).with_registry(&server.base);
+    let weights = local(dir.path()).with_registry(&server.base);
 
     let err = weights
         .resolve(&model("nope:1b", ollama("library/nope:1b")))
@@ -350,7 +355,7 @@ async fn registry_errors_are_explained() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let err = Weights::new(dir.path())
+    let err = local(dir.path())
         .with_registry(&dead)
         .resolve(&model("smol:135m", ollama("library/smol:135m")))
         .await
@@ -363,7 +368,7 @@ async fn registry_errors_are_explained() {
 async fn pulls_from_a_url_and_tracks_the_digest() {
     let server = serve().await;
     let (dir, models) = setup();
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     // Catalogs write digests in any case, with or without the prefix.
     let sha = format!("sha256:{}", fixture().sha256.to_ascii_uppercase());
     let m = model("smollm2:135m", url(&server, "/files/model.gguf", &sha));
@@ -386,7 +391,7 @@ async fn pulls_from_a_url_and_tracks_the_digest() {
 async fn resumes_after_the_connection_drops() {
     let server = serve().await;
     let (dir, _) = setup();
-    let weights = Weights::new(dir.path()).with_registry(&server.base);
+    let weights = local(dir.path()).with_registry(&server.base);
     server.cut_next.store(true, Ordering::SeqCst);
     let m = model("smol:135m", ollama("library/smol:135m"));
     let path = weights.resolve(&m).await.unwrap();
@@ -418,7 +423,7 @@ async fn resumes_a_partial_left_by_an_earlier_run() {
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("smol_135m.partial"), &fixture().bytes[..half]).unwrap();
 
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     let m = model(
         "smol:135m",
         url(&server, "/files/model.gguf", &fixture().sha256),
@@ -440,7 +445,7 @@ async fn restarts_when_the_server_ignores_the_range() {
     // Garbage: appending to it would fail the hash, so a 200 must start over.
     std::fs::write(models.join("smol_135m.partial"), vec![0xAA; 1000]).unwrap();
 
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     let m = model(
         "smol:135m",
         url(&server, "/files/no-range.gguf", &fixture().sha256),
@@ -461,7 +466,7 @@ async fn a_stale_partial_of_other_content_is_downloaded_again() {
     std::fs::create_dir_all(&models).unwrap();
     std::fs::write(models.join("smol_135m.partial"), &other_bytes()[..half]).unwrap();
 
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     let m = model(
         "smol:135m",
         url(&server, "/files/model.gguf", &fixture().sha256),
@@ -478,7 +483,7 @@ async fn a_stale_partial_of_other_content_is_downloaded_again() {
 async fn a_digest_mismatch_leaves_nothing_behind() {
     let server = serve().await;
     let (dir, _) = setup();
-    let weights = Weights::new(dir.path()).with_registry(&server.base);
+    let weights = local(dir.path()).with_registry(&server.base);
     let wrong = "0123456789abcdef".repeat(4);
 
     let m = model("smol:135m", url(&server, "/files/model.gguf", &wrong));
@@ -511,7 +516,7 @@ async fn a_digest_mismatch_leaves_nothing_behind() {
 async fn a_cancelled_resolve_goes_idle_and_the_next_one_resumes() {
     let server = serve().await;
     let (dir, models) = setup();
-    let weights = Arc::new(Weights::new(dir.path()).with_registry(&server.base));
+    let weights = Arc::new(local(dir.path()).with_registry(&server.base));
     let m = model("smol:135m", ollama("library/smol:135m"));
     let mut progress = weights.progress("smol:135m").unwrap();
     let half = fixture().bytes.len() as u64 / 2;
@@ -555,7 +560,7 @@ async fn a_cancelled_resolve_goes_idle_and_the_next_one_resumes() {
 async fn concurrent_resolves_share_one_download() {
     let server = serve().await;
     let (dir, _) = setup();
-    let weights = Arc::new(Weights::new(dir.path()).with_registry(&server.base));
+    let weights = Arc::new(local(dir.path()).with_registry(&server.base));
     let m = model("smol:135m", ollama("library/smol:135m"));
     let tasks: Vec<_> = (0..4)
         .map(|_| {
@@ -580,7 +585,7 @@ async fn imports_a_local_gguf() {
     let src = src_dir.path().join("my.gguf");
     std::fs::write(&src, &fixture().bytes).unwrap();
 
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     let entry = weights.import(&src, "My-Model:Q4").await.unwrap();
     assert_eq!(entry.id, "my-model:q4");
     assert_eq!(entry.family, "my-model");
@@ -616,7 +621,7 @@ async fn imports_a_local_gguf() {
 #[tokio::test]
 async fn refuses_what_is_not_a_gguf() {
     let (dir, _) = setup();
-    let weights = Weights::new(dir.path());
+    let weights = local(dir.path());
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello, not a model").unwrap();
 
@@ -660,7 +665,7 @@ async fn refuses_what_is_not_a_gguf() {
 async fn path_like_model_ids_are_refused() {
     let server = serve().await;
     let (dir, _) = setup();
-    let weights = Weights::new(dir.path()).with_registry(&server.base);
+    let weights = local(dir.path()).with_registry(&server.base);
     let src = dir.path().join("ok.gguf");
     std::fs::write(&src, b"GGUF\x03\0\0\0").unwrap();
     for id in [
@@ -692,4 +697,87 @@ async fn path_like_model_ids_are_refused() {
         weights.path_for("llama2:7b").unwrap(),
         dir.path().join("models/llama2_7b.gguf")
     );
+}
+
+/// Issue 13 item 14: model sources inside the network. Without
+/// `allow_private_model_sources`, neither a `url` source nor the registry may be on
+/// loopback, link-local (the cloud metadata address) or private addresses: refused
+/// before any byte is fetched, whether named by address or by a name resolving there,
+/// and not retried.
+#[tokio::test]
+async fn model_sources_inside_the_network_are_refused() {
+    let server = serve().await;
+    let (dir, _) = setup();
+    let guarded = Weights::new(dir.path());
+    let sha = fixture().sha256.clone();
+    let by_name = server.base.replace("127.0.0.1", "localhost");
+    for (source, registry) in [
+        (url(&server, "/files/model.gguf", &sha), None),
+        (
+            ModelSource::Url {
+                url: format!("{by_name}/files/model.gguf"),
+                sha256: sha.clone(),
+            },
+            None,
+        ),
+        (
+            ModelSource::Url {
+                url: "http://169.254.169.254/latest/meta-data/iam/x.gguf".into(),
+                sha256: sha.clone(),
+            },
+            None,
+        ),
+        (
+            ModelSource::Url {
+                url: "http://[::ffff:169.254.169.254]/x.gguf".into(),
+                sha256: sha.clone(),
+            },
+            None,
+        ),
+        (ollama("library/smol:135m"), Some(server.base.clone())),
+        (ollama("library/smol:135m"), Some(by_name.clone())),
+    ] {
+        let weights = match &registry {
+            Some(r) => Weights::new(dir.path()).with_registry(r),
+            None => Weights::new(dir.path()),
+        };
+        let started = std::time::Instant::now();
+        let err = weights
+            .resolve(&model("smol:135m", source.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Refused { .. }),
+            "{source:?} via {registry:?}: {err:?}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "refused at once, not retried"
+        );
+    }
+    assert!(server.ranges.lock().unwrap().is_empty(), "no file request");
+    assert_eq!(server.manifest_gets.load(Ordering::SeqCst), 0);
+    assert_eq!(listing(dir.path()), Vec::<String>::new());
+    // The setting allows them.
+    let m = model("smol:135m", url(&server, "/files/model.gguf", &sha));
+    assert!(guarded.resolve(&m).await.is_err());
+    assert_is_fixture(&local(dir.path()).resolve(&m).await.unwrap());
+}
+
+/// Issue 13 item 11: file permissions. Downloaded weights, their records and the models
+/// dir are private to the server's user, whatever the umask.
+#[tokio::test]
+async fn weights_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let server = serve().await;
+    let (dir, models) = setup();
+    let m = model(
+        "smol:135m",
+        url(&server, "/files/model.gguf", &fixture().sha256),
+    );
+    let path = local(dir.path()).resolve(&m).await.unwrap();
+    assert_eq!(mode(&models), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&models.join("smol_135m.json")), 0o600);
 }

@@ -62,7 +62,7 @@ pub async fn run(store_args: &StoreArgs, cmd: AdminCommand) -> Result<(), CliErr
             if !failed.is_empty() {
                 return Err(CliError::Invalid(password::explain(&failed)));
             }
-            std::fs::create_dir_all(&cfg.data_dir)
+            corral_guard::files::create_private_dir(&cfg.data_dir)
                 .map_err(CliError::io(format!("creating {}", cfg.data_dir.display())))?;
             let store = crate::store::open(&cfg.database_url).await?;
             let argon2 = crate::serve::argon2_params(&file);

@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// starttls (default), tls or none.
     #[arg(long, env = "CORRAL_SMTP_SECURITY", value_name = "MODE")]
     pub smtp_security: Option<String>,
+    /// Let model sources (`url` entries, the Ollama registry) be on loopback, link-local
+    /// or private addresses (true/false; default false: the control plane refuses to
+    /// fetch from its own network, such as the cloud metadata address).
+    #[arg(long, env = "CORRAL_ALLOW_PRIVATE_MODEL_SOURCES", value_name = "BOOL")]
+    pub allow_private_model_sources: Option<bool>,
     /// Log filter, e.g. info or corral_api=debug.
     #[arg(long, env = "CORRAL_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -239,6 +244,7 @@ pub struct FileConfig {
     pub metrics_token: Option<String>,
     pub gateway_requests_per_minute: Option<u32>,
     pub gateway_tokens_per_minute: Option<u32>,
+    pub allow_private_model_sources: Option<bool>,
     pub log: Option<String>,
     #[serde(default)]
     pub smtp: SmtpFile,

@@ -4,6 +4,7 @@ mod admin;
 mod client;
 mod config;
 mod error;
+mod private;
 mod serve;
 mod store;
 

@@ -21,10 +21,7 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     let file = FileConfig::load(store_args.config.as_deref())?;
     init_logging(args.log.as_deref().or(file.log.as_deref()));
     let cfg = StoreConfig::resolve(store_args, &file);
-    std::fs::create_dir_all(&cfg.data_dir).map_err(CliError::io(format!(
-        "creating data dir {}",
-        cfg.data_dir.display()
-    )))?;
+    crate::private::prepare_data_dir(&cfg.data_dir, &cfg.database_url)?;
 
     let listen: SocketAddr = args
         .listen
@@ -97,6 +94,10 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     {
         settings.gateway_tokens_per_minute = v;
     }
+    settings.allow_private_model_sources = args
+        .allow_private_model_sources
+        .or(file.allow_private_model_sources)
+        .unwrap_or(false);
     settings.argon2 = argon2_params(&file);
     settings.auth = crate::config::auth_mode(&args, &file)?;
 
@@ -147,7 +148,10 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     };
     // One weights manager for the reconciler (deploys) and the API (presence, pulls), so
     // they share the per-model download lock and its progress.
-    let weights = Arc::new(corral_models::Weights::new(&cfg.data_dir));
+    let weights = Arc::new(
+        corral_models::Weights::new(&cfg.data_dir)
+            .allow_private_sources(settings.allow_private_model_sources),
+    );
     // Without corral-runner (or ollama) this host cannot run models itself; accounts,
     // the catalog and any cloud driver still work, so warn instead of refusing to start.
     let mut drivers: Vec<Arc<dyn ComputeDriver>> = Vec::new();
@@ -229,14 +233,7 @@ fn persistent_secret(path: &Path) -> Result<Vec<u8>, CliError> {
         }
     }
     let fresh = secret::random_token();
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options
-        .open(path)
-        .map_err(CliError::io(format!("creating {}", path.display())))?;
-    f.write_all(fresh.as_bytes())
+    corral_guard::files::write_private(path, fresh.as_bytes())
         .map_err(CliError::io(format!("writing {}", path.display())))?;
     Ok(fresh.into_bytes())
 }

@@ -6,10 +6,14 @@ use std::sync::Arc;
 
 use corral_store::Store;
 
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, corral_store::Error> {
+use crate::error::CliError;
+
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, CliError> {
+    // Before SQLite creates it with the umask's mode.
+    crate::private::prepare_sqlite(url)?;
     if url.starts_with("dynamodb://") {
         let store = corral_store_dynamodb::DynamoStore::open(url).await?;
         return Ok(Arc::new(store));
     }
-    corral_store::open(url).await
+    Ok(corral_store::open(url).await?)
 }

@@ -195,7 +195,7 @@ async fn create_model(
         gpu_supported: body.gpu_supported.unwrap_or(true),
         memory_required: body.memory_required,
         expected_deploy_seconds: body.expected_deploy_seconds.unwrap_or(60),
-        source: check_source(body.source)?,
+        source: check_source(body.source, state.settings.allow_private_model_sources)?,
         weights_bytes: body.weights_bytes,
         builtin: false,
         id,
@@ -235,8 +235,9 @@ fn label(name: &str, value: &str) -> ApiResult<String> {
 }
 
 /// Checks a source the way the weights manager will use it, so a bad one is refused now
-/// rather than failing the first deploy.
-fn check_source(source: ModelSource) -> ApiResult<ModelSource> {
+/// rather than failing the first deploy. A URL on an internal address is refused here
+/// cheaply (no DNS); the weights manager checks the resolved address when it fetches.
+fn check_source(source: ModelSource, allow_private: bool) -> ApiResult<ModelSource> {
     let invalid = |m: String| ApiError::bad_request("invalid_source", m);
     Ok(match source {
         ModelSource::Ollama { name } => {
@@ -251,6 +252,9 @@ fn check_source(source: ModelSource) -> ApiResult<ModelSource> {
                 return Err(invalid(
                     "url must be an http(s) URL without spaces, at most 2048 characters".into(),
                 ));
+            }
+            if !allow_private && let Err(refused) = corral_guard::net::check_url(&url) {
+                return Err(invalid(format!("url: {refused}")));
             }
             let sha256 = parse_digest(&sha256)
                 .map_err(|m| invalid(format!("sha256 must be 64 hex digits: {m}")))?;

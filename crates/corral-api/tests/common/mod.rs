@@ -126,7 +126,10 @@ async fn launch(
     let reconciler = reconciler(dir.path());
     let running = reconciler.is_some();
     let (drivers, control_settings) = reconciler.unwrap_or_default();
-    let weights = Arc::new(corral_models::Weights::new(dir.path()));
+    let weights = Arc::new(
+        corral_models::Weights::new(dir.path())
+            .allow_private_sources(settings.allow_private_model_sources),
+    );
     let control = Control::new(
         Arc::clone(&store),
         drivers,

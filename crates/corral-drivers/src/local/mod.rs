@@ -40,9 +40,10 @@ mod logfile;
 mod offers;
 mod procfs;
 
+use corral_guard::files as private;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -212,7 +213,7 @@ impl LocalDriver {
     /// Resolves the runtime binaries and creates the data dir. Fails when `corral-runner`
     /// cannot be found, since without it this driver cannot launch anything by default.
     pub fn new(config: LocalConfig) -> Result<Self> {
-        fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        private::create_private_dir(&config.data_dir).map_err(|source| Error::Io {
             context: format!("cannot create data dir {}", config.data_dir.display()),
             source,
         })?;
@@ -335,7 +336,7 @@ impl LocalDriver {
             let context = format!("{context} ({})", dir.display());
             move |source| Error::Io { context, source }
         };
-        fs::create_dir_all(&dir).map_err(io("cannot create the replica dir"))?;
+        private::create_private_dir(&dir).map_err(io("cannot create the replica dir"))?;
         let modelfile = dir.join("Modelfile");
         let ready = dir.join("ready");
         match fs::remove_file(&ready) {
@@ -344,16 +345,17 @@ impl LocalDriver {
             }
             _ => {}
         }
-        fs::write(
+        private::write_private(
             &modelfile,
             format!(
                 "FROM {from}\nPARAMETER num_ctx {}\nPARAMETER num_thread {threads}\n",
                 spec.context
-            ),
+            )
+            .as_bytes(),
         )
         .map_err(io("cannot write the Modelfile"))?;
         let models = self.data_dir.join("ollama").join("models");
-        fs::create_dir_all(&models).map_err(|source| Error::Io {
+        private::create_private_dir(&models).map_err(|source| Error::Io {
             context: format!("cannot create {}", models.display()),
             source,
         })?;
@@ -497,13 +499,14 @@ impl ComputeDriver for LocalDriver {
             move |source| Error::Io { context, source }
         };
         let log_dir = self.log_dir(spec.instance_id);
-        fs::create_dir_all(&log_dir).map_err(log_io("cannot create the log dir of"))?;
+        // Logs echo prompts and model output: private, like everything under the data dir.
+        private::create_private_dir(&log_dir).map_err(log_io("cannot create the log dir of"))?;
         // Earlier launches of this replica have ended (one launch runs at a time), so
         // their files can go; the new one counts toward what is kept.
         if let Err(e) = logfile::prune_launches(&log_dir, spec.replica_id, self.log_runs_kept - 1) {
             tracing::warn!(replica = %spec.replica_id, "cannot prune old replica logs: {e}");
         }
-        let mut log = OpenOptions::new()
+        let mut log = private::private_options()
             .create(true)
             .append(true)
             .open(&log_path)
