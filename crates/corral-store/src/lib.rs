@@ -31,6 +31,17 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(std::sync::Arc::new(PostgresStore::connect(url).await?));
     }
+    let path = sqlite_path(url)?.ok_or_else(|| Error::UnsupportedUrl(url.to_string()))?;
+    Ok(std::sync::Arc::new(SqliteStore::open(path).await?))
+}
+
+/// The database file a SQLite URL (`sqlite://PATH`, `sqlite:PATH` or a plain path)
+/// names; `None` for a PostgreSQL URL. `corral serve` needs the file to lock it: SQLite
+/// serves one process only.
+pub fn sqlite_path(url: &str) -> Result<Option<&std::path::Path>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(None);
+    }
     let path = match url.split_once("://") {
         Some(("sqlite", path)) => path,
         Some((scheme, _)) => return Err(Error::UnsupportedUrl(scheme.to_string())),
@@ -39,9 +50,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     if path.is_empty() {
         return Err(Error::UnsupportedUrl("sqlite:// with no path".into()));
     }
-    Ok(std::sync::Arc::new(
-        SqliteStore::open(std::path::Path::new(path)).await?,
-    ))
+    Ok(Some(std::path::Path::new(path)))
 }
 
 /// `Error::InUse`'s sentence for deleting a team that still owns instances (every
@@ -403,4 +412,24 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<UsageRow>>;
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        assert_eq!(
+            sqlite_path("sqlite:///srv/c.db").unwrap(),
+            Some(Path::new("/srv/c.db"))
+        );
+        assert_eq!(sqlite_path("sqlite:c.db").unwrap(), Some(Path::new("c.db")));
+        assert_eq!(sqlite_path("c.db").unwrap(), Some(Path::new("c.db")));
+        assert_eq!(sqlite_path("postgres://u@h/db").unwrap(), None);
+        assert_eq!(sqlite_path("postgresql://u@h/db").unwrap(), None);
+        assert!(sqlite_path("sqlite://").is_err());
+        assert!(sqlite_path("mysql://h/db").is_err());
+    }
 }

@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod private;
 mod serve;
+mod single;
 mod store;
 
 use clap::{Parser, Subcommand};

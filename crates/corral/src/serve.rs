@@ -23,6 +23,9 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     let cfg = StoreConfig::resolve(store_args, &file);
     crate::private::prepare_data_dir(&cfg.data_dir, &cfg.database_url)?;
 
+    // Before the port: a second server on one SQLite file must hear why it cannot run.
+    let _serve_lock = crate::single::lock_store(&cfg.database_url)?;
+
     let listen: SocketAddr = args
         .listen
         .or(file.listen)
