@@ -248,6 +248,7 @@ impl Setup {
         let inst = Instance {
             id: Uuid::now_v7(),
             owner_id: self.owner.id,
+            team_id: None,
             model_id: MODEL.into(),
             driver: "ecs".into(),
             compute: ComputeSpec {
