@@ -155,6 +155,14 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
+        if matches!(self, ApiError::TooManyRequests { .. }) {
+            response.extensions_mut().insert(RateLimited);
+        }
         response
     }
 }
+
+/// Marks the answer of a rate limiter (not that of a locked account), which the audit
+/// log counts rather than writes one by one.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimited;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod client_ip;
 pub mod error;
 pub mod extract;
 pub mod gateway;
@@ -66,6 +67,10 @@ pub fn router(state: AppState) -> Router {
     .layer(middleware::from_fn_with_state(
         state.clone(),
         metrics::track,
+    ))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        client_ip::middleware,
     ))
     .layer(TraceLayer::new_for_http())
     .with_state(state)

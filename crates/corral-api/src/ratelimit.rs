@@ -37,6 +37,15 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// How long until `key` has a token again, if it has none now; takes nothing.
+    pub fn exhausted(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = refill(*buckets.get(key)?, now, self.capacity, self.per_second);
+        (bucket.tokens < 1.0)
+            .then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= SWEEP_ABOVE && !buckets.contains_key(key) {
@@ -88,5 +97,8 @@ mod tests {
             "keys are independent"
         );
         assert!(limiter.check_at("ip", t0 + Duration::from_secs(20)).is_ok());
+        assert!(limiter.exhausted("ip").is_some());
+        assert!(limiter.exhausted("other").is_none());
+        assert!(limiter.exhausted("never seen").is_none());
     }
 }

@@ -23,8 +23,10 @@ pub struct Settings {
     /// Require a verified e-mail before login.
     pub require_verified_email: bool,
     pub argon2: Argon2Params,
-    /// Take the client IP from `X-Forwarded-For` (only behind a trusted proxy such as an ALB).
-    pub trust_forwarded_for: bool,
+    /// Proxies in front of Corral that append to `X-Forwarded-For` (an ALB: 1; CloudFront
+    /// and an ALB: 2); the client IP is the entry this many places from the right. 0: the
+    /// header is ignored and the TCP peer is the client (see `client_ip`).
+    pub trusted_proxy_hops: u32,
     /// One-time token that lets the first admin sign up when no user exists.
     pub setup_token: Option<String>,
     /// Token for `GET /metrics` scrapers that do not log in.
@@ -36,6 +38,11 @@ pub struct Settings {
     /// Prompt + completion tokens per user and minute, counted when a request ends, so a
     /// spent budget refuses the next requests; 0: unlimited.
     pub gateway_tokens_per_minute: u32,
+    /// Gateway requests of one user in flight at once (from authentication to the end of
+    /// the answer's body); 0: unlimited.
+    pub gateway_max_concurrent_requests: u32,
+    /// How long the gateway waits for a whole request body before answering 408.
+    pub gateway_body_timeout: Duration,
     /// Corral's own accounts (default) or an identity provider's.
     pub auth: crate::auth::cognito::AuthMode,
     /// Whether `url` model sources (and the weights manager's fetches) may target
@@ -77,12 +84,14 @@ impl Settings {
             signup_enabled: true,
             require_verified_email: true,
             argon2: Argon2Params::default(),
-            trust_forwarded_for: false,
+            trusted_proxy_hops: 0,
             setup_token: None,
             metrics_token: None,
             prices: corral_core::PriceTable::default(),
             gateway_requests_per_minute: 600,
             gateway_tokens_per_minute: 200_000,
+            gateway_max_concurrent_requests: 32,
+            gateway_body_timeout: Duration::from_secs(60),
             auth: crate::auth::cognito::AuthMode::Builtin,
             allow_private_model_sources: false,
         }

@@ -7,6 +7,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::audit::Refusals;
 use crate::auth::cache::AuthCache;
 use crate::auth::cognito::{AuthMode, Cognito};
 use crate::auth::jwt::Keys;
@@ -28,8 +29,11 @@ pub struct Inner {
     /// API keys and users of recent requests (see `auth::cache`).
     pub auth_cache: AuthCache,
     pub mailer: Mailer,
-    /// Auth routes, per client IP.
+    /// Unauthenticated requests, per client IP: the auth routes, and API and gateway
+    /// requests whose credential is refused.
     pub ip_limiter: RateLimiter,
+    /// Rate-limited requests, counted for the audit log.
+    pub refusals: Refusals,
     /// Login, reset and MFA, per target account (e-mail or user id).
     pub account_limiter: RateLimiter,
     pub started: Instant,
@@ -64,6 +68,7 @@ impl AppState {
             },
             auth_cache: AuthCache::default(),
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
+            refusals: Refusals::default(),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),
             store,
             settings,

@@ -71,9 +71,14 @@ pub struct ServeArgs {
     /// Require a verified e-mail address before login (true/false).
     #[arg(long, env = "CORRAL_REQUIRE_VERIFIED_EMAIL", value_name = "BOOL")]
     pub require_verified_email: Option<bool>,
-    /// Trust X-Forwarded-For for the client IP (only behind your own proxy/ALB).
+    /// Trust X-Forwarded-For for the client IP (only behind your own proxy/ALB); the same
+    /// as --trusted-proxy-hops 1 when that is not set.
     #[arg(long, env = "CORRAL_TRUST_FORWARDED_FOR", value_name = "BOOL")]
     pub trust_forwarded_for: Option<bool>,
+    /// Proxies in front of Corral that append to X-Forwarded-For (ALB: 1, CloudFront + ALB:
+    /// 2); the client IP is the entry this many places from the right. 0: ignore the header.
+    #[arg(long, env = "CORRAL_TRUSTED_PROXY_HOPS", value_name = "N")]
+    pub trusted_proxy_hops: Option<u32>,
     /// Secret for signing access tokens (≥ 32 bytes). Default: generated once and kept in DATA_DIR/jwt-secret.
     #[arg(
         long,
@@ -96,6 +101,12 @@ pub struct ServeArgs {
     /// Prompt + completion tokens allowed per user per minute through the gateway; 0: no limit.
     #[arg(long, env = "CORRAL_GATEWAY_TOKENS_PER_MINUTE", value_name = "N")]
     pub gateway_tokens_per_minute: Option<u32>,
+    /// Gateway requests one user may have in flight at once; 0: no limit.
+    #[arg(long, env = "CORRAL_GATEWAY_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub gateway_max_concurrent_requests: Option<u32>,
+    /// How long the gateway waits for a whole request body before answering 408, e.g. 60s.
+    #[arg(long, env = "CORRAL_GATEWAY_BODY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub gateway_body_timeout: Option<Duration>,
     /// SMTP relay for outgoing mail. Without it, mail goes to the outbox (GET /api/admin/outbox).
     #[arg(long, env = "CORRAL_SMTP_HOST", value_name = "HOST")]
     pub smtp_host: Option<String>,
@@ -240,11 +251,15 @@ pub struct FileConfig {
     pub signup_enabled: Option<bool>,
     pub require_verified_email: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
+    pub trusted_proxy_hops: Option<u32>,
     pub jwt_secret: Option<String>,
     pub metrics_token: Option<String>,
     pub gateway_requests_per_minute: Option<u32>,
     pub gateway_tokens_per_minute: Option<u32>,
     pub allow_private_model_sources: Option<bool>,
+    pub gateway_max_concurrent_requests: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub gateway_body_timeout: Option<Duration>,
     pub log: Option<String>,
     #[serde(default)]
     pub smtp: SmtpFile,

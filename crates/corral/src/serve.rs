@@ -81,9 +81,11 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     if let Some(v) = args.require_verified_email.or(file.require_verified_email) {
         settings.require_verified_email = v;
     }
-    if let Some(v) = args.trust_forwarded_for.or(file.trust_forwarded_for) {
-        settings.trust_forwarded_for = v;
-    }
+    let trust_forwarded_for = args.trust_forwarded_for.or(file.trust_forwarded_for);
+    settings.trusted_proxy_hops = args
+        .trusted_proxy_hops
+        .or(file.trusted_proxy_hops)
+        .unwrap_or(u32::from(trust_forwarded_for == Some(true)));
     settings.metrics_token = args.metrics_token.clone().or(file.metrics_token.clone());
     if let Some(v) = args
         .gateway_requests_per_minute
@@ -101,6 +103,15 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         .allow_private_model_sources
         .or(file.allow_private_model_sources)
         .unwrap_or(false);
+    if let Some(v) = args
+        .gateway_max_concurrent_requests
+        .or(file.gateway_max_concurrent_requests)
+    {
+        settings.gateway_max_concurrent_requests = v;
+    }
+    if let Some(v) = args.gateway_body_timeout.or(file.gateway_body_timeout) {
+        settings.gateway_body_timeout = v;
+    }
     settings.argon2 = argon2_params(&file);
     settings.auth = crate::config::auth_mode(&args, &file)?;
 

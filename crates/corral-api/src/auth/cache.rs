@@ -5,12 +5,16 @@
 //! (a key revoked, a user disabled, locked, deleted, given another role or another
 //! password) is made through the management API of this same server process, by a
 //! non-GET request under `/api/`. `invalidate_on_change` clears the whole cache after
-//! every such request, before its answer reaches the client, so a revoked key is
-//! refused on the very next request. Changes made elsewhere (another `corral serve` on
+//! every such request that was not refused (a 4xx changes nothing), before its answer
+//! reaches the client, so a revoked key is refused on the very next request. Changes made elsewhere (another `corral serve` on
 //! the same PostgreSQL, or SQL by hand) take effect after at most `TTL`.
 //!
 //! A lookup that raced with a change cannot put the old answer back: entries are only
 //! stored if no invalidation happened since the lookup began (`generation`).
+//!
+//! Unknown API keys are remembered too (by hash, for `UNKNOWN_TTL`), so that a client
+//! repeating a bogus `crl_` key costs no store read per call. A key created later has
+//! another hash (keys are random), and its creation clears the cache anyway.
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -28,6 +32,9 @@ use crate::state::AppState;
 /// How long an entry is trusted without asking the store again: the delay for changes
 /// made outside this process.
 pub const TTL: Duration = Duration::from_secs(5);
+
+/// How long an API key the store does not know is answered 401 without asking again.
+pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 
 /// Entries beyond this are not kept (the cache starts over), so that a flood of distinct
 /// users cannot grow it without bound.
@@ -47,6 +54,16 @@ struct Entries {
     generation: u64,
     keys: HashMap<String, (CachedKey, Instant)>,
     users: HashMap<Uuid, (User, Instant)>,
+    /// Hashes of API keys the store did not have.
+    unknown: HashMap<String, Instant>,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.keys.clear();
+        self.users.clear();
+        self.unknown.clear();
+    }
 }
 
 #[derive(Default)]
@@ -65,6 +82,21 @@ impl AuthCache {
         let entries = self.read();
         let (key, at) = entries.keys.get(key_hash)?;
         (at.elapsed() < TTL).then_some(*key)
+    }
+
+    /// Whether `key_hash` was recently looked up and not found.
+    pub fn unknown_key(&self, key_hash: &str) -> bool {
+        let entries = self.read();
+        entries
+            .unknown
+            .get(key_hash)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_TTL)
+    }
+
+    pub fn put_unknown_key(&self, generation: u64, key_hash: &str) {
+        self.put(generation, |e| {
+            e.unknown.insert(key_hash.to_string(), Instant::now());
+        });
     }
 
     pub fn user(&self, id: Uuid) -> Option<User> {
@@ -90,9 +122,8 @@ impl AuthCache {
         if entries.generation != generation {
             return;
         }
-        if entries.keys.len() + entries.users.len() >= MAX_ENTRIES {
-            entries.keys.clear();
-            entries.users.clear();
+        if entries.keys.len() + entries.users.len() + entries.unknown.len() >= MAX_ENTRIES {
+            entries.clear();
         }
         insert(&mut entries);
     }
@@ -101,8 +132,7 @@ impl AuthCache {
     pub fn invalidate(&self) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         entries.generation += 1;
-        entries.keys.clear();
-        entries.users.clear();
+        entries.clear();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
@@ -110,10 +140,12 @@ impl AuthCache {
     }
 }
 
-/// Clears the credential cache after every request that may change a user or a key
-/// (any method but GET, HEAD and OPTIONS under `/api/`), whatever its outcome: changes
-/// are rare next to gateway calls, so forgetting everything is cheaper than knowing
-/// which handler changed what, and a handler added later cannot forget to do it.
+/// Clears the credential cache after every request that may have changed a user or a key
+/// (any method but GET, HEAD and OPTIONS under `/api/`, unless refused with a 4xx: a
+/// refused request changes nothing, and unauthenticated floods must not empty the
+/// cache): changes are rare next to gateway calls, so forgetting everything is cheaper
+/// than knowing which handler changed what, and a handler added later cannot forget to
+/// do it. A 5xx may have changed something before failing, so it clears too.
 pub async fn invalidate_on_change(
     State(state): State<AppState>,
     request: Request,
@@ -124,7 +156,7 @@ pub async fn invalidate_on_change(
         Method::GET | Method::HEAD | Method::OPTIONS
     ) && request.uri().path().starts_with("/api/");
     let response = next.run(request).await;
-    if changes {
+    if changes && !response.status().is_client_error() {
         state.auth_cache.invalidate();
     }
     response
@@ -163,6 +195,25 @@ mod tests {
         assert_eq!(cache.key("h1"), None, "a stale answer is not stored");
         cache.put_key(cache.generation(), "h1", k);
         assert_eq!(cache.key("h1"), Some(k));
+    }
+
+    #[test]
+    fn unknown_keys_are_remembered_until_a_change() {
+        let cache = AuthCache::default();
+        let before = cache.generation();
+        cache.put_unknown_key(before, "bogus");
+        assert!(cache.unknown_key("bogus"));
+        assert!(!cache.unknown_key("other"));
+        cache.invalidate();
+        assert!(
+            !cache.unknown_key("bogus"),
+            "a change (a key created) clears it"
+        );
+        cache.put_unknown_key(before, "bogus");
+        assert!(
+            !cache.unknown_key("bogus"),
+            "a lookup older than the change is not kept"
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! The user row is read from the store, through the credential cache (`cache`), which
 //! the management API clears on every change: a role change, a lock or a deletion takes
 //! effect on the next request rather than when the access token expires.
+//!
+//! A refused credential counts against the client address's budget of unauthenticated
+//! requests (`AppState::ip_limiter`, shared with the auth routes, on the API and the
+//! gateway alike): once it is spent, further refusals are 429, and an API key that is
+//! not cached is refused without asking the store.
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
@@ -11,7 +16,7 @@ use uuid::Uuid;
 
 use super::cache::CachedKey;
 use super::jwt::TokenType;
-use crate::audit::Audit;
+use crate::audit::{Audit, ClientIp};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -59,37 +64,64 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let principal = if token.starts_with(secret::API_KEY_PREFIX) {
-            from_api_key(state, token).await?
-        } else if let Some(user) = super::cognito::user_for_bearer(state, token).await? {
-            // A token of the identity provider (auth mode `cognito`).
-            Principal {
-                user,
-                credential: Credential::Jwt { session: None },
-            }
-        } else {
-            let claims = state.keys.verify(token, TokenType::Access)?;
-            let user = user(state, claims.sub, state.auth_cache.generation())
-                .await?
-                .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
-            Principal {
-                user,
-                credential: Credential::Jwt {
-                    session: claims.sid,
-                },
-            }
-        };
-        if principal.user.disabled {
-            return Err(ApiError::Unauthorized(
-                "this account is locked; contact an administrator".into(),
-            ));
+        let ip = parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(None));
+        match authenticate(parts, state, ip).await {
+            Err(ApiError::Unauthorized(message)) => Err(refused(state, ip, message)),
+            other => other,
         }
-        if let Some(audit) = parts.extensions.get::<Audit>() {
-            audit.actor(&principal.user);
-        }
-        Ok(principal)
     }
+}
+
+/// 401, or 429 once the address has used up its unauthenticated requests.
+fn refused(state: &AppState, ip: ClientIp, message: String) -> ApiError {
+    match state.ip_limiter.check(&ip.key()) {
+        Ok(()) => ApiError::Unauthorized(message),
+        Err(retry_after) => too_many(retry_after),
+    }
+}
+
+fn too_many(retry_after: std::time::Duration) -> ApiError {
+    ApiError::TooManyRequests {
+        message: "too many unauthenticated requests from this address; retry later".into(),
+        retry_after,
+    }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState, ip: ClientIp) -> ApiResult<Principal> {
+    let token = bearer(parts)?;
+    let principal = if token.starts_with(secret::API_KEY_PREFIX) {
+        from_api_key(state, token, ip).await?
+    } else if let Some(user) = super::cognito::user_for_bearer(state, token).await? {
+        // A token of the identity provider (auth mode `cognito`).
+        Principal {
+            user,
+            credential: Credential::Jwt { session: None },
+        }
+    } else {
+        let claims = state.keys.verify(token, TokenType::Access)?;
+        let user = user(state, claims.sub, state.auth_cache.generation())
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
+        Principal {
+            user,
+            credential: Credential::Jwt {
+                session: claims.sid,
+            },
+        }
+    };
+    if principal.user.disabled {
+        return Err(ApiError::Unauthorized(
+            "this account is locked; contact an administrator".into(),
+        ));
+    }
+    if let Some(audit) = parts.extensions.get::<Audit>() {
+        audit.actor(&principal.user);
+    }
+    Ok(principal)
 }
 
 fn bearer(parts: &Parts) -> ApiResult<&str> {
@@ -112,18 +144,21 @@ fn bearer(parts: &Parts) -> ApiResult<&str> {
     Ok(token.trim())
 }
 
-async fn from_api_key(state: &AppState, token: &str) -> ApiResult<Principal> {
+async fn from_api_key(state: &AppState, token: &str, ip: ClientIp) -> ApiResult<Principal> {
     let invalid = || ApiError::Unauthorized("invalid or expired API key".into());
     let hash = secret::hash(token);
     let generation = state.auth_cache.generation();
     let key = match state.auth_cache.key(&hash) {
         Some(key) => key,
+        None if state.auth_cache.unknown_key(&hash) => return Err(invalid()),
         None => {
-            let key = state
-                .store
-                .api_key_by_hash(&hash)
-                .await?
-                .ok_or_else(invalid)?;
+            if let Some(retry_after) = state.ip_limiter.exhausted(&ip.key()) {
+                return Err(too_many(retry_after));
+            }
+            let Some(key) = state.store.api_key_by_hash(&hash).await? else {
+                state.auth_cache.put_unknown_key(generation, &hash);
+                return Err(invalid());
+            };
             let key = CachedKey {
                 id: key.id,
                 owner_id: key.owner_id,

@@ -133,6 +133,11 @@ impl From<ApiError> for GatewayError {
                 GatewayError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
             }
             ApiError::Internal(cause) => GatewayError::internal(cause),
+            ApiError::TooManyRequests {
+                message,
+                retry_after,
+            } => GatewayError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .retry_after(retry_after),
             other => {
                 let status = other.status();
                 GatewayError::new(status, other.code(), other.to_string())

@@ -296,6 +296,8 @@ pub struct Accounting {
     pub received: Instant,
     /// When it was sent to the replica.
     pub sent: Instant,
+    /// The caller's place among their requests in flight, freed with the body.
+    pub _permit: super::concurrency::Permit,
 }
 
 /// The gateway's in-flight gauge, held for the life of a proxied request.
@@ -379,6 +381,7 @@ impl Metered {
             streamed,
             received,
             sent,
+            _permit: _,
         } = a;
         // The end of a request is activity too; stamped while the slot still counts as
         // in flight, so the idle check never sees the request gone but not yet stamped.

@@ -7,7 +7,7 @@
 //! | `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` | OpenAI | body `model` |
 //! | `GET /ollama/api/tags`, `/ollama/api/ps`, `/ollama/api/version` | Ollama | the caller's instances |
 //! | `POST /ollama/api/generate`, `chat`, `embed`, `embeddings`, `show` | Ollama | body `model` |
-//! | any method, `/i/{instance_id}/{path}` | the replica's own (Ollama, OpenAI under `v1/`) | instance id |
+//! | `/i/{instance_id}/{path}`, for the paths of `allow` (403 for others) | the replica's own (Ollama, OpenAI under `v1/`) | instance id |
 //!
 //! `{public_url}/i/{id}` is an instance's endpoint: the official clients work with
 //! `ollama.Client(host=f"{base}/i/{id}")` and `openai.OpenAI(base_url=f"{base}/i/{id}/v1")`,
@@ -16,10 +16,15 @@
 //!
 //! Every call is authenticated (401 without a valid credential). Viewers are read-only:
 //! they may list models but get 403 for inference. Each user is held to the
-//! requests-per-minute and tokens-per-minute limits of the settings (429 + Retry-After).
+//! requests-per-minute and tokens-per-minute limits of the settings (429 + Retry-After),
+//! and to a number of requests in flight at once (429). The caller is authenticated (and,
+//! by instance id, the instance resolved) before the request body is read, and the whole
+//! body must arrive within the body timeout (408).
 //! Errors come in the shape of the path's API (see `error`). Gateway calls are metered
 //! (usage rows, metrics) rather than written to the audit log.
 
+mod allow;
+mod concurrency;
 mod error;
 mod limits;
 mod meter;
@@ -38,9 +43,10 @@ use axum::routing::{MethodRouter, any, get, post};
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use concurrency::{Permit, UserConcurrency};
 use error::{Dialect, GatewayError};
 use limits::{Refusal, UserLimits};
 use proxy::{Forward, HttpClient};
@@ -59,6 +65,8 @@ pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct Gateway {
     client: HttpClient,
     limits: UserLimits,
+    /// Requests in flight per user.
+    concurrency: UserConcurrency,
     /// Usage and key use, written to the store by the `Flusher`.
     writeback: Writeback,
 }
@@ -71,6 +79,7 @@ impl Gateway {
                 settings.gateway_requests_per_minute,
                 settings.gateway_tokens_per_minute,
             ),
+            concurrency: UserConcurrency::default(),
             writeback: Writeback::default(),
         }
     }
@@ -139,13 +148,14 @@ fn unknown(uri: Uri, dialect: Dialect) -> Response {
     .into_response(dialect)
 }
 
-/// Authenticates the caller and applies their rate limits. `inference`: the call runs a
-/// model, which viewers may not do.
+/// Authenticates the caller and applies their limits. `inference`: the call runs a
+/// model, which viewers may not do. The permit holds the caller's place among their
+/// requests in flight until it is dropped (with the answer's body).
 async fn admit(
     state: &AppState,
     parts: &mut Parts,
     inference: bool,
-) -> Result<Principal, GatewayError> {
+) -> Result<(Principal, Permit), GatewayError> {
     let caller = Principal::from_request_parts(parts, state).await?;
     if inference && !caller.user.role.can_mutate() {
         return Err(GatewayError::new(
@@ -178,7 +188,24 @@ async fn admit(
             )
             .retry_after(after),
         })?;
-    Ok(caller)
+    let permit = in_flight(
+        state,
+        caller.user.id,
+        state.settings.gateway_max_concurrent_requests,
+    )?;
+    Ok((caller, permit))
+}
+
+/// A place among `user`'s requests in flight, at most `limit` (0: unlimited) at once.
+fn in_flight(state: &AppState, user: Uuid, limit: u32) -> Result<Permit, GatewayError> {
+    state.gateway.concurrency.admit(user, limit).ok_or_else(|| {
+        GatewayError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency_limit_exceeded",
+            format!("too many requests in flight ({limit} at once); wait for one to finish"),
+        )
+        .retry_after(Duration::from_secs(1))
+    })
 }
 
 /// The fields of a request body the gateway looks at.
@@ -213,14 +240,30 @@ impl Probe<'_> {
     }
 }
 
-async fn read_body(body: axum::body::Body) -> Result<Bytes, GatewayError> {
-    axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
-        GatewayError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than the {BODY_LIMIT} byte limit, or was cut short"),
-        )
-    })
+/// The whole body, if it arrives within `timeout`: a client trickling its body must not
+/// hold a request (and its memory) open for long.
+async fn read_body(body: axum::body::Body, timeout: Duration) -> Result<Bytes, GatewayError> {
+    tokio::time::timeout(timeout, axum::body::to_bytes(body, BODY_LIMIT))
+        .await
+        .map_err(|_| {
+            GatewayError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })?
+        .map_err(|_| {
+            GatewayError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "request body is larger than the {BODY_LIMIT} byte limit, or was cut short"
+                ),
+            )
+        })
 }
 
 /// An OpenAI stream whose client did not ask for usage gets it asked for, so the request
@@ -280,8 +323,10 @@ async fn by_model(
 ) -> Result<Response, GatewayError> {
     let received = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let caller = admit(state, &mut parts, true).await?;
-    let body = read_body(body).await?;
+    // The model, and so the instance, is named in the body: it is read once the caller
+    // is authenticated and holds a place among their requests in flight.
+    let (caller, permit) = admit(state, &mut parts, true).await?;
+    let body = read_body(body, state.settings.gateway_body_timeout).await?;
     let probe: Probe = serde_json::from_slice(&body)
         .map_err(|e| GatewayError::bad_request(format!("invalid JSON body: {e}")))?;
     let model = probe
@@ -313,12 +358,13 @@ async fn by_model(
             inference,
             strip_usage,
             received,
+            permit,
         },
     )
     .await
 }
 
-/// `/i/{instance_id}/{path}`: anything, to one instance.
+/// `/i/{instance_id}/{path}`: the inference and read paths of `allow`, to one instance.
 async fn instance(State(state): State<AppState>, request: Request) -> Response {
     let rest = instance_path(request.uri()).map_or("", |(_, rest)| rest);
     let dialect = Dialect::of_instance_path(rest);
@@ -337,11 +383,23 @@ fn instance_path(uri: &Uri) -> Option<(&str, &str)> {
 async fn to_instance(state: &AppState, request: Request) -> Result<Response, GatewayError> {
     let received = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let caller = admit(state, &mut parts, true).await?;
+    let (caller, permit) = admit(state, &mut parts, true).await?;
     let (id, rest) = instance_path(&parts.uri).ok_or_else(GatewayError::instance_not_found)?;
+    if !allow::forwardable(rest) {
+        return Err(GatewayError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!(
+                "/{rest} is not forwarded to instances; the gateway forwards only the \
+                 inference and read endpoints (api/generate, api/chat, api/embed, \
+                 api/embeddings, api/show, api/tags, api/ps, api/version, v1/chat/completions, \
+                 v1/completions, v1/embeddings, v1/models)"
+            ),
+        ));
+    }
     let id: Uuid = id.parse().map_err(|_| GatewayError::instance_not_found())?;
     let route = target::by_id(state, &caller, id).await?;
-    let body = read_body(body).await?;
+    let body = read_body(body, state.settings.gateway_body_timeout).await?;
     let (body, strip_usage) = if parts.method == Method::POST && is_openai_generation(rest) {
         // The replica validates the body; one that is not JSON is its to refuse.
         match serde_json::from_slice::<Probe>(&body) {
@@ -364,6 +422,7 @@ async fn to_instance(state: &AppState, request: Request) -> Result<Response, Gat
             user_id: caller.user.id,
             strip_usage,
             received,
+            permit,
         },
     )
     .await

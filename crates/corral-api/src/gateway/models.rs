@@ -16,7 +16,8 @@ use crate::state::AppState;
 /// The caller's instances that a request for their model would be routed to.
 async fn servable(state: &AppState, request: Request) -> Result<Vec<Instance>, GatewayError> {
     let (mut parts, _) = request.into_parts();
-    let caller = admit(state, &mut parts, false).await?;
+    // The permit is held while the list is read.
+    let (caller, _permit) = admit(state, &mut parts, false).await?;
     let mut list = state
         .store
         .list_instances(Some(caller.user.id))

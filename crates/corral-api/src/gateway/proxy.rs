@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use super::concurrency::Permit;
 use super::error::GatewayError;
 use super::meter::{Accounting, InFlightGauge, Metered, UsageFilter};
 use crate::metrics::instance::Sample;
@@ -57,6 +58,8 @@ pub struct Forward {
     /// The gateway asked the replica for usage the client did not ask for: take it out.
     pub strip_usage: bool,
     pub received: Instant,
+    /// The caller's place among their requests in flight, held until the answer ends.
+    pub permit: Permit,
 }
 
 pub async fn forward(state: &AppState, fwd: Forward) -> Result<Response<Body>, GatewayError> {
@@ -121,6 +124,7 @@ pub async fn forward(state: &AppState, fwd: Forward) -> Result<Response<Body>, G
         streamed,
         received: fwd.received,
         sent,
+        _permit: fwd.permit,
     };
     let mut response = Response::new(Body::new(Metered::new(incoming, filter, accounting)));
     *response.status_mut() = parts.status;

@@ -138,7 +138,8 @@ impl Writeback {
     }
 }
 
-/// The flushing task. `stop` ends it with a last flush.
+/// The flushing task (usage, and the audit rows of rate-limited requests once their
+/// minute is over). `stop` ends it with a last flush.
 pub struct Flusher {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -159,6 +160,7 @@ impl Flusher {
                         if let Err(e) = writeback.flush(store.as_ref()).await {
                             tracing::error!(error = %e, "could not write usage; retrying in a second");
                         }
+                        state.refusals.flush(store.as_ref(), false).await;
                     }
                     _ = &mut stopped => break,
                 }
@@ -167,6 +169,7 @@ impl Flusher {
             if let Err(e) = writeback.flush(store.as_ref()).await {
                 tracing::error!(error = %e, "could not write usage at shutdown; it is lost");
             }
+            state.refusals.flush(store.as_ref(), true).await;
         });
         Flusher { stop, task }
     }

@@ -13,6 +13,7 @@
 mod logs;
 mod metrics;
 mod plan;
+mod timeline;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -614,7 +615,10 @@ async fn get_instance(
         .filter(|row| row.instance_id == id)
         .fold(UsageTotals::default(), |t, row| t.add(row));
     Ok(Json(InstanceDetail {
-        timeline: state.store.list_events(id, TIMELINE_EVENTS).await?,
+        timeline: timeline::for_viewer(
+            state.store.list_events(id, TIMELINE_EVENTS).await?,
+            &principal.user,
+        ),
         cost: Cost::of(
             &state.settings.prices,
             &inst.compute,
