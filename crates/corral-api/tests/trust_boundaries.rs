@@ -330,6 +330,7 @@ async fn stored_instance(app: &TestApp, owner: Uuid) -> Uuid {
     let inst = Instance {
         id: Uuid::now_v7(),
         owner_id: owner,
+        team_id: None,
         model_id: common::MODEL.into(),
         driver: "local".into(),
         compute: ComputeSpec {
