@@ -2,6 +2,7 @@
 //! so the rules (roles, password policy, token formats, TOTP) are tested in isolation.
 
 pub mod audit;
+pub mod budget;
 pub mod catalog;
 pub mod compute;
 pub mod instance;
@@ -12,8 +13,10 @@ pub mod secret;
 pub mod team;
 pub mod totp;
 pub mod user;
+pub mod webhook;
 
 pub use audit::{AuditEntry, AuditFilter, NewAuditEntry, Outcome};
+pub use budget::{BudgetAction, BudgetLevel};
 pub use catalog::{CatalogModel, ModelSource};
 pub use compute::{ComputeOffer, ComputeSpec, ComputeType};
 pub use instance::{
@@ -24,3 +27,4 @@ pub use pricing::PriceTable;
 pub use role::Role;
 pub use team::{Membership, TEAM_NAME_MAX, Team, TeamMember, TeamRole, validate_team_name};
 pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};
+pub use webhook::WebhookEvent;
