@@ -188,8 +188,8 @@ def moto():
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def moto_server(moto):
+def moto_ecs_server(moto, **extra: str) -> Server:
+    """`corral serve` with the ecs driver on the moto cluster, plus `extra` settings."""
     endpoint, client = moto
     ec2 = client("ec2")
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
@@ -202,11 +202,24 @@ def moto_server(moto):
         CORRAL_ECS_SUBNETS=subnet,
         CORRAL_ECS_SECURITY_GROUPS=group,
         CORRAL_ECS_LOG_GROUP="/corral/e2e",
-        CORRAL_ECS_RUNNER_IMAGE="example.test/corral-runner:e2e",
         CORRAL_ECS_GPU_CAPACITY_PROVIDERS="g5.xlarge=corral-gpu",
+        **extra,
     )
     with mock.patch.dict(os.environ, env):
-        s = Server()
+        return Server()
+
+
+@pytest.fixture(scope="module")
+def moto_server(moto):
+    s = moto_ecs_server(moto, CORRAL_ECS_RUNNER_IMAGE="example.test/corral-runner:e2e")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_ollama_server(moto):
+    """Configured as the README shows: a runtime image and no runner image."""
+    s = moto_ecs_server(moto, CORRAL_ECS_RUNTIME_IMAGE="ollama/ollama:latest")
     yield s
     s.stop()
 
@@ -307,3 +320,38 @@ def test_item5_a_host_file_model_is_refused_on_ecs_before_anything_is_created(mo
     assert r.json()["error"]["code"] == "unsupported_model_source", r.text
     assert "file on the Corral host" in r.json()["error"]["message"], r.text
     assert moto_server.http.get("/api/instances", headers=auth(token)).json() == before
+
+
+def test_ecs_without_a_runner_image_runs_the_ollama_image(moto, moto_ollama_server):
+    """The server picks the driver's runtime from its configuration: with only
+    `runtime_image`, a registry model deploys as an ollama/ollama task pulling it (the
+    server used to ask for corral-runner and refuse every model with 400)."""
+    _, client = moto
+    ecs = client("ecs")
+    server = moto_ollama_server
+    token = server.login("user")
+    r = server.http.post(
+        "/api/models/start",
+        json={"model_id": REMOTE_MODEL, "compute_type": "fargate", "cpu": 2, "memory": 8192},
+        headers=auth(token),
+    )
+    assert r.status_code == 201, r.text
+    iid = r.json()["id"]
+    task = wait_for(
+        "RunTask",
+        lambda: corral_tasks(ecs, iid),
+        why=lambda: server.http.get(f"/api/instances/{iid}", headers=auth(token)).text,
+    )[0]
+    td = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
+    c = td["containerDefinitions"][0]
+    assert c["image"] == "ollama/ollama:latest"
+    env = {kv["name"]: kv["value"] for kv in c["environment"]}
+    assert env["CORRAL_MODEL"] == REMOTE_MODEL
+    assert env["CORRAL_OLLAMA_PULL"].endswith(REMOTE_MODEL), env  # library/llama2:7b
+    r = server.http.delete(f"/api/instances/{iid}", headers=auth(token))
+    assert r.status_code in (200, 202), r.text
+    wait_for(
+        "the instance to be deleted",
+        lambda: server.http.get(f"/api/instances/{iid}", headers=auth(token)).status_code == 404,
+    )
+    assert [t for t in corral_tasks(ecs, iid) if t["lastStatus"] != "STOPPED"] == []

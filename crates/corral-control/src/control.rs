@@ -272,13 +272,13 @@ impl Control {
         self.inner.drivers.iter().flat_map(|d| d.offers()).collect()
     }
 
-    /// Why `driver`'s replicas could not get `model`'s weights with this server's
+    /// Why `driver`'s replicas could not get `model`'s weights with that driver's
     /// runtime (a file on the Corral host for an ECS task, say); None when they can.
     /// The API refuses such a deploy before it creates anything.
     pub fn cannot_run(&self, driver: &str, model: &CatalogModel) -> Option<String> {
         let driver = self.inner.driver(driver)?;
         driver
-            .check_model(&model.id, &model.source, self.inner.settings.runtime)
+            .check_model(&model.id, &model.source, driver.runtime())
             .err()
             .map(|e| match e {
                 corral_drivers::Error::Invalid(why) => why,

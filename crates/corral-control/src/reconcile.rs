@@ -991,7 +991,7 @@ impl InstanceTask {
             source: model.source,
             model_path: path,
             compute: inst.compute.clone(),
-            runtime: s.runtime,
+            runtime: driver.runtime(),
             parallel: s.parallel,
             context: s.context,
         }))

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use corral_drivers::Runtime;
-
 use crate::autoscale::ScalePolicy;
 
 #[derive(Debug, Clone)]
@@ -44,8 +42,8 @@ pub struct ControlSettings {
     /// no replica owns (they are stopped); the first sweep runs at start-up.
     pub sweep_interval: Duration,
     pub autoscale: ScalePolicy,
-    /// Model server that replicas run, and its decoding parameters.
-    pub runtime: Runtime,
+    /// Decoding parameters of the model server (which server runs is the driver's
+    /// choice: `ComputeDriver::runtime`).
     pub parallel: u32,
     pub context: u32,
 }
@@ -69,7 +67,6 @@ impl Default for ControlSettings {
             resource_interval: Duration::from_secs(5),
             sweep_interval: Duration::from_secs(300),
             autoscale: ScalePolicy::default(),
-            runtime: Runtime::CorralRunner,
             parallel: 4,
             context: 4096,
         }

@@ -56,6 +56,10 @@ impl ComputeDriver for Losing {
     fn reads_model_path(&self) -> bool {
         self.inner.reads_model_path()
     }
+    // The configuration's runtime: no runner image, so the Ollama image.
+    fn runtime(&self) -> corral_drivers::Runtime {
+        self.inner.runtime()
+    }
     async fn launch(&self, spec: &LaunchSpec) -> corral_drivers::Result<ReplicaRef> {
         let r = self.inner.launch(spec).await?;
         let call = format!("launch {} {}", spec.launch, r.driver_ref);
@@ -214,8 +218,6 @@ async fn setup(name: &str, sweep_interval: Duration) -> Option<Setup> {
         backoff_max: Duration::from_millis(200),
         stop_grace: Duration::from_secs(1),
         sweep_interval,
-        // The ECS default image: ollama/ollama pulling from the Ollama registry.
-        runtime: corral_drivers::Runtime::Ollama,
         ..ControlSettings::default()
     };
     let control = Control::new(

@@ -124,6 +124,16 @@ impl EcsConfig {
     pub const DEFAULT_SERVICE_START_TIMEOUT: Duration = Duration::from_secs(60);
     /// ECS usually lists a new task within seconds; a minute covers its slow days.
     pub const DEFAULT_MISSING_GRACE: Duration = Duration::from_secs(60);
+
+    /// The runtime tasks run: corral-runner when its image is configured (it reads any
+    /// registry or URL source), else the Ollama image, which every configuration has.
+    pub fn runtime(&self) -> Runtime {
+        if self.runner_image.is_some() {
+            Runtime::CorralRunner
+        } else {
+            Runtime::Ollama
+        }
+    }
 }
 
 /// How the driver turns a replica into an ECS task (`[ecs] launch`).
@@ -618,6 +628,10 @@ impl ComputeDriver for EcsDriver {
         false
     }
 
+    fn runtime(&self) -> Runtime {
+        self.cfg.runtime()
+    }
+
     fn check_model(&self, model_id: &str, source: &ModelSource, runtime: Runtime) -> Result<()> {
         taskdef::check_source(&self.cfg, runtime, model_id, source)
     }
@@ -799,6 +813,23 @@ mod tests {
             service_start_timeout: EcsConfig::DEFAULT_SERVICE_START_TIMEOUT,
             missing_grace: EcsConfig::DEFAULT_MISSING_GRACE,
         }
+    }
+
+    #[test]
+    fn tasks_run_ollama_unless_a_runner_image_is_configured() {
+        let ollama_only = config();
+        assert_eq!(ollama_only.runtime(), Runtime::Ollama);
+        // The configured runtime accepts a registry model (what the catalog's entries are).
+        let registry = ModelSource::Ollama {
+            name: "llama2:7b".into(),
+        };
+        taskdef::check_source(&ollama_only, ollama_only.runtime(), "llama2:7b", &registry).unwrap();
+        let with_runner = EcsConfig {
+            runner_image: Some("example.test/corral-runner:1".into()),
+            ..config()
+        };
+        assert_eq!(with_runner.runtime(), Runtime::CorralRunner);
+        taskdef::check_source(&with_runner, with_runner.runtime(), "llama2:7b", &registry).unwrap();
     }
 
     #[test]

@@ -115,6 +115,12 @@ pub trait ComputeDriver: Send + Sync + 'static {
     fn reads_model_path(&self) -> bool {
         true
     }
+    /// The model server this driver's replicas run, from its own configuration (the ECS
+    /// driver runs the Ollama image unless a runner image is configured). Default:
+    /// corral-runner, which the local driver always has.
+    fn runtime(&self) -> Runtime {
+        Runtime::CorralRunner
+    }
     /// Whether this driver's replicas can get the model from `source` at all with
     /// `runtime`; the API refuses a deploy that fails this before creating anything.
     /// Default: yes (the local driver reads any GGUF the control plane resolves).
