@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Checks of the AWS deployment (deploy/): cfn-lint on every CloudFormation template,
-# ShellCheck on the shell scripts, hadolint on the Dockerfiles, then
+# Checks of the AWS deployment (deploy/): cfn-lint and checkov (security scanner) on
+# every CloudFormation template, ShellCheck on the shell scripts, hadolint on the Dockerfiles, then
 # tests/aws/test_templates.py against a throwaway moto server (scripts/with-moto.sh):
 # deploy.sh --dry-run, and the storage and compute stacks created on moto's
-# CloudFormation. Installs what it needs: the pinned Python packages into .venv, and
+# CloudFormation. Installs what it needs: the pinned Python packages into .venv (checkov
+# into .venv-checkov: its pins clash with pytest's, so it gets a venv of its own), and
 # ShellCheck with apt-get when missing. Needs no AWS account and no Docker daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,11 @@ say() { echo "test-aws: $*"; }
 start=$(date +%s)
 
 scripts/venv.sh
+if [ ! -x .venv-checkov/bin/python ]; then
+    say "creating .venv-checkov"
+    python3 -m venv .venv-checkov
+fi
+.venv-checkov/bin/pip install -q --disable-pip-version-check -r requirements-checkov.txt
 
 if ! command -v shellcheck >/dev/null 2>&1; then
     sudo=""
@@ -26,6 +32,12 @@ fi
 
 say "cfn-lint $(.venv/bin/cfn-lint --version | awk '{print $2}') on deploy/aws/templates/*.yaml"
 .venv/bin/cfn-lint deploy/aws/templates/*.yaml
+
+# Every exception is a skip with its reason in the template (Metadata: checkov: skip).
+# --skip-download: the built-in checks only, no call to the vendor's platform.
+say "checkov $(.venv-checkov/bin/checkov --version) on deploy/aws/templates"
+.venv-checkov/bin/checkov --quiet --compact --skip-download --framework cloudformation \
+    -d deploy/aws/templates
 
 say "shellcheck $(shellcheck --version | awk '/^version:/ {print $2}') on the deploy scripts"
 shellcheck deploy/aws/deploy.sh deploy/docker/runner-entrypoint.sh scripts/test-aws.sh

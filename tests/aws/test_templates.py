@@ -120,8 +120,14 @@ def test_cognito_pool_has_the_briefs_password_policy_and_optional_totp():
 
 
 def statements(role):
+    """Every statement a role can have; a conditional one (Fn::If, e.g. the KMS key's)
+    counts with each of its branches that is a statement."""
     for policy in role["Properties"].get("Policies", []):
-        yield from policy["PolicyDocument"]["Statement"]
+        for st in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in st:
+                yield from (b for b in st["Fn::If"][1:] if "Effect" in b)
+            else:
+                yield st
 
 
 def test_iam_is_least_privilege():
@@ -185,6 +191,43 @@ def test_api_is_https_with_redirect_and_health_check():
     assert "CORRAL_JWT_SECRET" not in env
     service = api["Service"]["Properties"]
     assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+
+
+def test_issue13_item15_production_hardening():
+    """TLS 1.2+, access logs on by default, one optional KMS key for every encrypted
+    resource, Container Insights on; checkov runs in scripts/test-aws.sh."""
+    main = template("main")["Parameters"]
+    assert main["AccessLogs"]["Default"] == "enabled"
+    assert main["ContainerInsights"]["Default"] == "enabled"
+    assert main["KmsKeyArn"]["Default"] == ""
+    api = template("api")["Resources"]
+    assert api["HttpsListener"]["Properties"]["SslPolicy"].startswith("ELBSecurityPolicy-TLS13-1-2")
+    # Port 80 only redirects.
+    assert [a["Type"] for a in api["HttpRedirectListener"]["Properties"]["DefaultActions"]] == ["redirect"]
+    attrs = {a["Key"]: a["Value"] for a in api["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+             if "Key" in a}
+    assert attrs["access_logs.s3.enabled"] == {"Fn::If": ["HasAccessLogs", "true", "false"]}
+    fe = template("frontend")
+    cert = fe["Resources"]["Distribution"]["Properties"]["DistributionConfig"]["ViewerCertificate"]
+    assert cert["Fn::If"][1]["MinimumProtocolVersion"] == "TLSv1.2_2021"
+    dist = fe["Resources"]["Distribution"]["Properties"]["DistributionConfig"]
+    assert dist["Logging"]["Fn::If"][0] == "HasAccessLogs"
+    log_bucket = fe["Resources"]["LogBucket"]["Properties"]
+    # CloudFront's standard logs are written with object ACLs.
+    assert log_bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerPreferred"}]
+    ui_logs = fe["Resources"]["UiBucket"]["Properties"]["LoggingConfiguration"]
+    assert ui_logs["Fn::If"][0] == "HasAccessLogs"
+    # Every encrypted resource takes the key when one is given.
+    kms = {"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]}
+    table = template("storage")["Resources"]["StoreTable"]["Properties"]["SSESpecification"]
+    assert table["KMSMasterKeyId"] == kms
+    assert template("security")["Resources"]["JwtSecret"]["Properties"]["KmsKeyId"] == kms
+    compute = template("compute")["Resources"]
+    for group in ("ControlPlaneLogGroup", "ModelLogGroup"):
+        assert compute[group]["Properties"]["KmsKeyId"] == kms, group
+    for stack in ("Storage", "Security", "Compute"):
+        given = template("main")["Resources"][stack]["Properties"]["Parameters"]
+        assert given["KmsKeyArn"] == {"Ref": "KmsKeyArn"}, stack
 
 
 def test_cloudfront_serves_the_ui_privately_and_forwards_the_api_uncached():
