@@ -271,7 +271,6 @@ impl Setup {
             last_activity_at: now,
             running_since: None,
             running_seconds: 0,
-            team_id: None,
         };
         self.store.create_instance(&inst).await.unwrap();
         self.control.nudge();
