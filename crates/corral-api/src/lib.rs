@@ -17,6 +17,7 @@ pub mod settings;
 pub mod state;
 mod ui;
 pub mod views;
+pub mod webhook;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
