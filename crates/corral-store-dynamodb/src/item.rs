@@ -49,6 +49,9 @@ pub fn user_pk(id: Uuid) -> String {
 pub fn email_pk(email: &str) -> String {
     format!("EMAIL#{email}")
 }
+pub fn lease_pk(name: &str) -> String {
+    format!("LEASE#{name}")
+}
 pub fn loginfail_pk(email: &str) -> String {
     format!("LOGINFAIL#{email}")
 }

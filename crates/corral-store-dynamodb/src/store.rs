@@ -9,7 +9,7 @@ use corral_core::{
     Replica, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
 };
 use corral_store::{
-    ActionToken, Error, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch,
+    ActionToken, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch,
 };
 use uuid::Uuid;
 
@@ -1634,5 +1634,97 @@ impl Store for DynamoStore {
             ))
         });
         Ok(rows)
+    }
+
+    // --- leases ---
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        // Read, decide (`Lease::next`, the rule the SQL backends keep in one
+        // statement), write back only if the lease is still what was read: of two
+        // contenders for an expired lease, one write fails its condition.
+        for attempt in 0..ATTEMPTS {
+            let current = self.lease(name).await?;
+            let Some(next) = Lease::next(current.as_ref(), name, holder, now, expires_at) else {
+                return Ok(None);
+            };
+            let row = Builder::keys(item::lease_pk(name), "LEASE")
+                .set("name", s(name))
+                .set("holder", s(holder))
+                .set("token", n(next.token))
+                .set("expires_at", t(expires_at))
+                .build();
+            let written = match &current {
+                Some(c) => {
+                    self.put(
+                        row,
+                        Some("#holder = :holder AND #token = :token AND #expires_at = :expires"),
+                        values(&[
+                            (":holder", s(&c.holder)),
+                            (":token", n(c.token)),
+                            (":expires", t(c.expires_at)),
+                        ]),
+                    )
+                    .await?
+                }
+                None => self.put(row, Some(NEW), Item::new()).await?,
+            };
+            if written {
+                return Ok(Some(next));
+            }
+            backoff(attempt).await;
+        }
+        Err(contended("acquire_lease"))
+    }
+
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let Some(current) = self.lease(name).await? else {
+            return Ok(false);
+        };
+        if current.holder != holder || current.token != token || current.expires_at <= now {
+            return Ok(false);
+        }
+        let row = Builder::keys(item::lease_pk(name), "LEASE")
+            .set("name", s(name))
+            .set("holder", s(holder))
+            .set("token", n(token))
+            .set("expires_at", t(now))
+            .build();
+        self.put(
+            row,
+            Some("#holder = :holder AND #token = :token AND #expires_at = :expires"),
+            values(&[
+                (":holder", s(holder)),
+                (":token", n(token)),
+                (":expires", t(current.expires_at)),
+            ]),
+        )
+        .await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        self.get(item::lease_pk(name), "LEASE")
+            .await?
+            .map(|it| {
+                let r = item::Reader::new(&it, "lease");
+                Ok(Lease {
+                    name: r.string("name")?,
+                    holder: r.string("holder")?,
+                    token: r.i64("token")?,
+                    expires_at: r.time("expires_at")?,
+                })
+            })
+            .transpose()
     }
 }

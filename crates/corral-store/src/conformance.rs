@@ -15,7 +15,7 @@ use corral_core::{
 };
 use uuid::Uuid;
 
-use crate::{ActionToken, Error, ReplicaRun, Store, UserPatch};
+use crate::{ActionToken, Error, Lease, ReplicaRun, Store, UserPatch};
 
 /// Runs every check against `store`, naming each on stderr so a failure is easy to place.
 pub async fn run_all(store: &dyn Store) {
@@ -73,6 +73,9 @@ pub async fn run_all(store: &dyn Store) {
         teams_round_trip_and_unique_names,
         team_members_roles_and_cascades,
         team_instances_and_delete_refused,
+        lease_two_contenders_one_wins,
+        lease_renews_and_passes_on_after_expiry,
+        lease_release_needs_the_current_token,
     );
 }
 
@@ -2607,4 +2610,116 @@ pub async fn team_instances_and_delete_refused(store: &dyn Store) {
     assert!(store.delete_instance(newer.id).await.unwrap());
     assert!(store.delete_team(team.id).await.unwrap());
     assert_eq!(store.user_teams(owner.id).await.unwrap(), vec![]);
+}
+
+// --- leases ---
+
+/// A lease name of its own, so checks and runs sharing a database do not meet.
+fn lease_name() -> String {
+    format!("leader-{}", Uuid::now_v7().simple())
+}
+
+fn whole_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).expect("in range")
+}
+
+pub async fn lease_two_contenders_one_wins(store: &dyn Store) {
+    let name = lease_name();
+    let now = whole_micros(Utc::now());
+    let until = now + Duration::seconds(10);
+    let (a, b) = tokio::join!(
+        store.acquire_lease(&name, "a", now, until),
+        store.acquire_lease(&name, "b", now, until),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let winner = match (&a, &b) {
+        (Some(w), None) | (None, Some(w)) => w.clone(),
+        _ => panic!("exactly one contender must win: {a:?} {b:?}"),
+    };
+    assert_eq!(winner.token, 1);
+    assert_eq!(winner.expires_at, until);
+    assert_eq!(store.lease(&name).await.unwrap(), Some(winner));
+}
+
+pub async fn lease_renews_and_passes_on_after_expiry(store: &dyn Store) {
+    let name = lease_name();
+    let t0 = whole_micros(Utc::now());
+    let at = |s| t0 + Duration::seconds(s);
+    let first = store.acquire_lease(&name, "a", t0, at(10)).await.unwrap();
+    assert_eq!(first.map(|l| l.token), Some(1));
+    assert_eq!(
+        store
+            .acquire_lease(&name, "b", at(5), at(15))
+            .await
+            .unwrap(),
+        None,
+        "held until it expires"
+    );
+    let renewed = store
+        .acquire_lease(&name, "a", at(5), at(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed,
+        Some(Lease {
+            name: name.clone(),
+            holder: "a".into(),
+            token: 1,
+            expires_at: at(15),
+        }),
+        "a renewal keeps the token"
+    );
+    assert_eq!(
+        store
+            .acquire_lease(&name, "b", at(14), at(24))
+            .await
+            .unwrap(),
+        None
+    );
+    let taken = store
+        .acquire_lease(&name, "b", at(15), at(25))
+        .await
+        .unwrap();
+    assert_eq!(taken.map(|l| (l.holder, l.token)), Some(("b".into(), 2)));
+    // The old holder waking up cannot renew what it lost.
+    assert_eq!(
+        store
+            .acquire_lease(&name, "a", at(16), at(26))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn lease_release_needs_the_current_token(store: &dyn Store) {
+    let name = lease_name();
+    let t0 = whole_micros(Utc::now());
+    let at = |s| t0 + Duration::seconds(s);
+    assert!(
+        !store.release_lease(&name, "a", 1, t0).await.unwrap(),
+        "no lease"
+    );
+    store
+        .acquire_lease(&name, "a", t0, at(10))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .acquire_lease(&name, "b", at(10), at(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !store.release_lease(&name, "a", 1, at(11)).await.unwrap(),
+        "a stale holder and token are refused"
+    );
+    assert!(!store.release_lease(&name, "b", 1, at(11)).await.unwrap());
+    assert_eq!(store.lease(&name).await.unwrap().unwrap().holder, "b");
+    assert!(store.release_lease(&name, "b", 2, at(11)).await.unwrap());
+    // Released: the next contender takes it at once, with the next token.
+    let next = store
+        .acquire_lease(&name, "c", at(11), at(21))
+        .await
+        .unwrap();
+    assert_eq!(next.map(|l| (l.holder, l.token)), Some(("c".into(), 3)));
 }

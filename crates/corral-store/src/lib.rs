@@ -81,6 +81,33 @@ pub struct ActionToken {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Lease {
+    /// What `acquire_lease` writes when `current` is stored (the rule every backend
+    /// keeps): the lease for `holder` until `expires_at` if it is free, expired at
+    /// `now`, or already `holder`'s; `None` while another holds it. A new holder gets
+    /// the next token, a renewal keeps it.
+    pub fn next(
+        current: Option<&Lease>,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Option<Lease> {
+        let token = match current {
+            None => 1,
+            Some(c) if c.holder == holder => c.token,
+            Some(c) if c.expires_at <= now => c.token + 1,
+            Some(_) => return None,
+        };
+        Some(Lease {
+            name: name.to_string(),
+            holder: holder.to_string(),
+            token,
+            expires_at,
+        })
+    }
+}
+
 /// One run of a replica: from the driver's launch until the replica was stopped,
 /// replaced, or found dead or lost. A replica that is restarted in place (same
 /// replica id, new process or task) has one run per launch. Runs are the durable
@@ -412,6 +439,68 @@ pub trait Store: Send + Sync + 'static {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Vec<UsageRow>>;
+
+    // --- leases ---
+    /// Takes or renews the lease `name` for `holder` until `expires_at`, with one
+    /// conditional write: granted when nobody holds it, when its holder's lease has
+    /// expired at `now`, or when `holder` already holds it. The fencing token goes up
+    /// by one every time the holder changes and stays the same on renewal, so a writer
+    /// carrying an older token is known to be stale. Returns the lease when `holder`
+    /// holds it afterwards, `None` when another process does.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Lease>>;
+    /// Ends the lease at `now` (a graceful stop hands it over at once), only if
+    /// `holder` still holds it with `token`. Returns whether it did.
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The lease as stored (expired or not), for health and metrics.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>>;
+}
+
+/// A named lease in the store: the control-plane leader holds `"leader"`. Whoever
+/// holds it until `expires_at` may act; `token` fences writes of earlier holders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    /// The holding process's id (unique per process start).
+    pub holder: String,
+    /// Fencing token: one more than the previous holder's.
+    pub token: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::*;
+
+    #[test]
+    fn lease_goes_to_the_first_renews_and_passes_on_only_after_expiry() {
+        let t0 = Utc::now();
+        let later = |s| t0 + chrono::Duration::seconds(s);
+        let a = Lease::next(None, "leader", "a", t0, later(10)).unwrap();
+        assert_eq!((a.holder.as_str(), a.token), ("a", 1));
+        assert_eq!(
+            Lease::next(Some(&a), "leader", "b", later(9), later(19)),
+            None
+        );
+        let renewed = Lease::next(Some(&a), "leader", "a", later(9), later(19)).unwrap();
+        assert_eq!((renewed.token, renewed.expires_at), (1, later(19)));
+        let b = Lease::next(Some(&a), "leader", "b", later(10), later(20)).unwrap();
+        assert_eq!((b.holder.as_str(), b.token), ("b", 2));
+        // The old holder coming back after a takeover is a new term too.
+        let back = Lease::next(Some(&b), "leader", "a", later(20), later(30)).unwrap();
+        assert_eq!(back.token, 3);
+    }
 }
 
 #[cfg(test)]

@@ -289,3 +289,12 @@ pub(crate) fn usage_row(row: &impl RowExt) -> Result<UsageRow> {
         completion_tokens: row.u64("completion_tokens")?,
     })
 }
+
+pub(crate) fn lease(row: &impl RowExt) -> Result<crate::Lease> {
+    Ok(crate::Lease {
+        name: row.get("name")?,
+        holder: row.get("holder")?,
+        token: row.get("token")?,
+        expires_at: row.time("expires_at")?,
+    })
+}

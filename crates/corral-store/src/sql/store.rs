@@ -21,7 +21,7 @@ use crate::codec::{
     RUN_COLUMNS, SESSION_COLUMNS, TEAM_COLUMNS, TEAM_MEMBER_COLUMNS, USAGE_COLUMNS, USER_COLUMNS,
     conflict, in_use, page_limit, write_error,
 };
-use crate::{ActionToken, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch};
+use crate::{ActionToken, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch};
 
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
@@ -1127,6 +1127,67 @@ where
             .iter()
             .map(rows::usage_row)
             .collect()
+    }
+
+    #[instrument(skip_all)]
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<Option<Lease>> {
+        // One statement: the insert, the takeover of an expired lease and the renewal
+        // are all decided by the database, so two contenders cannot both win. A
+        // conflicting row the WHERE refuses returns nothing.
+        sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (name) DO UPDATE SET \
+                 token = CASE WHEN leases.holder = excluded.holder \
+                     THEN leases.token ELSE leases.token + 1 END, \
+                 holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= $4 \
+             RETURNING name, holder, token, expires_at",
+        )
+        .param(name)
+        .param(holder)
+        .param(DbTime(expires_at))
+        .param(DbTime(now))
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::lease(&row))
+        .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn release_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        token: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE leases SET expires_at = $4 \
+             WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > $4",
+        )
+        .param(name)
+        .param(holder)
+        .param(token)
+        .param(DbTime(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn lease(&self, name: &str) -> Result<Option<Lease>> {
+        sqlx::query("SELECT name, holder, token, expires_at FROM leases WHERE name = $1")
+            .param(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::lease(&row))
+            .transpose()
     }
 }
 
