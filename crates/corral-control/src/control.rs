@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::health::HealthChecker;
+use crate::leader::Leadership;
 use crate::reconcile::InstanceTask;
 use crate::resolver::WeightsResolver;
 use crate::routing::{InstanceRoute, RoutingTable};
@@ -198,7 +199,45 @@ impl Control {
 
     /// Adopts what survived a restart of the server, then reconciles until `shutdown`
     /// resolves. Replicas keep running after it returns, so the next start adopts them.
+    /// For the only process on its store; see `run_elected` for several.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        self.run_elected(Leadership::sole(), shutdown).await
+    }
+
+    /// Reconciles while `leadership` says this process leads, until `shutdown`: each
+    /// time it becomes leader it adopts the running replicas first (the previous
+    /// leader's included), and when it loses the lease it stops its instance tasks
+    /// (never the replicas) and waits to lead again.
+    pub async fn run_elected(
+        self,
+        leadership: Leadership,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let mut leading = leadership.subscribe();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                led = leading.wait_for(|t| t.is_some()) => if led.is_err() { return },
+            }
+            let mut lost = leadership.subscribe();
+            let mut stopping = false;
+            self.reconcile(async {
+                tokio::select! {
+                    _ = &mut shutdown => stopping = true,
+                    _ = lost.wait_for(|t| t.is_none()) => {}
+                }
+            })
+            .await;
+            if stopping {
+                return;
+            }
+            tracing::info!("not the leader any more: reconciler paused");
+        }
+    }
+
+    /// Adopts, then reconciles until `shutdown` resolves.
+    async fn reconcile(&self, shutdown: impl Future<Output = ()>) {
         let inner = &self.inner;
         tokio::pin!(shutdown);
         // Instance tasks must not run before adoption has swept orphans: it decides

@@ -3,7 +3,7 @@
 use corral_api::mail::{Mailer, SmtpSettings};
 use corral_api::settings::Argon2Params;
 use corral_api::{AppState, Settings};
-use corral_control::{Control, ControlSettings};
+use corral_control::{Control, ControlSettings, Leadership, LeaseSettings};
 use corral_core::secret;
 use corral_driver_ecs::EcsDriver;
 use corral_drivers::ComputeDriver;
@@ -182,6 +182,8 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
             .map_err(|e| CliError::Invalid(format!("ecs compute driver: {e}")))?;
         drivers.push(Arc::new(ecs));
     }
+    let store_backend = store.backend();
+    let lease_store = store.clone();
     let control = Control::new(store.clone(), drivers, weights.clone(), control_settings);
     let state = AppState::new(store, settings, mailer, control.clone(), weights);
 
@@ -194,7 +196,16 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         shutdown_signal().await;
         let _ = on_signal.send(true);
     });
-    let reconciler = tokio::spawn(control.run(stopped(stop_rx.clone())));
+    // SQLite has one process (the lock above), which leads; on the other stores the
+    // processes elect the one that reconciles through a lease in the store.
+    let leadership = if store_backend == "sqlite" {
+        Leadership::sole()
+    } else {
+        Leadership::elected(lease_store, LeaseSettings::default())
+    };
+    let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+    let lease = tokio::spawn(leadership.clone().run(stopped(lease_stop_rx)));
+    let reconciler = tokio::spawn(control.run_elected(leadership, stopped(stop_rx.clone())));
     println!(
         "Corral {} listening on {public_url}",
         env!("CARGO_PKG_VERSION")
@@ -206,6 +217,12 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     // Bounded: the reconciler abandons what is still busy after the replicas' stop grace.
     if let Err(e) = reconciler.await {
         tracing::error!(error = %e, "the reconciler ended abnormally");
+    }
+    // Only now that no step of ours is in flight: release the lease, so another
+    // process takes over at once instead of after it expires.
+    let _ = lease_stop_tx.send(true);
+    if let Err(e) = lease.await {
+        tracing::error!(error = %e, "the leader lease task ended abnormally");
     }
     served.map_err(CliError::io("serving HTTP"))?;
     tracing::info!("stopped");
