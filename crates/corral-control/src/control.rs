@@ -23,7 +23,7 @@ use crate::resolver::WeightsResolver;
 use crate::routing::{InstanceRoute, RoutingTable};
 use crate::settings::ControlSettings;
 use crate::stats::{ControlStats, Counters};
-use crate::{adopt, sweep, wake};
+use crate::{adopt, follow, sweep, wake};
 
 /// The reconciler and everything the API and gateway ask of it. Cheap to clone.
 #[derive(Clone)]
@@ -216,9 +216,17 @@ impl Control {
         tokio::pin!(shutdown);
         let mut leading = leadership.subscribe();
         loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                led = leading.wait_for(|t| t.is_some()) => if led.is_err() { return },
+            // Not leading: route by what the store says until this process leads.
+            if leading.borrow().is_none() {
+                let became_leader = follow::follow(&self.inner, async {
+                    tokio::select! {
+                        _ = &mut shutdown => false,
+                        led = leading.wait_for(|t| t.is_some()) => led.is_ok(),
+                    }
+                });
+                if !became_leader.await {
+                    return;
+                }
             }
             let mut lost = leadership.subscribe();
             let mut stopping = false;

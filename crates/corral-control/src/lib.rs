@@ -10,6 +10,7 @@ mod autoscale;
 mod backoff;
 mod control;
 mod error;
+mod follow;
 mod health;
 mod idle;
 mod leader;

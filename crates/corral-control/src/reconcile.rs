@@ -1000,14 +1000,7 @@ impl InstanceTask {
     /// Points the gateway at exactly `ready`; returns the previous route (for draining).
     fn route(&self, inst: &Instance, ready: &[(Uuid, String)]) -> Option<Arc<InstanceRoute>> {
         let current = self.ctl.routing.get(self.id);
-        let same = current.as_ref().is_some_and(|c| {
-            c.replicas.len() == ready.len()
-                && c.replicas
-                    .iter()
-                    .zip(ready)
-                    .all(|(r, (id, ep))| r.replica_id == *id && r.endpoint == *ep)
-        });
-        if same {
+        if self.ctl.routing.routes_to(self.id, ready) {
             return current;
         }
         if ready.is_empty() {

@@ -148,6 +148,17 @@ impl RoutingTable {
     }
 
     /// Every routed instance (for gauges such as ready replicas and requests in flight).
+    /// Whether the instance is routed to exactly `ready`, in that order.
+    pub fn routes_to(&self, instance_id: Uuid, ready: &[(Uuid, String)]) -> bool {
+        self.get(instance_id).is_some_and(|c| {
+            c.replicas.len() == ready.len()
+                && c.replicas
+                    .iter()
+                    .zip(ready)
+                    .all(|(r, (id, ep))| r.replica_id == *id && r.endpoint == *ep)
+        })
+    }
+
     pub fn all(&self) -> Vec<Arc<InstanceRoute>> {
         self.read().values().cloned().collect()
     }

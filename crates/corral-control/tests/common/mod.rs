@@ -319,13 +319,13 @@ pub fn catalog_entry(id: &str, path: &Path) -> CatalogModel {
     }
 }
 
-fn local_driver(data_dir: &Path, runner: &Path) -> Arc<LocalDriver> {
+pub fn local_driver(data_dir: &Path, runner: &Path) -> Arc<LocalDriver> {
     let mut config = LocalConfig::new(data_dir);
     config.runner_bin = Some(runner.to_path_buf());
     Arc::new(LocalDriver::new(config).expect("local driver"))
 }
 
-fn new_control(store: &Arc<dyn Store>, data_dir: &Path, driver: Arc<LocalDriver>) -> Control {
+pub fn new_control(store: &Arc<dyn Store>, data_dir: &Path, driver: Arc<LocalDriver>) -> Control {
     Control::new(
         store.clone(),
         vec![driver as Arc<dyn ComputeDriver>],
