@@ -70,6 +70,15 @@ async fn a_follower_routes_what_the_leader_made_ready() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The lease task's first look at the store may still be under way.
+    let start = Instant::now();
+    while leadership.leader().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "no look at the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!leadership.is_leader());
     assert_eq!(leadership.leader().as_deref(), Some("another"));
 
