@@ -14,6 +14,7 @@
 mod download;
 mod error;
 mod files;
+pub mod gc;
 mod name;
 mod ollama;
 mod progress;
@@ -36,6 +37,19 @@ use download::Download;
 use files::Sidecar;
 use progress::Meter;
 
+/// What local weights must stay: the catalog and the model ids of the instances not
+/// deleted (see [`gc`]). The server answers from its store when the disk runs low.
+#[async_trait::async_trait]
+pub trait WeightsNeeds: Send + Sync {
+    async fn needs(&self) -> std::result::Result<(Vec<CatalogModel>, Vec<String>), String>;
+}
+
+/// Collect garbage before a download when the disk has less than `min_free` bytes free.
+struct GcThreshold {
+    min_free: u64,
+    needs: Arc<dyn WeightsNeeds>,
+}
+
 /// Where `ollama pull` gets its models.
 pub const DEFAULT_REGISTRY: &str = "https://registry.ollama.ai";
 
@@ -49,6 +63,7 @@ pub struct Weights {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per normalized model id; kept for the server's life (one entry per catalog model).
     progress: Mutex<HashMap<String, watch::Sender<Progress>>>,
+    gc: Option<GcThreshold>,
 }
 
 impl Weights {
@@ -64,7 +79,23 @@ impl Weights {
             allow_private: false,
             locks: Mutex::default(),
             progress: Mutex::default(),
+            gc: None,
         }
+    }
+
+    /// Before each download, if the models dir's file system has less than
+    /// `min_free_bytes` available, deletes the weights `needs` says nothing needs (the
+    /// `weights_gc_min_free_mib` setting). The model being fetched is always kept.
+    pub fn with_gc_threshold(
+        mut self,
+        min_free_bytes: u64,
+        needs: Arc<dyn WeightsNeeds>,
+    ) -> Weights {
+        self.gc = Some(GcThreshold {
+            min_free: min_free_bytes,
+            needs,
+        });
+        self
     }
 
     /// Another Ollama-protocol registry (a mirror, or a test server): its base URL.
@@ -137,6 +168,7 @@ impl Weights {
             meter.phase(Phase::Ready, size.unwrap_or(0), size);
             return Ok(path);
         }
+        self.make_room(&id).await;
         match self
             .fetch(&id, &stem, &model.source, remote, &mut meter)
             .await
@@ -297,6 +329,105 @@ impl Weights {
             len as f64 / (1024.0 * 1024.0)
         );
         Ok((dest, len))
+    }
+
+    /// Deletes the weights no catalog entry or instance needs (see [`gc`]); with `dry_run`
+    /// only says what it would free. `in_use`: model ids of the instances not deleted.
+    /// Weights a download or import is writing right now (their lock is held) are left.
+    pub async fn collect_garbage(
+        &self,
+        catalog: &[CatalogModel],
+        in_use: &[String],
+        dry_run: bool,
+    ) -> Result<Vec<gc::Freed>> {
+        let needed = gc::needed_stems(&self.models_dir, &self.data_dir, catalog, in_use);
+        let on_disk = self.weights_on_disk().await?;
+        let mut freed = Vec::new();
+        for w in gc::unneeded(&on_disk, &needed) {
+            let (gguf, _, record) = self.paths(&w.stem);
+            if !dry_run {
+                let lock = self.lock(&w.stem);
+                let Ok(_writer) = lock.try_lock() else {
+                    continue;
+                };
+                // The record first: a GGUF without one is never taken as verified.
+                files::remove(&record).await?;
+                files::remove(&gguf).await?;
+                tracing::info!(stem = %w.stem, bytes = w.bytes, "weights collected");
+            }
+            freed.push(gc::Freed {
+                stem: w.stem,
+                path: gguf,
+                bytes: w.bytes,
+            });
+        }
+        Ok(freed)
+    }
+
+    /// The disk-space threshold's collection. Failing to collect does not fail the
+    /// download (that may still fit); it is logged.
+    async fn make_room(&self, fetching: &str) {
+        let Some(gc) = &self.gc else { return };
+        let probe = if self.models_dir.exists() {
+            &self.models_dir
+        } else {
+            &self.data_dir
+        };
+        let free = match files::available_bytes(probe) {
+            Ok(free) if free >= gc.min_free => return,
+            Ok(free) => free,
+            Err(e) => {
+                tracing::warn!("weights gc: free space of {}: {e}", probe.display());
+                return;
+            }
+        };
+        let (catalog, mut in_use) = match gc.needs.needs().await {
+            Ok(needs) => needs,
+            Err(e) => {
+                tracing::warn!("weights gc: what is needed: {e}");
+                return;
+            }
+        };
+        in_use.push(fetching.to_owned());
+        match self.collect_garbage(&catalog, &in_use, false).await {
+            Ok(freed) => tracing::info!(
+                free,
+                min_free = gc.min_free,
+                freed = freed.iter().map(|f| f.bytes).sum::<u64>(),
+                files = freed.len(),
+                "weights gc: below the free-space threshold before downloading {fetching}"
+            ),
+            Err(e) => tracing::warn!("weights gc: {e}"),
+        }
+    }
+
+    /// Every `<stem>.gguf` in the models dir with its size (none when there is no dir).
+    async fn weights_on_disk(&self) -> Result<Vec<gc::OnDisk>> {
+        let ctx = || format!("listing {}", self.models_dir.display());
+        let mut dir = match tokio::fs::read_dir(&self.models_dir).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(ctx())(e)),
+        };
+        let mut found = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(Error::io(ctx()))? {
+            let path = entry.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if path.extension().is_none_or(|e| e != "gguf") {
+                continue;
+            }
+            let meta = entry.metadata().await.map_err(Error::io(ctx()))?;
+            if meta.is_file() {
+                found.push(gc::OnDisk {
+                    stem: stem.to_owned(),
+                    bytes: meta.len(),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.stem.cmp(&b.stem));
+        Ok(found)
     }
 
     /// `<stem>.gguf`, `<stem>.partial`, `<stem>.json`. No two stems share a file: the

@@ -781,3 +781,68 @@ async fn weights_files_are_private() {
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&models.join("smol_135m.json")), 0o600);
 }
+
+/// The store's answer, fixed: the catalog and the model ids of live instances.
+struct FixedNeeds(Vec<CatalogModel>, Vec<String>);
+
+#[async_trait::async_trait]
+impl corral_models::WeightsNeeds for FixedNeeds {
+    async fn needs(&self) -> Result<(Vec<CatalogModel>, Vec<String>), String> {
+        Ok((self.0.clone(), self.1.clone()))
+    }
+}
+
+/// Weights on disk as a pull leaves them: the GGUF and its record.
+fn pulled(models: &Path, stem: &str) {
+    std::fs::create_dir_all(models).unwrap();
+    std::fs::write(models.join(format!("{stem}.gguf")), b"GGUF old weights").unwrap();
+    std::fs::write(models.join(format!("{stem}.json")), b"{}").unwrap();
+}
+
+#[tokio::test]
+async fn below_the_free_space_threshold_a_download_first_collects_unneeded_weights() {
+    let server = serve().await;
+    let (dir, models) = setup();
+    pulled(&models, "llama2_7b"); // in the catalog, no instance uses it
+    pulled(&models, "phi3_mini"); // an instance uses it
+    pulled(&models, "gone_1b"); // no longer in the catalog
+    let m = model(
+        "smollm2:135m",
+        url(&server, "/files/model.gguf", &fixture().sha256),
+    );
+    let catalog = vec![m.clone(), model("llama2:7b", ollama("library/llama2:7b"))];
+    let needs = FixedNeeds(catalog, vec!["phi3:mini".into()]);
+    // No disk has this much free: every download collects first.
+    let weights = local(dir.path()).with_gc_threshold(u64::MAX, Arc::new(needs));
+    let path = weights.resolve(&m).await.unwrap();
+    assert_is_fixture(&path);
+    assert_eq!(
+        listing(dir.path()),
+        [
+            "phi3_mini.gguf",
+            "phi3_mini.json",
+            "smollm2_135m.gguf",
+            "smollm2_135m.json"
+        ]
+    );
+
+    // Weights already present are not a download: nothing is collected for them.
+    pulled(&models, "gone_1b");
+    weights.resolve(&m).await.unwrap();
+    assert!(models.join("gone_1b.gguf").exists());
+}
+
+#[tokio::test]
+async fn above_the_free_space_threshold_nothing_is_collected() {
+    let server = serve().await;
+    let (dir, models) = setup();
+    pulled(&models, "gone_1b");
+    let m = model(
+        "smollm2:135m",
+        url(&server, "/files/model.gguf", &fixture().sha256),
+    );
+    let needs = FixedNeeds(vec![m.clone()], vec![]);
+    let weights = local(dir.path()).with_gc_threshold(0, Arc::new(needs));
+    weights.resolve(&m).await.unwrap();
+    assert!(models.join("gone_1b.gguf").exists());
+}

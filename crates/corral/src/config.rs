@@ -133,6 +133,11 @@ pub struct ServeArgs {
     /// fetch from its own network, such as the cloud metadata address).
     #[arg(long, env = "CORRAL_ALLOW_PRIVATE_MODEL_SOURCES", value_name = "BOOL")]
     pub allow_private_model_sources: Option<bool>,
+    /// Before downloading weights with less than this much disk free (MiB) under the
+    /// data dir, delete the weights no catalog entry or instance needs (as `corral
+    /// models gc --apply`). 0 turns it off.
+    #[arg(long, env = "CORRAL_WEIGHTS_GC_MIN_FREE_MIB", value_name = "MIB")]
+    pub weights_gc_min_free_mib: Option<u64>,
     /// Log filter, e.g. info or corral_api=debug.
     #[arg(long, env = "CORRAL_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -260,6 +265,7 @@ pub struct FileConfig {
     pub gateway_max_concurrent_requests: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     pub gateway_body_timeout: Option<Duration>,
+    pub weights_gc_min_free_mib: Option<u64>,
     pub log: Option<String>,
     #[serde(default)]
     pub smtp: SmtpFile,

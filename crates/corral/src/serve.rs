@@ -162,10 +162,17 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     };
     // One weights manager for the reconciler (deploys) and the API (presence, pulls), so
     // they share the per-model download lock and its progress.
-    let weights = Arc::new(
-        corral_models::Weights::new(&cfg.data_dir)
-            .allow_private_sources(settings.allow_private_model_sources),
-    );
+    let mut weights = corral_models::Weights::new(&cfg.data_dir)
+        .allow_private_sources(settings.allow_private_model_sources);
+    let gc_min_free_mib = args
+        .weights_gc_min_free_mib
+        .or(file.weights_gc_min_free_mib)
+        .unwrap_or(DEFAULT_WEIGHTS_GC_MIN_FREE_MIB);
+    if gc_min_free_mib > 0 {
+        let needs = Arc::new(crate::store::StoreNeeds(store.clone()));
+        weights = weights.with_gc_threshold(gc_min_free_mib << 20, needs);
+    }
+    let weights = Arc::new(weights);
     // Without corral-runner (or ollama) this host cannot run models itself; accounts,
     // the catalog and any cloud driver still work, so warn instead of refusing to start.
     let mut drivers: Vec<Arc<dyn ComputeDriver>> = Vec::new();
@@ -228,6 +235,10 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Free disk below which a download first collects unneeded weights: about one 7B
+/// model's GGUF.
+const DEFAULT_WEIGHTS_GC_MIN_FREE_MIB: u64 = 4096;
 
 /// Resolves once `stop` says true (or its sender is gone).
 async fn stopped(mut stop: watch::Receiver<bool>) {

@@ -97,6 +97,19 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "MIB")]
         memory: Option<u32>,
     },
+    /// Delete local weights that no catalog entry or instance needs: registry and URL
+    /// models no instance uses (a deploy downloads them again) and models gone from the
+    /// catalog; imported files and the weights of instances not deleted stay. On the
+    /// server's machine (data dir and store directly). Prints what it frees; a dry run
+    /// unless --apply.
+    Gc {
+        /// Delete the files (default: only list them).
+        #[arg(long, conflicts_with = "dry_run")]
+        apply: bool,
+        /// Only list what would be freed (the default).
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +196,7 @@ pub async fn run(store: &StoreArgs, cmd: ClientCommand) -> Result<(), CliError> 
             ModelsCommand::Import { file, name, memory } => {
                 models::import(store, &file, &name, memory).await
             }
+            ModelsCommand::Gc { apply, .. } => models::gc(store, !apply).await,
         },
         ClientCommand::Deploy(args) => instances::deploy(args).await,
         ClientCommand::Ps => instances::ps().await,

@@ -167,3 +167,33 @@ pub async fn import(
     );
     Ok(())
 }
+
+/// `corral models gc`: what the catalog and the instances in the store need decides
+/// (corral_models::gc); the files are the data dir's.
+pub async fn gc(store_args: &StoreArgs, dry_run: bool) -> Result<(), CliError> {
+    let config = FileConfig::load(store_args.config.as_deref())?;
+    let cfg = StoreConfig::resolve(store_args, &config);
+    let store = crate::store::open(&cfg.database_url).await?;
+    let (catalog, in_use) = crate::store::weights_needs(store.as_ref()).await?;
+    let weights = corral_models::Weights::new(&cfg.data_dir);
+    let freed = weights
+        .collect_garbage(&catalog, &in_use, dry_run)
+        .await
+        .map_err(|e| CliError::Invalid(e.to_string()))?;
+    let verb = if dry_run { "would free" } else { "freed" };
+    for f in &freed {
+        println!("{verb} {} ({})", f.path.display(), output::bytes(f.bytes));
+    }
+    let total = freed.iter().map(|f| f.bytes).sum();
+    println!(
+        "{verb} {} in {} file(s){}",
+        output::bytes(total),
+        freed.len(),
+        if dry_run && !freed.is_empty() {
+            "; run with --apply to delete them"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
