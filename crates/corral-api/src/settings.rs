@@ -23,6 +23,8 @@ pub struct Settings {
     /// Require a verified e-mail before login.
     pub require_verified_email: bool,
     pub argon2: Argon2Params,
+    /// How many Argon2 calls run at once, and how many more may wait (see `auth::password`).
+    pub password_hashing: HashLimits,
     /// Proxies in front of Corral that append to `X-Forwarded-For` (an ALB: 1; CloudFront
     /// and an ALB: 2); the client IP is the entry this many places from the right. 0: the
     /// header is ignored and the TCP peer is the client (see `client_ip`).
@@ -69,6 +71,54 @@ impl Default for Argon2Params {
     }
 }
 
+/// The bound on Argon2 work: `in_flight` hashes run at once (each holds its memory, 19 MiB
+/// by default), `queued` more wait for a turn, and callers beyond are refused with 503.
+#[derive(Debug, Clone, Copy)]
+pub struct HashLimits {
+    pub in_flight: usize,
+    pub queued: usize,
+}
+
+/// Queued hashes per worker: at tens of milliseconds a hash, the last in the queue waits
+/// about a second or two, while a burst beyond is refused rather than held in memory.
+const QUEUED_PER_WORKER: usize = 32;
+
+impl HashLimits {
+    /// What is configured, the rest derived: by default one hash per core (Argon2 is
+    /// CPU-bound, so more at once only adds memory) and `QUEUED_PER_WORKER` waiting per
+    /// hash in flight.
+    pub fn configured(in_flight: Option<usize>, queued: Option<usize>) -> Self {
+        let in_flight = in_flight
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+            .max(1);
+        HashLimits {
+            in_flight,
+            queued: queued.unwrap_or(in_flight * QUEUED_PER_WORKER),
+        }
+    }
+}
+
+impl Default for HashLimits {
+    fn default() -> Self {
+        HashLimits::configured(None, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_limits_derive_the_queue_from_the_workers() {
+        let l = HashLimits::configured(Some(3), None);
+        assert_eq!((l.in_flight, l.queued), (3, 96));
+        let l = HashLimits::configured(Some(0), Some(0));
+        assert_eq!((l.in_flight, l.queued), (1, 0));
+        let l = HashLimits::default();
+        assert!(l.in_flight >= 1 && l.queued == l.in_flight * QUEUED_PER_WORKER);
+    }
+}
+
 impl Settings {
     /// Defaults suitable for tests and local use; the binary overrides what is configured.
     pub fn new(public_url: impl Into<String>, jwt_secret: Vec<u8>) -> Self {
@@ -84,6 +134,7 @@ impl Settings {
             signup_enabled: true,
             require_verified_email: true,
             argon2: Argon2Params::default(),
+            password_hashing: HashLimits::default(),
             trusted_proxy_hops: 0,
             setup_token: None,
             metrics_token: None,

@@ -11,6 +11,7 @@ use crate::audit::Refusals;
 use crate::auth::cache::AuthCache;
 use crate::auth::cognito::{AuthMode, Cognito};
 use crate::auth::jwt::Keys;
+use crate::auth::password::Passwords;
 use crate::gateway::Gateway;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub settings: Settings,
     pub keys: Keys,
+    /// Argon2 hashing and verification, bounded (see `auth::password`).
+    pub passwords: Passwords,
     /// The user pool, in auth mode `cognito`.
     pub cognito: Option<Cognito>,
     /// API keys and users of recent requests (see `auth::cache`).
@@ -62,6 +65,7 @@ impl AppState {
             control,
             weights,
             keys: Keys::new(&settings.jwt_secret),
+            passwords: Passwords::new(settings.argon2, settings.password_hashing),
             cognito: match &settings.auth {
                 AuthMode::Builtin => None,
                 AuthMode::Cognito(cognito) => Some(Cognito::new((**cognito).clone())),

@@ -1074,9 +1074,7 @@ async fn cognito_role_change_is_refused() {
     );
 
     // A row of Corral's own (made before the switch to cognito) keeps an editable role.
-    let hash = corral_api::auth::password::hash(PASSWORD.into(), app.state.settings.argon2)
-        .await
-        .unwrap();
+    let hash = app.state.passwords.hash(PASSWORD.into()).await.unwrap();
     let local = corral_core::User::new("local-r@example.com", hash, Role::User, chrono::Utc::now());
     app.state.store.create_user(&local).await.unwrap();
     let (status, body) = app

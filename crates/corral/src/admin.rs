@@ -65,8 +65,11 @@ pub async fn run(store_args: &StoreArgs, cmd: AdminCommand) -> Result<(), CliErr
             corral_guard::files::create_private_dir(&cfg.data_dir)
                 .map_err(CliError::io(format!("creating {}", cfg.data_dir.display())))?;
             let store = crate::store::open(&cfg.database_url).await?;
-            let argon2 = crate::serve::argon2_params(&file);
-            let hash = corral_api::auth::password::hash(pass, argon2).await?;
+            let passwords = corral_api::auth::password::Passwords::new(
+                crate::serve::argon2_params(&file),
+                crate::serve::hash_limits(&file),
+            );
+            let hash = passwords.hash(pass).await?;
             let mut account = User::new(&email, hash, role, chrono::Utc::now());
             account.email_verified = true;
             match store.create_user(&account).await {

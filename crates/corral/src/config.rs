@@ -492,6 +492,11 @@ pub struct Argon2File {
     pub memory_kib: Option<u32>,
     pub iterations: Option<u32>,
     pub parallelism: Option<u32>,
+    /// Argon2 calls at once (default: the number of cores).
+    pub max_in_flight: Option<usize>,
+    /// Calls waiting for a turn beyond those; more are refused with 503 (default: 32 per
+    /// `max_in_flight`).
+    pub max_queued: Option<usize>,
 }
 
 mod humantime_serde_opt {

@@ -4,6 +4,7 @@ mod admin;
 mod client;
 mod config;
 mod error;
+mod malloc;
 mod private;
 mod serve;
 mod single;
@@ -42,6 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc::return_large_blocks();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // One worker per core (tokio's default, or TOKIO_WORKER_THREADS): the gateway

@@ -1,7 +1,7 @@
 //! `corral serve`: resolves the configuration, opens the store and runs the API.
 
 use corral_api::mail::{Mailer, SmtpSettings};
-use corral_api::settings::Argon2Params;
+use corral_api::settings::{Argon2Params, HashLimits};
 use corral_api::{AppState, Settings};
 use corral_control::{Control, ControlSettings, Leadership, LeaseSettings};
 use corral_core::secret;
@@ -113,6 +113,7 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         settings.gateway_body_timeout = v;
     }
     settings.argon2 = argon2_params(&file);
+    settings.password_hashing = hash_limits(&file);
     settings.auth = crate::config::auth_mode(&args, &file)?;
 
     let mailer = match args.smtp_host.clone().or(file.smtp.host.clone()) {
@@ -252,6 +253,10 @@ pub fn argon2_params(file: &FileConfig) -> Argon2Params {
         iterations: file.argon2.iterations.unwrap_or(d.iterations),
         parallelism: file.argon2.parallelism.unwrap_or(d.parallelism),
     }
+}
+
+pub fn hash_limits(file: &FileConfig) -> HashLimits {
+    HashLimits::configured(file.argon2.max_in_flight, file.argon2.max_queued)
 }
 
 fn print_setup_hint(public_url: &str, token: &str) {

@@ -160,7 +160,7 @@ async fn create_user(
         .map(validate_display_name)
         .transpose()?;
     check_new_password(&body.password)?;
-    let hash = crate::auth::password::hash(body.password, state.settings.argon2).await?;
+    let hash = state.passwords.hash(body.password).await?;
     let mut new = User::new(&body.email, hash, body.role, Utc::now());
     new.email_verified = true;
     if let Some(name) = display_name {

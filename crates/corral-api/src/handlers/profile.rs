@@ -103,8 +103,7 @@ async fn update_profile(
             ));
         }
         verify_current_password(&state, &audit, user, body.current_password).await?;
-        patch.password_hash =
-            Some(crate::auth::password::hash(new_password, state.settings.argon2).await?);
+        patch.password_hash = Some(state.passwords.hash(new_password).await?);
     }
 
     let now = Utc::now();
@@ -171,7 +170,12 @@ async fn verify_current_password(
     // Argon2's cost grows with the input; anything over the policy's maximum cannot be
     // the password, so it is refused without hashing.
     let plausible = current.chars().count() <= password::MAX_LEN;
-    if plausible && crate::auth::password::verify(current, user.password_hash.clone()).await? {
+    if plausible
+        && state
+            .passwords
+            .verify(current, user.password_hash.clone())
+            .await?
+    {
         return Ok(());
     }
     audit.detail("wrong_password");

@@ -14,6 +14,8 @@
 //! | `corral_instances{state}` | gauge | instances by observed state |
 //! | `corral_ready_replicas` | gauge | replicas serving traffic |
 //! | `corral_deploy_duration_seconds` | histogram | from pending to ready, per deploy or wake |
+//! | `corral_password_hashes_in_flight`, `corral_password_hashes_in_flight_peak`, `corral_password_hashes_in_flight_limit` | gauge | Argon2 calls running now, the most at once since start, and the bound (see `auth::password`) |
+//! | `corral_password_hashes_refused_total` | counter | password checks refused with 503 because the queue was full |
 //! | `corral_replica_restarts_total`, `corral_wakes_total`, `corral_idle_shutdowns_total` | counter | the reconciler's |
 //!
 //! The hot path is lock-free but for a read lock on the route map (written once per
@@ -40,6 +42,7 @@ use std::time::Instant;
 pub use histogram::Histogram;
 
 use crate::auth::Principal;
+use crate::auth::password::HashStats;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -300,6 +303,35 @@ fn render_control(out: &mut String, control: &ControlStats) {
     );
 }
 
+fn render_passwords(out: &mut String, stats: HashStats) {
+    for (name, help, value) in [
+        (
+            "corral_password_hashes_in_flight",
+            "Argon2 password hashes and verifications running now.",
+            stats.active,
+        ),
+        (
+            "corral_password_hashes_in_flight_peak",
+            "The most Argon2 calls that ran at once since the server started.",
+            stats.peak,
+        ),
+        (
+            "corral_password_hashes_in_flight_limit",
+            "The bound on Argon2 calls at once; more wait in a queue.",
+            stats.in_flight_limit,
+        ),
+    ] {
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    counter(
+        out,
+        "corral_password_hashes_refused_total",
+        "Password checks refused with 503 because the Argon2 queue was full.",
+        stats.refused,
+    );
+}
+
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -353,7 +385,11 @@ pub async fn handler(State(state): State<AppState>, request: Request) -> Respons
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        state.metrics.render(&state.control.stats()),
+        {
+            let mut body = state.metrics.render(&state.control.stats());
+            render_passwords(&mut body, state.passwords.stats());
+            body
+        },
     )
         .into_response()
 }

@@ -258,9 +258,7 @@ impl TestApp {
     /// its access token (through the real login endpoint).
     pub async fn user_with_role(&self, role: corral_core::Role) -> (String, String) {
         let email = format!("{}-{}@example.com", role, uuid::Uuid::now_v7().simple());
-        let hash = corral_api::auth::password::hash(PASSWORD.into(), self.state.settings.argon2)
-            .await
-            .unwrap();
+        let hash = self.state.passwords.hash(PASSWORD.into()).await.unwrap();
         let mut user = corral_core::User::new(&email, hash, role, chrono::Utc::now());
         user.email_verified = true;
         self.state.store.create_user(&user).await.unwrap();

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::audit::Audit;
 use crate::auth::jwt::TokenType;
-use crate::auth::{oidc, password};
+use crate::auth::oidc;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -93,9 +93,12 @@ pub async fn login(
     let verified = if body.password.chars().count() > MAX_LEN {
         false
     } else if let Some(user) = &user {
-        password::verify(body.password, user.password_hash.clone()).await?
+        state
+            .passwords
+            .verify(body.password, user.password_hash.clone())
+            .await?
     } else {
-        password::verify_dummy(body.password, state.settings.argon2).await?;
+        state.passwords.verify_dummy(body.password).await?;
         false
     };
     let user = match user {

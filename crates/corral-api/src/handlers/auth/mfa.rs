@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::session::no_store;
 use super::{Done, accept_code, ensure_not_locked, invalid_code, limit_account, record_failure};
 use crate::audit::Audit;
-use crate::auth::{Credential, Principal, oidc, password};
+use crate::auth::{Credential, Principal, oidc};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -182,7 +182,11 @@ pub async fn disable(
     let now = Utc::now();
     // A stolen access token must not be a way around the lockout to guess the password.
     ensure_not_locked(&state, &audit, &user.email, now).await?;
-    if !password::verify(body.password, user.password_hash.clone()).await? {
+    if !state
+        .passwords
+        .verify(body.password, user.password_hash.clone())
+        .await?
+    {
         audit.detail("bad_password");
         let wrong = ApiError::bad_request("wrong_password", "the password is wrong");
         return Err(record_failure(&state, &user.email, now, wrong).await);

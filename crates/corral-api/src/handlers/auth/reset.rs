@@ -15,7 +15,7 @@ use super::{
     limit_account, valid_email,
 };
 use crate::audit::Audit;
-use crate::auth::{oidc, password};
+use crate::auth::oidc;
 use crate::error::ApiResult;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -134,7 +134,7 @@ pub async fn reset_confirm(
     // Checked and hashed before the token is spent, so a refused password or a failure
     // while hashing leaves the link usable.
     check_new_password(&body.password, &body.confirm_password)?;
-    let hash = password::hash(body.password, state.settings.argon2).await?;
+    let hash = state.passwords.hash(body.password).await?;
     let now = Utc::now();
     let user_id = state
         .store

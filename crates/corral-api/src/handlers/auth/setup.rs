@@ -12,7 +12,6 @@ use utoipa::ToSchema;
 use super::session::{Client, TokenPair, sign_in};
 use super::{check_new_password, valid_email};
 use crate::audit::Audit;
-use crate::auth::password;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -82,7 +81,7 @@ pub async fn setup(
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     check_new_password(&body.password, &body.confirm_password)?;
-    let hash = password::hash(body.password, state.settings.argon2).await?;
+    let hash = state.passwords.hash(body.password).await?;
     let mut user = User::new(&email, hash, Role::Admin, Utc::now());
     user.email_verified = true;
     state.store.create_user(&user).await?;

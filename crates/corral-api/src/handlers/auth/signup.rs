@@ -15,7 +15,6 @@ use super::{
     limit_account, public_url, valid_email,
 };
 use crate::audit::Audit;
-use crate::auth::password;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -82,7 +81,7 @@ pub async fn signup(
     limit_account(&state, &email)?;
     check_new_password(&body.password, &body.confirm_password)?;
     // Hashed before finding out whether the address is taken, so both answers take as long.
-    let hash = password::hash(body.password, state.settings.argon2).await?;
+    let hash = state.passwords.hash(body.password).await?;
     let user = User::new(&email, hash, Role::User, Utc::now());
     match state.store.create_user(&user).await {
         Ok(()) => {
