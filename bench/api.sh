@@ -5,14 +5,19 @@
 # same parameters as the reference.
 #
 # Usage: bench/api.sh            (builds release, needs wrk and python3)
+#        CORRAL_BIN=path bench/api.sh   (measures that binary instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v wrk >/dev/null || { echo "bench: installing wrk"; apt-get install -y -qq wrk >/dev/null; }
 target="${CARGO_TARGET_DIR:-target}"
-echo "bench: building release corral (first time takes a few minutes)"
-cargo build --release --bin corral --quiet
-corral="$target/release/corral"
+if [ -n "${CORRAL_BIN:-}" ]; then
+  corral="$CORRAL_BIN" # another build, e.g. the previous commit's, for a before/after
+else
+  echo "bench: building release corral (first time takes a few minutes)"
+  cargo build --release --bin corral --quiet
+  corral="$target/release/corral"
+fi
 
 work="$(mktemp -d)"
 server_pid=""
