@@ -104,21 +104,6 @@ impl Default for HashLimits {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_limits_derive_the_queue_from_the_workers() {
-        let l = HashLimits::configured(Some(3), None);
-        assert_eq!((l.in_flight, l.queued), (3, 96));
-        let l = HashLimits::configured(Some(0), Some(0));
-        assert_eq!((l.in_flight, l.queued), (1, 0));
-        let l = HashLimits::default();
-        assert!(l.in_flight >= 1 && l.queued == l.in_flight * QUEUED_PER_WORKER);
-    }
-}
-
 impl Settings {
     /// Defaults suitable for tests and local use; the binary overrides what is configured.
     pub fn new(public_url: impl Into<String>, jwt_secret: Vec<u8>) -> Self {
@@ -146,5 +131,20 @@ impl Settings {
             auth: crate::auth::cognito::AuthMode::Builtin,
             allow_private_model_sources: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_limits_derive_the_queue_from_the_workers() {
+        let l = HashLimits::configured(Some(3), None);
+        assert_eq!((l.in_flight, l.queued), (3, 96));
+        let l = HashLimits::configured(Some(0), Some(0));
+        assert_eq!((l.in_flight, l.queued), (1, 0));
+        let l = HashLimits::default();
+        assert!(l.in_flight >= 1 && l.queued == l.in_flight * QUEUED_PER_WORKER);
     }
 }
