@@ -105,6 +105,16 @@ impl Gateway {
 
     /// Deploys the demo model for `owner` and waits until it has a ready replica.
     async fn deploy(&self, owner: Uuid, settings: InstanceSettings) -> Uuid {
+        self.deploy_replicas(owner, settings, 1).await
+    }
+
+    /// Deploys the demo model with `replicas` replicas and waits until all are ready.
+    async fn deploy_replicas(
+        &self,
+        owner: Uuid,
+        settings: InstanceSettings,
+        replicas: u32,
+    ) -> Uuid {
         let store = &self.app.state.store;
         store
             .upsert_model(&CatalogModel {
@@ -137,7 +147,7 @@ impl Gateway {
                 instance_type: None,
                 spot: false,
             },
-            target_replicas: 1,
+            target_replicas: replicas,
             settings,
             desired: Desired::Running,
             state: State::Pending,
@@ -157,6 +167,20 @@ impl Gateway {
             .wake(inst.id, Duration::from_secs(60))
             .await
             .unwrap_or_else(|e| panic!("instance not ready: {e}"));
+        let start = Instant::now();
+        while self
+            .app
+            .state
+            .routing
+            .get(inst.id)
+            .is_none_or(|r| r.replicas.len() < replicas as usize)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{replicas} replicas not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         inst.id
     }
 
@@ -940,7 +964,103 @@ async fn long_requests_are_activity(backend: Backend) {
     gw.teardown().await;
 }
 
+/// Reads a counter of a replica's Prometheus `/metrics` (0 when absent).
+async fn replica_counter(replica: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{replica}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.split(['{', ' '])
+                .next()
+                .is_some_and(|n| n.ends_with(name))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Cache-aware routing over two replicas: every conversation's second turn goes to the
+/// replica that served its first, which then reuses the whole first-turn prompt from its
+/// KV cache (another replica has seen at most the chat template's first tokens, each
+/// conversation opening differently); and the conversations spread over both replicas.
+async fn conversations_stick_to_their_replica(backend: Backend) {
+    let _serial = SERIAL.lock().await;
+    let Some(gw) = start(backend, |_| {}).await else {
+        return;
+    };
+    let (owner, token) = gw.user(Role::User).await;
+    let id = gw
+        .deploy_replicas(
+            owner,
+            InstanceSettings {
+                min_replicas: 2,
+                max_replicas: 2,
+                ..InstanceSettings::default()
+            },
+            2,
+        )
+        .await;
+    let endpoints: Vec<String> = gw
+        .app
+        .state
+        .routing
+        .get(id)
+        .unwrap()
+        .replicas
+        .iter()
+        .map(|r| r.endpoint.clone())
+        .collect();
+    let mut before = Vec::new();
+    for e in &endpoints {
+        before.push(replica_counter(e, "requests_total").await);
+    }
+    let conversations = 12;
+    for c in 0..conversations {
+        let mut messages =
+            vec![json!({"role": "user", "content": format!("{c} {c} {c}: name a colour.")})];
+        let turn = |messages: &Vec<Value>| json!({"model": MODEL, "messages": messages, "max_tokens": 3, "temperature": 0});
+        let (status, first) = gw
+            .post("/v1/chat/completions", Some(&token), turn(&messages))
+            .await;
+        assert_eq!(status, 200, "{first}");
+        let prompt = first["usage"]["prompt_tokens"].as_u64().unwrap();
+        messages.push(first["choices"][0]["message"].clone());
+        messages.push(json!({"role": "user", "content": "And another?"}));
+        let (status, second) = gw
+            .post("/v1/chat/completions", Some(&token), turn(&messages))
+            .await;
+        assert_eq!(status, 200, "{second}");
+        let cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            cached + 1 >= prompt,
+            "conversation {c}: turn 2 reused {cached} tokens of turn 1's {prompt}: another replica?"
+        );
+    }
+    let mut served = Vec::new();
+    for (e, b) in endpoints.iter().zip(before) {
+        served.push(replica_counter(e, "requests_total").await - b);
+    }
+    assert_eq!(
+        served.iter().sum::<f64>(),
+        f64::from(2 * conversations),
+        "{served:?}"
+    );
+    // Each conversation's replica is chosen by hash: all 12 on one of two replicas
+    // happens with probability 2^-11.
+    assert!(
+        served.iter().all(|&n| n > 0.0),
+        "one replica took everything: {served:?}"
+    );
+    gw.teardown().await;
+}
+
 both_backends!(
+    conversations_stick_to_their_replica,
     every_route_streams_and_meters,
     long_requests_are_activity,
     owners_roles_and_error_shapes,

@@ -27,6 +27,6 @@ pub use control::Control;
 pub use error::{Error, Result};
 pub use leader::{LEADER_LEASE, Leadership, LeaseSettings, still_leads};
 pub use resolver::{FileWeights, WeightsError, WeightsResolver};
-pub use routing::{InFlight, InstanceRoute, ReplicaRoute, RoutingTable};
+pub use routing::{InFlight, InstanceRoute, ReplicaRoute, RoutingTable, pick};
 pub use settings::ControlSettings;
 pub use stats::{ControlStats, Histogram};

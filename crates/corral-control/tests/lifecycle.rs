@@ -274,7 +274,7 @@ async fn idle_sleep_then_wake_on_request() {
 
     // A request through the routing table counts as activity and postpones sleep.
     let route = h.control.routing().get(id).unwrap();
-    drop(route.acquire());
+    drop(route.acquire(None));
     let asleep = h
         .wait_state(id, State::Sleeping, Duration::from_secs(15))
         .await;
@@ -479,7 +479,7 @@ async fn autoscales_on_in_flight_requests() {
 
     // Hold four request slots open: 4 in flight on one replica is over the threshold of 3.
     let route = h.control.routing().get(id).unwrap();
-    let held: Vec<_> = (0..4).map(|_| route.acquire().unwrap()).collect();
+    let held: Vec<_> = (0..4).map(|_| route.acquire(None).unwrap()).collect();
     h.wait_until(
         "scaled to two serving replicas",
         Duration::from_secs(30),

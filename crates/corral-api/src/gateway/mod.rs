@@ -23,6 +23,7 @@
 //! Errors come in the shape of the path's API (see `error`). Gateway calls are metered
 //! (usage rows, metrics) rather than written to the audit log.
 
+mod affinity;
 mod allow;
 mod concurrency;
 mod error;
@@ -346,10 +347,12 @@ async fn by_model(
     };
     let path_and_query = with_query(path, &parts.uri);
     let inference = is_inference(replica_path);
+    let prefix = affinity::prefix_key(replica_path, &body);
     proxy::forward(
         state,
         Forward {
             route,
+            prefix,
             method: parts.method,
             path_and_query,
             headers: parts.headers,
@@ -410,10 +413,16 @@ async fn to_instance(state: &AppState, request: Request) -> Result<Response, Gat
         (body, false)
     };
     let path_and_query = with_query(&format!("/{rest}"), &parts.uri);
+    let prefix = if parts.method == Method::POST {
+        affinity::prefix_key(rest, &body)
+    } else {
+        None
+    };
     proxy::forward(
         state,
         Forward {
             route,
+            prefix,
             inference: parts.method == Method::POST && is_inference(rest),
             method: parts.method,
             path_and_query,

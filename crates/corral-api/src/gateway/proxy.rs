@@ -46,6 +46,8 @@ pub fn client() -> HttpClient {
 /// One request on its way to an instance.
 pub struct Forward {
     pub route: Arc<InstanceRoute>,
+    /// The request's prompt-prefix key (`affinity`), for cache-aware replica choice.
+    pub prefix: Option<u64>,
     pub method: Method,
     /// Path and query on the replica, e.g. `/api/chat` or `/v1/chat/completions`.
     pub path_and_query: String,
@@ -63,8 +65,9 @@ pub struct Forward {
 }
 
 pub async fn forward(state: &AppState, fwd: Forward) -> Result<Response<Body>, GatewayError> {
-    // The least busy replica, reserved until the answer's body is done.
-    let slot = fwd.route.acquire().ok_or_else(|| {
+    // The replica likely to hold the prompt's prefix within the load bound, else the
+    // least busy one; reserved until the answer's body is done.
+    let slot = fwd.route.acquire(fwd.prefix).ok_or_else(|| {
         GatewayError::unavailable(
             "instance_not_ready",
             "the instance has no ready replica right now; retry shortly",
