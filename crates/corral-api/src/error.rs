@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use corral_core::{LimitKind, Refusal, Resource};
 use serde_json::{Value, json};
 use std::time::Duration;
 use thiserror::Error;
@@ -46,6 +47,11 @@ pub enum ApiError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// A change refused by a quota (409 `quota_exceeded`) or by the host's capacity
+    /// (409 `insufficient_capacity`); `details` say which limit, how much is in use
+    /// and (capacity) what is free. Nothing was changed.
+    #[error("{}", limit_message(.0))]
+    Limit(corral_core::Refusal),
     /// Something on our side failed; the cause is logged, never sent to the client.
     #[error("internal error")]
     Internal(String),
@@ -85,6 +91,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Denied { status, .. } => *status,
+            ApiError::Limit(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -100,10 +107,52 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::TooManyRequests { .. } => "rate_limited",
             ApiError::Denied { code, .. } => code,
+            ApiError::Limit(r) => match r.kind {
+                LimitKind::Quota => "quota_exceeded",
+                LimitKind::Capacity => "insufficient_capacity",
+            },
             ApiError::Internal(_) => "internal",
             ApiError::Unavailable(_) => "unavailable",
         }
     }
+}
+
+/// The sentence of a refusal, saying what to do about it.
+fn limit_message(r: &Refusal) -> String {
+    match r.kind {
+        LimitKind::Quota => {
+            format!("{r}; stop or delete instances, or ask an administrator to raise the quota")
+        }
+        LimitKind::Capacity => {
+            format!("{r}; stop instances on this host or choose a smaller size")
+        }
+    }
+}
+
+/// `details` of a refusal: `limit`, `allowed`, `in_use`, `requested` (vCPUs as
+/// numbers of vCPUs, everything else as counted), and for the host's capacity the
+/// `free` amount. A quota's `limit` is the quota field (`max_instances`); a
+/// capacity's is the host resource (`memory_mib`, `vcpu`).
+pub fn limit_details(r: &Refusal) -> Value {
+    let amount = |v: i64| -> Value {
+        match r.resource {
+            Resource::MaxVcpu => json!(v as f64 / 1000.0),
+            _ => json!(v),
+        }
+    };
+    let mut details = json!({
+        "allowed": amount(r.allowed),
+        "in_use": amount(r.in_use),
+        "requested": amount(r.requested),
+    });
+    match r.kind {
+        LimitKind::Quota => details["limit"] = json!(r.resource.as_str()),
+        LimitKind::Capacity => {
+            details["limit"] = json!(r.resource.as_str().trim_start_matches("max_"));
+            details["free"] = amount((r.allowed - r.in_use).max(0));
+        }
+    }
+    details
 }
 
 impl From<corral_store::Error> for ApiError {
@@ -119,6 +168,7 @@ impl From<corral_store::Error> for ApiError {
                 ApiError::bad_request("unknown_reference", format!("{what} does not exist"))
             }
             corral_store::Error::Invalid(why) => ApiError::bad_request("invalid_value", why),
+            corral_store::Error::Refused(refusal) => ApiError::Limit(refusal),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -141,6 +191,9 @@ impl IntoResponse for ApiError {
         } = &self
         {
             error["details"] = details.clone();
+        }
+        if let ApiError::Limit(refusal) = &self {
+            error["details"] = limit_details(refusal);
         }
         let mut response = (status, axum::Json(json!({ "error": error }))).into_response();
         if let ApiError::TooManyRequests { retry_after, .. }

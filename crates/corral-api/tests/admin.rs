@@ -320,31 +320,34 @@ async fn user_who_owns_instances_is_not_deleted(backend: Backend) {
     store.upsert_model(&model).await.unwrap();
     let now = Utc::now();
     store
-        .create_instance(&Instance {
-            id: Uuid::now_v7(),
-            owner_id: id,
-            model_id: model.id.clone(),
-            driver: "local".into(),
-            compute: ComputeSpec {
-                compute_type: ComputeType::Local,
-                cpu: 1.0,
-                memory: 1024,
-                gpu_count: 0,
-                instance_type: None,
-                spot: false,
+        .create_instance(
+            &Instance {
+                id: Uuid::now_v7(),
+                owner_id: id,
+                model_id: model.id.clone(),
+                driver: "local".into(),
+                compute: ComputeSpec {
+                    compute_type: ComputeType::Local,
+                    cpu: 1.0,
+                    memory: 1024,
+                    gpu_count: 0,
+                    instance_type: None,
+                    spot: false,
+                },
+                settings: InstanceSettings::default(),
+                desired: Desired::Running,
+                state: State::Pending,
+                state_reason: None,
+                target_replicas: 1,
+                created_at: now,
+                updated_at: now,
+                last_activity_at: now,
+                running_since: None,
+                running_seconds: 0,
+                team_id: None,
             },
-            settings: InstanceSettings::default(),
-            desired: Desired::Running,
-            state: State::Pending,
-            state_reason: None,
-            target_replicas: 1,
-            created_at: now,
-            updated_at: now,
-            last_activity_at: now,
-            running_since: None,
-            running_seconds: 0,
-            team_id: None,
-        })
+            &corral_core::Admission::unlimited(),
+        )
         .await
         .unwrap();
 

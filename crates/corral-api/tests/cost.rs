@@ -88,7 +88,11 @@ async fn instance(app: &TestApp, owner: Uuid, driver: &str, compute: ComputeSpec
         running_seconds: 0,
         team_id: None,
     };
-    app.state.store.create_instance(&inst).await.unwrap();
+    app.state
+        .store
+        .create_instance(&inst, &corral_core::Admission::unlimited())
+        .await
+        .unwrap();
     inst
 }
 
@@ -218,7 +222,13 @@ async fn cost_is_windowed_per_replica_and_survives_deletion(backend: Backend) {
 
     // Deleting the instance, then its owner, does not make the cost go away: an admin
     // still sees it, per instance and per user.
-    assert!(app.state.store.delete_instance(inst.id).await.unwrap());
+    assert!(
+        app.state
+            .store
+            .delete_instance(inst.id, &corral_core::Admission::unlimited())
+            .await
+            .unwrap()
+    );
     let after = usage(&app, &token, "").await;
     assert!(close(
         group(&after, &key)["cost_usd"].as_f64().unwrap(),

@@ -159,7 +159,10 @@ impl Gateway {
             running_seconds: 0,
             team_id: None,
         };
-        store.create_instance(&inst).await.unwrap();
+        store
+            .create_instance(&inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap();
         self.app.state.control.nudge();
         self.app
             .state

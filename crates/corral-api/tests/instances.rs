@@ -523,7 +523,11 @@ async fn stored_instance(app: &TestApp, owner: Uuid, model: &str) -> Uuid {
         running_seconds: 0,
         team_id: None,
     };
-    app.state.store.create_instance(&inst).await.unwrap();
+    app.state
+        .store
+        .create_instance(&inst, &corral_core::Admission::unlimited())
+        .await
+        .unwrap();
     inst.id
 }
 
@@ -732,7 +736,10 @@ async fn catalog_admin(backend: Backend) {
     let store = &app.state.store;
     let (status, body) = call(&app, Method::DELETE, "/api/models/phi3:mini", &admin).await;
     assert_eq!(status, 409, "{body}");
-    store.delete_instance(inst_id).await.unwrap();
+    store
+        .delete_instance(inst_id, &corral_core::Admission::unlimited())
+        .await
+        .unwrap();
     let (status, _) = call(&app, Method::DELETE, "/api/models/phi3:mini", &user).await;
     assert_eq!(status, 403);
     let (status, _) = call(&app, Method::DELETE, "/api/models/phi3:mini", &admin).await;

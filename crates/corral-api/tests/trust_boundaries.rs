@@ -352,7 +352,11 @@ async fn stored_instance(app: &TestApp, owner: Uuid) -> Uuid {
         running_since: None,
         running_seconds: 0,
     };
-    app.state.store.create_instance(&inst).await.unwrap();
+    app.state
+        .store
+        .create_instance(&inst, &corral_core::Admission::unlimited())
+        .await
+        .unwrap();
     inst.id
 }
 

@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::Utc;
-use corral_core::{CatalogModel, ComputeOffer, Desired, Instance, State};
+use corral_core::{
+    Admission, CatalogModel, ComputeOffer, Desired, Instance, Quota, State, Subject, quota_subject,
+};
 use corral_drivers::{ComputeDriver, ResourceUsage};
+use corral_store::DesiredChange;
 use corral_store::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
@@ -69,6 +72,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    pub async fn effective_quota(&self, subject: &Subject) -> corral_store::Result<Quota> {
+        let own = self.store.quota(subject).await?.unwrap_or_default();
+        Ok(own.or(&self.settings.quota_defaults))
+    }
+
+    pub async fn admission(&self, inst: &Instance) -> corral_store::Result<Admission> {
+        let quota = self.effective_quota(&quota_subject(inst)).await?;
+        Ok(Admission {
+            quota: quota.limits(),
+            host: self
+                .settings
+                .host
+                .as_ref()
+                .map(|h| (h.name.clone(), h.limits())),
+        })
+    }
+
     pub fn driver(&self, name: &str) -> Option<Arc<dyn ComputeDriver>> {
         self.drivers.iter().find(|d| d.name() == name).cloned()
     }
@@ -344,18 +364,12 @@ impl Control {
 
     /// Asks for an instance to run, and nudges the reconciler. A failed instance goes
     /// back to `pending` (its failure reason cleared): this is how a user retries it.
+    /// Starting is admitted against the quota and the host (`Error::Store(Refused)`).
     /// Returns the instance as stored afterwards.
     pub async fn start(&self, id: Uuid) -> Result<Instance> {
         let store = &self.inner.store;
-        let inst = store.instance(id).await?.ok_or(Error::NotFound)?;
-        if inst.desired == Desired::Deleted {
-            return Err(Error::Deleted);
-        }
         let now = Utc::now();
-        let mut inst = store
-            .set_desired(id, Desired::Running, now)
-            .await?
-            .ok_or(Error::NotFound)?;
+        let mut inst = self.change_desired(id, Desired::Running).await?;
         if inst.state == State::Failed
             && store
                 .transition(
@@ -377,14 +391,49 @@ impl Control {
     /// Sets what the user asked for (stop, sleep, delete, run) and nudges the
     /// reconciler. Prefer `start` for `Running`: it also retries a failed instance.
     pub async fn set_desired(&self, id: Uuid, desired: Desired) -> Result<Instance> {
-        let inst = self
-            .inner
-            .store
-            .set_desired(id, desired, Utc::now())
-            .await?
-            .ok_or(Error::NotFound)?;
+        let inst = self.change_desired(id, desired).await?;
         self.nudge();
         Ok(inst)
+    }
+
+    /// A user's change of `desired`, as compare-and-sets on the value read: a change
+    /// made meanwhile by another request, the wake path or the idle check is read
+    /// again and decided on (never overwritten blindly), and nothing leaves `deleted`
+    /// (`Error::Deleted`). Asking for the value it has changes nothing.
+    async fn change_desired(&self, id: Uuid, to: Desired) -> Result<Instance> {
+        let store = &self.inner.store;
+        // Each lost race means another writer changed `desired`; they are few (a user,
+        // the wake path, the idle check), so this ends after a handful of rounds.
+        for _ in 0..16 {
+            let inst = store.instance(id).await?.ok_or(Error::NotFound)?;
+            if inst.desired == Desired::Deleted && to != Desired::Deleted {
+                return Err(Error::Deleted);
+            }
+            if inst.desired == to {
+                return Ok(inst);
+            }
+            let admission = self.admission(&inst).await?;
+            match store
+                .set_desired(id, inst.desired, to, &admission, Utc::now())
+                .await?
+            {
+                Some(DesiredChange::Set(inst)) => return Ok(inst),
+                Some(DesiredChange::Stale(_)) => continue,
+                None => return Err(Error::NotFound),
+            }
+        }
+        Err(Error::Contended)
+    }
+
+    /// The limits a change of `inst` is admitted against: the effective quota of its
+    /// quota subject and, for the local driver, this host's capacity.
+    pub async fn admission(&self, inst: &Instance) -> Result<Admission> {
+        Ok(self.inner.admission(inst).await?)
+    }
+
+    /// A subject's quota: what an admin set, with the configured defaults for the rest.
+    pub async fn effective_quota(&self, subject: &Subject) -> Result<Quota> {
+        Ok(self.inner.effective_quota(subject).await?)
     }
 
     /// For the gateway: the instance's route once it has a ready replica. A sleeping

@@ -23,6 +23,9 @@ pub enum Error {
     /// `restart` of an instance that is not failed.
     #[error("the instance is {}, not failed", .0.as_str())]
     NotFailed(State),
+    /// `desired` kept changing under a compare-and-set (should not happen in practice).
+    #[error("the instance is being changed by other requests; try again")]
+    Contended,
     #[error(transparent)]
     Store(#[from] corral_store::Error),
 }

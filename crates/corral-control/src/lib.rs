@@ -28,5 +28,5 @@ pub use error::{Error, Result};
 pub use leader::{LEADER_LEASE, Leadership, LeaseSettings, still_leads};
 pub use resolver::{FileWeights, WeightsError, WeightsResolver};
 pub use routing::{InFlight, InstanceRoute, ReplicaRoute, RoutingTable, pick};
-pub use settings::ControlSettings;
+pub use settings::{ControlSettings, HostCapacity};
 pub use stats::{ControlStats, Histogram};

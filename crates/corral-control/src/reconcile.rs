@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use corral_core::{CatalogModel, Desired, Instance, Replica, ReplicaState, State};
 use corral_drivers::{ComputeDriver, LaunchSpec, Observed, ReplicaRef, ResourceUsage};
-use corral_store::ReplicaRun;
+use corral_store::{DesiredChange, ReplicaRun};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -103,6 +103,8 @@ struct Mem {
     scale: ScaleWindow,
     flushed_activity_ms: u64,
     last_flush: Option<Instant>,
+    /// The last refusal of the autoscaler recorded on the timeline.
+    scale_refused: Option<String>,
 }
 
 pub(crate) struct InstanceTask {
@@ -172,7 +174,9 @@ impl InstanceTask {
             .retain(|id, _| replicas.iter().any(|r| r.id == *id));
         let Some(driver) = ctl.driver(&inst.driver) else {
             if inst.desired == Desired::Deleted && replicas.is_empty() {
-                ctl.store.delete_instance(self.id).await?;
+                ctl.store
+                    .delete_instance(self.id, &ctl.admission(&inst).await?)
+                    .await?;
                 ctl.forget(self.id);
                 return Ok(Next::Done);
             }
@@ -205,7 +209,9 @@ impl InstanceTask {
                     if let Err(e) = driver.forget_instance(self.id).await {
                         tracing::warn!(instance = %self.id, error = %e, "deleting what the driver kept of the instance failed");
                     }
-                    ctl.store.delete_instance(self.id).await?;
+                    ctl.store
+                        .delete_instance(self.id, &ctl.admission(&inst).await?)
+                        .await?;
                     tracing::info!(instance = %self.id, "instance deleted");
                     ctl.forget(self.id);
                     return Ok(Next::Done);
@@ -547,12 +553,32 @@ impl InstanceTask {
         };
         if let Some(d) = autoscale::decide(&s.autoscale, &mut self.mem.scale, now.into_std(), load)
         {
-            self.ctl
+            let admission = self.ctl.admission(inst).await?;
+            match self
+                .ctl
                 .store
-                .set_target_replicas(self.id, d.target, Utc::now())
-                .await?;
-            inst.target_replicas = d.target;
-            self.event(&d.reason).await?;
+                .set_target_replicas(self.id, d.target, &admission, Utc::now())
+                .await
+            {
+                Ok(_) => {
+                    inst.target_replicas = d.target;
+                    self.mem.scale_refused = None;
+                    self.event(&d.reason).await?;
+                }
+                // At the quota or the host's capacity the autoscaler stops where it is,
+                // and says why on the timeline once (not on every tick it tries again).
+                Err(corral_store::Error::Refused(refusal)) => {
+                    let why = format!(
+                        "autoscaling stopped at {} replica(s): {refusal}",
+                        inst.target_replicas
+                    );
+                    if self.mem.scale_refused.as_ref() != Some(&why) {
+                        self.event(&why).await?;
+                        self.mem.scale_refused = Some(why);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let target = inst.target_replicas as usize;
 
@@ -1064,8 +1090,21 @@ impl InstanceTask {
         let Some(desired) = idle::idle_action(&inst.settings, last, in_flight, now) else {
             return Ok(false);
         };
-        let Some(updated) = self.ctl.store.set_desired(self.id, desired, now).await? else {
-            return Ok(false);
+        // A compare-and-set from `running`: a delete, stop or wake that landed since
+        // this step read the instance wins, and the idle check gives way.
+        let admission = self.ctl.admission(inst).await?;
+        let updated = match self
+            .ctl
+            .store
+            .set_desired(self.id, Desired::Running, desired, &admission, now)
+            .await?
+        {
+            Some(DesiredChange::Set(updated)) => updated,
+            Some(DesiredChange::Stale(current)) => {
+                inst.desired = current.desired;
+                return Ok(false);
+            }
+            None => return Ok(false),
         };
         let idle_secs = (now - last).num_seconds();
         let message = match desired {

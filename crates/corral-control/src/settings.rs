@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use corral_core::{Limits, Quota};
+
 use crate::autoscale::ScalePolicy;
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,30 @@ pub struct ControlSettings {
     /// choice: `ComputeDriver::runtime`).
     pub parallel: u32,
     pub context: u32,
+    /// The quota of every user and team for the fields an admin did not set.
+    pub quota_defaults: Quota,
+    /// This host's capacity for the local driver's replicas (None: not committed).
+    pub host: Option<HostCapacity>,
+}
+
+/// What the local driver may commit on this machine: total memory less a reserve for
+/// `corral serve` itself, and the vCPUs. Kept in the store under `name`, so several
+/// servers on one host share one set of counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostCapacity {
+    pub name: String,
+    pub milli_vcpu: i64,
+    pub memory_mib: i64,
+}
+
+impl HostCapacity {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            milli_vcpu: Some(self.milli_vcpu),
+            memory_mib: Some(self.memory_mib),
+            ..Limits::default()
+        }
+    }
 }
 
 impl Default for ControlSettings {
@@ -69,6 +95,8 @@ impl Default for ControlSettings {
             autoscale: ScalePolicy::default(),
             parallel: 4,
             context: 4096,
+            quota_defaults: Quota::default(),
+            host: None,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use corral_core::{Desired, State};
+use corral_store::DesiredChange;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -32,22 +33,43 @@ pub(crate) async fn wake(
         return Ok(route);
     }
     let since = *changes.borrow_and_update();
-    let inst = inner.store.instance(id).await?.ok_or(Error::NotFound)?;
-    match inst.desired {
-        Desired::Deleted => return Err(Error::Deleted),
-        Desired::Stopped => return Err(Error::Stopped),
-        Desired::Sleeping if !inst.settings.wake_on_request => return Err(Error::WakeDisabled),
-        _ => {}
-    }
-    if inst.state == State::Failed {
-        return Err(failed(inst.state_reason));
-    }
-    if inst.desired == Desired::Sleeping {
-        inner
+    let mut inst = inner.store.instance(id).await?.ok_or(Error::NotFound)?;
+    // Waking is a compare-and-set from `sleeping`: a delete or stop that lands first
+    // wins, and is read again here instead of being overwritten.
+    loop {
+        match inst.desired {
+            Desired::Deleted => return Err(Error::Deleted),
+            Desired::Stopped => return Err(Error::Stopped),
+            Desired::Sleeping if !inst.settings.wake_on_request => {
+                return Err(Error::WakeDisabled);
+            }
+            _ => {}
+        }
+        if inst.state == State::Failed {
+            return Err(failed(inst.state_reason));
+        }
+        if inst.desired != Desired::Sleeping {
+            break;
+        }
+        let admission = inner.admission(&inst).await?;
+        match inner
             .store
-            .set_desired(id, Desired::Running, Utc::now())
+            .set_desired(
+                id,
+                Desired::Sleeping,
+                Desired::Running,
+                &admission,
+                Utc::now(),
+            )
             .await?
-            .ok_or(Error::NotFound)?;
+            .ok_or(Error::NotFound)?
+        {
+            DesiredChange::Stale(now) => {
+                inst = now;
+                continue;
+            }
+            DesiredChange::Set(_) => {}
+        }
         // The timeline should say why a sleeping instance started; a failure to write
         // the note must not fail the request.
         if let Err(e) = inner
@@ -63,6 +85,7 @@ pub(crate) async fn wake(
             .unwrap_or_else(|p| p.into_inner())
             .wakes += 1;
         tracing::info!(instance = %id, "waking a sleeping instance for a request");
+        break;
     }
     control.nudge();
     let deadline = Instant::now() + timeout;

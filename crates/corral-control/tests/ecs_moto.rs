@@ -272,7 +272,10 @@ impl Setup {
             running_since: None,
             running_seconds: 0,
         };
-        self.store.create_instance(&inst).await.unwrap();
+        self.store
+            .create_instance(&inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap();
         self.control.nudge();
         inst.id
     }
@@ -319,11 +322,10 @@ impl Setup {
 
     /// Deletes the instance and waits until it is gone (every replica stopped).
     async fn delete(&self, id: Uuid) {
-        self.store
-            .set_desired(id, Desired::Deleted, Utc::now())
+        self.control
+            .set_desired(id, Desired::Deleted)
             .await
             .unwrap();
-        self.control.nudge();
         self.until("the instance deleted", async || {
             self.store
                 .instance(id)

@@ -159,7 +159,10 @@ impl Setup {
             running_seconds: 0,
             team_id: None,
         };
-        self.store.create_instance(&inst).await.unwrap();
+        self.store
+            .create_instance(&inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap();
         self.control.nudge();
         inst.id
     }
@@ -296,7 +299,12 @@ async fn wake_refuses_what_cannot_serve() {
         ..InstanceSettings::default()
     };
     s.store
-        .update_instance_settings(sleeping, &settings, Utc::now())
+        .update_instance_settings(
+            sleeping,
+            &settings,
+            &corral_core::Admission::unlimited(),
+            Utc::now(),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -306,7 +314,12 @@ async fn wake_refuses_what_cannot_serve() {
     // A wake that cannot succeed ends with the failure, not by waiting out the timeout.
     settings.wake_on_request = true;
     s.store
-        .update_instance_settings(sleeping, &settings, Utc::now())
+        .update_instance_settings(
+            sleeping,
+            &settings,
+            &corral_core::Admission::unlimited(),
+            Utc::now(),
+        )
         .await
         .unwrap();
     let t0 = Instant::now();

@@ -325,7 +325,12 @@ async fn idle_sleep_then_wake_on_request() {
     let mut s = h.instance(id).await.settings;
     s.wake_on_request = false;
     h.store
-        .update_instance_settings(id, &s, chrono::Utc::now())
+        .update_instance_settings(
+            id,
+            &s,
+            &corral_core::Admission::unlimited(),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
     h.wait_state(id, State::Stopped, Duration::from_secs(15))

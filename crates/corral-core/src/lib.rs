@@ -8,6 +8,7 @@ pub mod compute;
 pub mod instance;
 pub mod password;
 pub mod pricing;
+pub mod quota;
 pub mod role;
 pub mod secret;
 pub mod team;
@@ -24,6 +25,9 @@ pub use instance::{
     UsageSample,
 };
 pub use pricing::PriceTable;
+pub use quota::{
+    Admission, Allocation, LimitKind, Limits, Quota, Refusal, Resource, Subject, quota_subject,
+};
 pub use role::Role;
 pub use team::{Membership, TEAM_NAME_MAX, Team, TeamMember, TeamRole, validate_team_name};
 pub use user::{ApiKey, LoginFailures, OutboxMessage, RefreshSession, TokenPurpose, User};

@@ -112,6 +112,17 @@ pub fn team_pk(id: Uuid) -> String {
 pub fn team_instances_pk(id: Uuid) -> String {
     format!("TEAMINSTANCES#{id}")
 }
+
+/// A subject's admission counters (`corral_core::Subject::key`), SK `ALLOC`.
+pub fn allocation_key(subject: &str) -> Item {
+    key(format!("ALLOC#{subject}"), "ALLOC")
+}
+
+/// A subject's quota document (JSON of `corral_core::Quota`), SK `QUOTA`.
+pub fn quota_key(subject: &str) -> Item {
+    key(format!("QUOTA#{subject}"), "QUOTA")
+}
+
 pub fn usage_pk(owner_id: Uuid) -> String {
     format!("USAGE#{owner_id}")
 }

@@ -2,14 +2,18 @@
 //! backends get from transactions and constraints (see the crate docs).
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use chrono::{DateTime, Utc};
+use corral_core::quota::Charge;
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
-    Replica, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
+    Admission, Allocation, ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance,
+    InstanceEvent, InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage,
+    Quota, RefreshSession, Refusal, Replica, Resource, State, Subject, Team, TeamMember,
+    TokenPurpose, UsageRow, UsageSample, User,
 };
 use corral_store::{
-    ActionToken, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch,
+    ActionToken, DesiredChange, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts,
+    UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
 };
 use uuid::Uuid;
 
@@ -63,16 +67,6 @@ fn hour_start(at: DateTime<Utc>) -> Result<DateTime<Utc>> {
         .ok_or_else(|| Error::Invalid(format!("usage time {at} is out of range")))
 }
 
-fn check_settings(settings: &InstanceSettings) -> Result<()> {
-    if settings.min_replicas > settings.max_replicas {
-        return Err(Error::Invalid(format!(
-            "min_replicas {} is above max_replicas {}",
-            settings.min_replicas, settings.max_replicas
-        )));
-    }
-    Ok(())
-}
-
 impl DynamoStore {
     async fn load_instance(&self, id: Uuid) -> Result<Option<(Instance, i64)>> {
         self.get(item::instance_pk(id), "INSTANCE")
@@ -86,34 +80,116 @@ impl DynamoStore {
     /// transaction) or to stop (`None`, nothing written). Retried when another writer
     /// got in between. None if there is no such instance; else the instance as it is
     /// now and whether this call wrote it.
-    async fn modify_instance<F>(&self, id: Uuid, mut change: F) -> Result<Option<(Instance, bool)>>
+    ///
+    /// The allocation difference is charged to the counters of the subjects
+    /// `admission` names in the same transaction (`Error::Refused` when one would pass
+    /// its limit; nothing is written).
+    async fn modify_instance<F>(
+        &self,
+        id: Uuid,
+        admission: &Admission,
+        mut change: F,
+    ) -> Result<Option<(Instance, bool)>>
     where
-        F: FnMut(&mut Instance) -> Result<Option<Vec<aws_sdk_dynamodb::types::TransactWriteItem>>>,
+        F: FnMut(&mut Instance) -> Result<Option<Vec<TransactWriteItem>>>,
     {
         for attempt in 0..ATTEMPTS {
             let Some((mut inst, version)) = self.load_instance(id).await? else {
                 return Ok(None);
             };
+            let old = inst.clone();
             let Some(extra) = change(&mut inst)? else {
                 return Ok(Some((inst, false)));
             };
+            let charges = admission.charges(Some(&old), Some(&inst));
             let mut writes = vec![self.tx_put(
                 item::instance_item(&inst, version + 1)?,
                 Some("#version = :version"),
                 values(&[(":version", n(version))]),
             )?];
+            writes.extend(self.charge_writes(&charges).await?);
             writes.extend(extra);
             match self.transact(writes).await? {
                 Ok(()) => return Ok(Some((inst, true))),
                 Err(codes) if failed(&codes, 0) => backoff(attempt).await,
-                Err(codes) => {
-                    return Err(Error::Backend(format!(
-                        "DynamoDB: instance write refused: {codes:?}"
-                    )));
-                }
+                Err(codes) => match self.refusal(&charges, &codes, 1).await? {
+                    Some(refusal) => return Err(Error::Refused(refusal)),
+                    // The counters moved between the refusal and this read: try again.
+                    None if (1..=charges.len()).any(|i| failed(&codes, i)) => {
+                        backoff(attempt).await
+                    }
+                    None => {
+                        return Err(Error::Backend(format!(
+                            "DynamoDB: instance write refused: {codes:?}"
+                        )));
+                    }
+                },
             }
         }
         Err(contended("instance update"))
+    }
+
+    /// One conditional `ADD` per charge: the counters change by the delta, and a
+    /// counter that grows must stay within its limit (`counter <= limit - delta`
+    /// before). A missing item is a subject that holds nothing yet. DynamoDB cannot
+    /// clamp at zero, so unlike the SQL stores a release of more than is held (a host
+    /// renamed in the configuration) leaves a negative count; `allocation` reads it
+    /// as zero.
+    async fn charge_writes(&self, charges: &[Charge]) -> Result<Vec<TransactWriteItem>> {
+        let mut writes = Vec::with_capacity(charges.len());
+        for c in charges {
+            let mut terms = Vec::new();
+            let mut vals = vec![];
+            for r in Resource::ALL {
+                let (attr, short) = counter_attr(r);
+                let delta = c.delta.get(r);
+                vals.push((format!(":d{short}"), n(delta)));
+                if delta <= 0 {
+                    continue;
+                }
+                let Some(limit) = c.limits.get(r) else {
+                    continue;
+                };
+                if delta > limit {
+                    // Refused whatever is held: no need to ask DynamoDB.
+                    let in_use = self.allocation(&c.subject).await?;
+                    if let Some(refusal) = Refusal::new(c.kind, c.limits, in_use, c.delta) {
+                        return Err(Error::Refused(refusal));
+                    }
+                }
+                terms.push(format!(
+                    "(attribute_not_exists(#{attr}) OR #{attr} <= :l{short})"
+                ));
+                vals.push((format!(":l{short}"), n(limit - delta)));
+            }
+            let condition = (!terms.is_empty()).then(|| terms.join(" AND "));
+            let vals: Item = vals.into_iter().collect();
+            writes.push(self.tx_update(
+                item::allocation_key(&c.subject.key()),
+                "ADD #instances :di, #replicas :dr, #milli_vcpu :dv, #memory_mib :dm, #gpus :dg",
+                condition.as_deref(),
+                vals,
+            )?);
+        }
+        Ok(writes)
+    }
+
+    /// After a cancelled transaction whose charge items start at index `first`: the
+    /// refusal of the first charge whose condition failed, from its counters as they
+    /// are now (None if none failed, or they no longer refuse).
+    async fn refusal(
+        &self,
+        charges: &[Charge],
+        codes: &[String],
+        first: usize,
+    ) -> Result<Option<Refusal>> {
+        for (i, c) in charges.iter().enumerate() {
+            if failed(codes, first + i) {
+                let in_use = self.allocation(&c.subject).await?;
+                return Ok(Refusal::new(c.kind, c.limits, in_use, c.delta));
+            }
+        }
+        Ok(None)
     }
 
     /// The keys of a deleted user's credentials: the sessions and API keys in the user's
@@ -1066,13 +1142,14 @@ impl Store for DynamoStore {
 
     // --- instances ---
 
-    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+    async fn create_instance(&self, instance: &Instance, admission: &Admission) -> Result<()> {
         check_settings(&instance.settings)?;
         if instance.model_id.is_empty() {
             return Err(Error::UnknownReference("model"));
         }
         let count_up = "ADD #instances :one";
         let one = || values(&[(":one", n(1))]);
+        let charges = admission.charges(None, Some(instance));
         let mut writes = vec![
             self.tx_put(item::instance_item(instance, 0)?, Some(NEW), Item::new())?,
             self.tx_update(
@@ -1092,11 +1169,27 @@ impl Store for DynamoStore {
         if let Some(team_id) = instance.team_id {
             writes.push(self.tx_update(item::team_key(team_id), count_up, Some(EXISTS), one())?);
         }
-        match self.transact(writes).await? {
-            Ok(()) => Ok(()),
-            Err(codes) if failed(&codes, 0) => Err(Error::Conflict("instance")),
-            Err(_) => Err(Error::UnknownReference("owner, model or team")),
+        // The charges come last: their conditions are told apart by index.
+        let first_charge = writes.len();
+        writes.extend(self.charge_writes(&charges).await?);
+        for attempt in 0..ATTEMPTS {
+            return match self.transact(writes.clone()).await? {
+                Ok(()) => Ok(()),
+                Err(codes) if failed(&codes, 0) => Err(Error::Conflict("instance")),
+                Err(codes) if (1..first_charge).any(|i| failed(&codes, i)) => {
+                    Err(Error::UnknownReference("owner, model or team"))
+                }
+                Err(codes) => match self.refusal(&charges, &codes, first_charge).await? {
+                    Some(refusal) => Err(Error::Refused(refusal)),
+                    // Counters released between the refusal and the read: try again.
+                    None => {
+                        backoff(attempt).await;
+                        continue;
+                    }
+                },
+            };
         }
+        Err(contended("instance create"))
     }
 
     async fn instance(&self, id: Uuid) -> Result<Option<Instance>> {
@@ -1148,31 +1241,41 @@ impl Store for DynamoStore {
     async fn set_desired(
         &self,
         id: Uuid,
-        desired: Desired,
+        from: Desired,
+        to: Desired,
+        admission: &Admission,
         now: DateTime<Utc>,
-    ) -> Result<Option<Instance>> {
+    ) -> Result<Option<DesiredChange>> {
+        check_desired_change(from, to)?;
         let changed = self
-            .modify_instance(id, |inst| {
-                inst.desired = desired;
-                inst.updated_at = now;
-                if desired == Desired::Running && inst.last_activity_at < now {
-                    inst.last_activity_at = now;
+            .modify_instance(id, admission, |inst| {
+                if inst.desired != from {
+                    return Ok(None);
                 }
+                apply_desired(inst, to, now);
                 Ok(Some(Vec::new()))
             })
             .await?;
-        Ok(changed.map(|(inst, _)| inst))
+        Ok(changed.map(|(inst, written)| {
+            if written {
+                DesiredChange::Set(inst)
+            } else {
+                DesiredChange::Stale(inst)
+            }
+        }))
     }
 
     async fn update_instance_settings(
         &self,
         id: Uuid,
         settings: &InstanceSettings,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<Option<Instance>> {
         check_settings(settings)?;
         let changed = self
-            .modify_instance(id, |inst| {
+            .modify_instance(id, admission, |inst| {
+                inst.target_replicas = clamp_target(inst.target_replicas, settings);
                 inst.settings = settings.clone();
                 inst.updated_at = now;
                 Ok(Some(Vec::new()))
@@ -1206,7 +1309,7 @@ impl Store for DynamoStore {
             message: message.to_string(),
         };
         let changed = self
-            .modify_instance(id, |inst| {
+            .modify_instance(id, &Admission::unlimited(), |inst| {
                 if inst.state != from {
                     return Ok(None);
                 }
@@ -1245,30 +1348,31 @@ impl Store for DynamoStore {
         &self,
         id: Uuid,
         replicas: u32,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done = self
-            .update(
-                key(item::instance_pk(id), "INSTANCE"),
-                "SET #target_replicas = :replicas, #updated_at = :now ADD #version :one",
-                Some(EXISTS),
-                values(&[(":replicas", n(replicas)), (":now", t(now)), (":one", n(1))]),
-            )
+        let changed = self
+            .modify_instance(id, admission, |inst| {
+                inst.target_replicas = replicas;
+                inst.updated_at = now;
+                Ok(Some(Vec::new()))
+            })
             .await?;
-        Ok(done.is_some())
+        Ok(changed.is_some())
     }
 
-    async fn delete_instance(&self, id: Uuid) -> Result<bool> {
-        let Some((inst, _)) = self.load_instance(id).await? else {
+    async fn delete_instance(&self, id: Uuid, admission: &Admission) -> Result<bool> {
+        let Some((inst, version)) = self.load_instance(id).await? else {
             return Ok(false);
         };
         let count_down = "ADD #instances :minus";
         let minus = || values(&[(":minus", n(-1))]);
+        // Under `version`: what is released is what the instance holds as read.
         let mut writes = vec![
             self.tx_delete(
                 key(item::instance_pk(id), "INSTANCE"),
-                Some(EXISTS),
-                Item::new(),
+                Some("#version = :version"),
+                values(&[(":version", n(version))]),
             )?,
             self.tx_update(
                 key(item::user_pk(inst.owner_id), "USER"),
@@ -1291,9 +1395,19 @@ impl Store for DynamoStore {
                 minus(),
             )?);
         }
+        writes.extend(
+            self.charge_writes(&admission.charges(Some(&inst), None))
+                .await?,
+        );
         match self.transact(writes).await? {
             Ok(()) => {}
-            Err(codes) if failed(&codes, 0) => return Ok(false),
+            // Gone, or changed since it was read: the caller's next attempt reads it again.
+            Err(codes) if failed(&codes, 0) => {
+                return match self.load_instance(id).await? {
+                    None => Ok(false),
+                    Some(_) => Box::pin(self.delete_instance(id, admission)).await,
+                };
+            }
             Err(codes) => {
                 return Err(Error::Corrupt(format!(
                     "instance {id}: its owner, model or team is missing ({codes:?})"
@@ -1320,6 +1434,46 @@ impl Store for DynamoStore {
         }
         self.delete_all(keys).await?;
         Ok(true)
+    }
+
+    // --- quotas and admission counters ---
+
+    async fn quota(&self, subject: &Subject) -> Result<Option<Quota>> {
+        let k = item::quota_key(&subject.key());
+        let pk = item::Reader::new(&k, "quota key").string("PK")?;
+        let Some(it) = self.get(pk, "QUOTA").await? else {
+            return Ok(None);
+        };
+        let text = item::Reader::new(&it, "quota").string("quota")?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Corrupt(format!("quota {text:?}: {e}")))
+    }
+
+    async fn set_quota(&self, subject: &Subject, quota: &Quota, now: DateTime<Utc>) -> Result<()> {
+        let text = serde_json::to_string(quota).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut it = item::quota_key(&subject.key());
+        it.insert("quota".into(), s(text));
+        it.insert("updated_at".into(), t(now));
+        self.put(it, None, Item::new()).await?;
+        Ok(())
+    }
+
+    async fn allocation(&self, subject: &Subject) -> Result<Allocation> {
+        let k = item::allocation_key(&subject.key());
+        let pk = item::Reader::new(&k, "allocation key").string("PK")?;
+        let Some(it) = self.get(pk, "ALLOC").await? else {
+            return Ok(Allocation::default());
+        };
+        let r = item::Reader::new(&it, "allocation");
+        let count = |attr: &str| -> Result<i64> { Ok(r.opt_i64(attr)?.unwrap_or(0).max(0)) };
+        Ok(Allocation {
+            instances: count("instances")?,
+            replicas: count("replicas")?,
+            milli_vcpu: count("milli_vcpu")?,
+            memory_mib: count("memory_mib")?,
+            gpus: count("gpus")?,
+        })
     }
 
     // --- instance events ---
@@ -1726,5 +1880,16 @@ impl Store for DynamoStore {
                 })
             })
             .transpose()
+    }
+}
+
+/// The item attribute of a counter and the short name of its expression values.
+fn counter_attr(r: Resource) -> (&'static str, &'static str) {
+    match r {
+        Resource::MaxInstances => ("instances", "i"),
+        Resource::MaxReplicas => ("replicas", "r"),
+        Resource::MaxVcpu => ("milli_vcpu", "v"),
+        Resource::MaxMemoryMib => ("memory_mib", "m"),
+        Resource::MaxGpus => ("gpus", "g"),
     }
 }

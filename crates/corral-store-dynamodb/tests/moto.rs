@@ -200,7 +200,10 @@ async fn many_writers_race_one_instance() {
             running_seconds: 0,
             team_id: None,
         };
-        store.create_instance(&inst).await.unwrap();
+        store
+            .create_instance(&inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap();
         let latest = t0 + chrono::Duration::seconds(20);
         let touches = (1..=20).map(|i| {
             let store = store.clone();
@@ -220,7 +223,12 @@ async fn many_writers_race_one_instance() {
         };
         let target = {
             let store = store.clone();
-            tokio::spawn(async move { store.set_target_replicas(inst.id, 1, t0).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .set_target_replicas(inst.id, 1, &corral_core::Admission::unlimited(), t0)
+                    .await
+                    .unwrap()
+            })
         };
         for touch in touches {
             touch.await.unwrap();

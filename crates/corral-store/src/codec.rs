@@ -110,6 +110,16 @@ pub(crate) const RUN_COLUMNS: &str = "id, replica_id, instance_id, owner_id, mod
 pub(crate) const USAGE_COLUMNS: &str =
     "owner_id, instance_id, model_id, hour, requests, prompt_tokens, completion_tokens";
 
+// --- quotas ---
+
+pub(crate) fn quota_json(quota: &corral_core::Quota) -> Result<String, Error> {
+    serde_json::to_string(quota).map_err(|e| Error::Invalid(format!("quota: {e}")))
+}
+
+pub(crate) fn quota_from_json(text: &str) -> Result<corral_core::Quota, Error> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("quota {text:?}: {e}")))
+}
+
 // --- deployment enums and numbers ---
 
 pub(crate) fn desired_str(desired: Desired) -> &'static str {

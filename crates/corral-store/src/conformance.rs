@@ -8,14 +8,17 @@
 use chrono::{DateTime, Duration, Utc};
 use corral_core::catalog::builtin_models;
 use corral_core::{
-    ApiKey, AuditFilter, CatalogModel, ComputeSpec, ComputeType, Desired, Instance,
+    Admission, ApiKey, AuditFilter, CatalogModel, ComputeSpec, ComputeType, Desired, Instance,
     InstanceSettings, Membership, ModelSource, NewAuditEntry, OutboxMessage, Outcome,
     RefreshSession, Replica, ReplicaState, Role, State, Team, TeamMember, TeamRole, TokenPurpose,
     UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
-use crate::{ActionToken, Error, Lease, ReplicaRun, Store, UserPatch};
+use crate::{ActionToken, DesiredChange, Error, Lease, ReplicaRun, Store, UserPatch};
+
+mod quota;
+pub use quota::*;
 
 /// Runs every check against `store`, naming each on stderr so a failure is easy to place.
 pub async fn run_all(store: &dyn Store) {
@@ -76,10 +79,20 @@ pub async fn run_all(store: &dyn Store) {
         lease_two_contenders_one_wins,
         lease_renews_and_passes_on_after_expiry,
         lease_release_needs_the_current_token,
+        quota_documents_round_trip,
+        concurrent_creates_stop_at_max_instances,
+        allocation_counters_exact_after_mixed_operations,
+        refusals_change_nothing,
+        set_desired_concurrently_wins_once,
     );
 }
 
 // --- fixtures ---
+
+/// No limits: the checks that are not about quotas admit everything.
+fn free() -> Admission {
+    Admission::unlimited()
+}
 
 /// Now, truncated to what the databases store.
 fn now() -> DateTime<Utc> {
@@ -1025,7 +1038,10 @@ async fn new_instance(store: &dyn Store) -> (User, CatalogModel, Instance) {
     let owner = new_user(store).await;
     let model = new_model(store).await;
     let inst = instance(&owner, &model, now());
-    store.create_instance(&inst).await.expect("create instance");
+    store
+        .create_instance(&inst, &free())
+        .await
+        .expect("create instance");
     (owner, model, inst)
 }
 
@@ -1093,7 +1109,7 @@ pub async fn delete_user_with_instances_refused(store: &dyn Store) {
     // Once the instance is deleted the user can go; usage history stays behind.
     let usage = sample(owner.id, inst.id, &inst.model_id, hour(0, 1));
     store.record_usage(&usage).await.unwrap();
-    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_instance(inst.id, &free()).await.unwrap());
     assert!(store.delete_user(owner.id).await.unwrap());
     assert_eq!(store.user_by_id(owner.id).await.unwrap(), None);
     assert_eq!(
@@ -1193,7 +1209,7 @@ pub async fn delete_model_in_use_refused(store: &dyn Store) {
     assert!(matches!(err, Error::InUse(_)), "{err:?}");
     assert_eq!(store.model(&model.id).await.unwrap(), Some(model.clone()));
 
-    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_instance(inst.id, &free()).await.unwrap());
     assert!(store.delete_model(&model.id).await.unwrap());
 }
 
@@ -1239,7 +1255,7 @@ pub async fn instance_round_trip(store: &dyn Store) {
     };
     let minimal = instance(&owner, &model, t);
     for i in [&full, &fargate, &minimal] {
-        store.create_instance(i).await.unwrap();
+        store.create_instance(i, &free()).await.unwrap();
         assert_eq!(store.instance(i.id).await.unwrap(), Some(i.clone()));
     }
     assert_eq!(store.instance(Uuid::now_v7()).await.unwrap(), None);
@@ -1269,7 +1285,7 @@ pub async fn instance_round_trip(store: &dyn Store) {
         model_id: model.id.clone(),
         ..minimal.clone()
     };
-    let err = store.create_instance(&dup).await.unwrap_err();
+    let err = store.create_instance(&dup, &free()).await.unwrap_err();
     assert!(matches!(err, Error::Conflict("instance")), "{err:?}");
 }
 
@@ -1282,12 +1298,12 @@ pub async fn instance_references_checked(store: &dyn Store) {
         model_id: unique("missing"),
         ..instance(&owner, &model, t)
     };
-    let err = store.create_instance(&no_model).await.unwrap_err();
+    let err = store.create_instance(&no_model, &free()).await.unwrap_err();
     assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
 
     let ghost = User::new(&email(), "h".into(), Role::User, t);
     let no_owner = instance(&ghost, &model, t);
-    let err = store.create_instance(&no_owner).await.unwrap_err();
+    let err = store.create_instance(&no_owner, &free()).await.unwrap_err();
     assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
 
     let inverted = Instance {
@@ -1298,7 +1314,7 @@ pub async fn instance_references_checked(store: &dyn Store) {
         },
         ..instance(&owner, &model, t)
     };
-    let err = store.create_instance(&inverted).await.unwrap_err();
+    let err = store.create_instance(&inverted, &free()).await.unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
 
     for i in [&no_model, &no_owner, &inverted] {
@@ -1315,7 +1331,7 @@ pub async fn list_instances_owner_scoped(store: &dyn Store) {
     let b1 = instance(&bob, &model, t + Duration::seconds(1));
     let a2 = instance(&alice, &model, t + Duration::seconds(2));
     for i in [&a1, &b1, &a2] {
-        store.create_instance(i).await.unwrap();
+        store.create_instance(i, &free()).await.unwrap();
     }
 
     assert_eq!(
@@ -1340,13 +1356,15 @@ pub async fn list_instances_owner_scoped(store: &dyn Store) {
 pub async fn set_desired_and_activity(store: &dyn Store) {
     let (_, _, inst) = new_instance(store).await;
     let t1 = inst.created_at + Duration::seconds(10);
+    let set = |from, to, at| async move {
+        match store.set_desired(inst.id, from, to, &free(), at).await {
+            Ok(Some(DesiredChange::Set(i))) => i,
+            other => panic!("{from:?} -> {to:?}: {other:?}"),
+        }
+    };
 
     // Stopping is not activity.
-    let stopped = store
-        .set_desired(inst.id, Desired::Stopped, t1)
-        .await
-        .unwrap()
-        .expect("exists");
+    let stopped = set(Desired::Running, Desired::Stopped, t1).await;
     let expected = Instance {
         desired: Desired::Stopped,
         updated_at: t1,
@@ -1355,13 +1373,18 @@ pub async fn set_desired_and_activity(store: &dyn Store) {
     assert_eq!(stopped, expected);
     assert_eq!(get_instance(store, inst.id).await, expected);
 
+    // Compare-and-set: from a value it no longer has, nothing is written and the
+    // instance as it is comes back.
+    let stale = store
+        .set_desired(inst.id, Desired::Running, Desired::Sleeping, &free(), t1)
+        .await
+        .unwrap();
+    assert_eq!(stale, Some(DesiredChange::Stale(expected.clone())));
+    assert_eq!(get_instance(store, inst.id).await, expected);
+
     // Asking for Running again counts as activity, so it is not idle-stopped at once.
     let t2 = t1 + Duration::hours(2);
-    let running = store
-        .set_desired(inst.id, Desired::Running, t2)
-        .await
-        .unwrap()
-        .unwrap();
+    let running = set(Desired::Stopped, Desired::Running, t2).await;
     assert_eq!(
         (
             running.desired,
@@ -1374,23 +1397,30 @@ pub async fn set_desired_and_activity(store: &dyn Store) {
 
     // ...but never moves activity backwards.
     let earlier = t2 - Duration::minutes(1);
-    let again = store
-        .set_desired(inst.id, Desired::Running, earlier)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = set(Desired::Running, Desired::Running, earlier).await;
     assert_eq!(again.last_activity_at, t2);
 
-    let deleted = store
-        .set_desired(inst.id, Desired::Deleted, t2)
-        .await
-        .unwrap()
-        .unwrap();
+    let deleted = set(Desired::Running, Desired::Deleted, t2).await;
     assert_eq!(deleted.desired, Desired::Deleted);
     assert!(store.list_instances(None).await.unwrap().contains(&deleted));
+    // Nothing leaves deleted.
+    for to in [Desired::Running, Desired::Sleeping, Desired::Stopped] {
+        let err = store
+            .set_desired(inst.id, Desired::Deleted, to, &free(), t2)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    }
+    assert_eq!(get_instance(store, inst.id).await.desired, Desired::Deleted);
 
     let missing = store
-        .set_desired(Uuid::now_v7(), Desired::Stopped, t2)
+        .set_desired(
+            Uuid::now_v7(),
+            Desired::Running,
+            Desired::Stopped,
+            &free(),
+            t2,
+        )
         .await;
     assert_eq!(missing.unwrap(), None);
     // No event: only transitions and notes are on the timeline.
@@ -1407,7 +1437,7 @@ pub async fn update_instance_settings(store: &dyn Store) {
         wake_on_request: false,
     };
     let updated = store
-        .update_instance_settings(inst.id, &settings, t1)
+        .update_instance_settings(inst.id, &settings, &free(), t1)
         .await
         .unwrap()
         .expect("exists");
@@ -1426,14 +1456,14 @@ pub async fn update_instance_settings(store: &dyn Store) {
     };
     let t2 = t1 + Duration::seconds(1);
     let err = store
-        .update_instance_settings(inst.id, &inverted, t2)
+        .update_instance_settings(inst.id, &inverted, &free(), t2)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     assert_eq!(get_instance(store, inst.id).await, expected, "unchanged");
 
     let missing = store
-        .update_instance_settings(Uuid::now_v7(), &settings, t2)
+        .update_instance_settings(Uuid::now_v7(), &settings, &free(), t2)
         .await;
     assert_eq!(missing.unwrap(), None);
 }
@@ -1667,7 +1697,12 @@ pub async fn touch_activity_only_forward(store: &dyn Store) {
 pub async fn set_target_replicas(store: &dyn Store) {
     let (_, _, inst) = new_instance(store).await;
     let t1 = inst.created_at + Duration::seconds(1);
-    assert!(store.set_target_replicas(inst.id, 3, t1).await.unwrap());
+    assert!(
+        store
+            .set_target_replicas(inst.id, 3, &free(), t1)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         get_instance(store, inst.id).await,
         Instance {
@@ -1676,11 +1711,16 @@ pub async fn set_target_replicas(store: &dyn Store) {
             ..inst.clone()
         }
     );
-    assert!(store.set_target_replicas(inst.id, 0, t1).await.unwrap());
+    assert!(
+        store
+            .set_target_replicas(inst.id, 0, &free(), t1)
+            .await
+            .unwrap()
+    );
     assert_eq!(get_instance(store, inst.id).await.target_replicas, 0);
     assert!(
         !store
-            .set_target_replicas(Uuid::now_v7(), 1, t1)
+            .set_target_replicas(Uuid::now_v7(), 1, &free(), t1)
             .await
             .unwrap()
     );
@@ -1689,7 +1729,7 @@ pub async fn set_target_replicas(store: &dyn Store) {
 pub async fn delete_instance_cascades(store: &dyn Store) {
     let (owner, model, doomed) = new_instance(store).await;
     let other = instance(&owner, &model, now());
-    store.create_instance(&other).await.unwrap();
+    store.create_instance(&other, &free()).await.unwrap();
     let t = now();
     let (r1, r2) = (replica(&doomed, t), replica(&other, t));
     store.create_replica(&r1).await.unwrap();
@@ -1699,7 +1739,7 @@ pub async fn delete_instance_cascades(store: &dyn Store) {
     let used = sample(owner.id, doomed.id, &model.id, hour(1, 0));
     store.record_usage(&used).await.unwrap();
 
-    assert!(store.delete_instance(doomed.id).await.unwrap());
+    assert!(store.delete_instance(doomed.id, &free()).await.unwrap());
     assert_eq!(store.instance(doomed.id).await.unwrap(), None);
     assert_eq!(store.list_replicas(doomed.id).await.unwrap(), vec![]);
     assert!(!store.all_replicas().await.unwrap().contains(&r1));
@@ -1714,7 +1754,7 @@ pub async fn delete_instance_cascades(store: &dyn Store) {
     assert_eq!(store.list_events(other.id, 100).await.unwrap().len(), 1);
 
     assert!(
-        !store.delete_instance(doomed.id).await.unwrap(),
+        !store.delete_instance(doomed.id, &free()).await.unwrap(),
         "already gone"
     );
     // Writing to a deleted instance says so rather than failing obscurely.
@@ -2191,7 +2231,7 @@ pub async fn runs_round_trip_and_outlive_instances(store: &dyn Store) {
     );
 
     // No foreign keys: the history stays when the instance and its owner are deleted.
-    assert!(store.delete_instance(inst.id).await.unwrap());
+    assert!(store.delete_instance(inst.id, &free()).await.unwrap());
     assert!(store.delete_user(owner.id).await.unwrap());
     assert_eq!(store.runs_for_instance(inst.id).await.unwrap().len(), 3);
     let mine = store
@@ -2576,7 +2616,7 @@ pub async fn team_instances_and_delete_refused(store: &dyn Store) {
     };
     let private = instance(&owner, &model, now());
     for i in [&older, &newer, &private] {
-        store.create_instance(i).await.unwrap();
+        store.create_instance(i, &free()).await.unwrap();
     }
     assert_eq!(store.instance(older.id).await.unwrap(), Some(older.clone()));
     assert_eq!(
@@ -2595,7 +2635,7 @@ pub async fn team_instances_and_delete_refused(store: &dyn Store) {
         team_id: Some(Uuid::now_v7()),
         ..instance(&owner, &model, now())
     };
-    let err = store.create_instance(&orphan).await.unwrap_err();
+    let err = store.create_instance(&orphan, &free()).await.unwrap_err();
     assert!(matches!(err, Error::UnknownReference(_)), "{err:?}");
     assert_eq!(store.instance(orphan.id).await.unwrap(), None);
 
@@ -2604,10 +2644,10 @@ pub async fn team_instances_and_delete_refused(store: &dyn Store) {
     assert!(matches!(err, Error::InUse(_)), "{err:?}");
     assert_eq!(store.team(team.id).await.unwrap(), Some(team.clone()));
     assert_eq!(store.team_members(team.id).await.unwrap().len(), 1);
-    assert!(store.delete_instance(older.id).await.unwrap());
+    assert!(store.delete_instance(older.id, &free()).await.unwrap());
     let err = store.delete_team(team.id).await.unwrap_err();
     assert!(matches!(err, Error::InUse(_)), "{err:?}");
-    assert!(store.delete_instance(newer.id).await.unwrap());
+    assert!(store.delete_instance(newer.id, &free()).await.unwrap());
     assert!(store.delete_team(team.id).await.unwrap());
     assert_eq!(store.user_teams(owner.id).await.unwrap(), vec![]);
 }

@@ -21,6 +21,9 @@ pub enum Error {
     /// store's last line of defence, not a user-facing message.
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// A change was refused by a quota or by the host's capacity; nothing was written.
+    #[error("{0}")]
+    Refused(corral_core::Refusal),
     /// A stored value could not be decoded (corrupt row or schema drift).
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -5,9 +5,10 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, CatalogModel, ComputeSpec, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
-    Replica, Role, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
+    Admission, Allocation, ApiKey, AuditEntry, AuditFilter, CatalogModel, ComputeSpec, Desired,
+    Instance, InstanceEvent, InstanceSettings, LoginFailures, Membership, NewAuditEntry,
+    OutboxMessage, Quota, RefreshSession, Replica, Role, State, Subject, Team, TeamMember,
+    TokenPurpose, UsageRow, UsageSample, User,
 };
 use uuid::Uuid;
 
@@ -159,6 +160,55 @@ impl UsageCounts {
     }
 }
 
+/// The outcome of `Store::set_desired`'s compare-and-set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesiredChange {
+    /// `desired` was the expected value and is now the new one: the instance after.
+    Set(Instance),
+    /// `desired` was something else (another request changed it first): nothing was
+    /// written; the instance as it is.
+    Stale(Instance),
+}
+
+/// The new `target_replicas` after a settings change: the old one brought within the
+/// new bounds (a running instance has at least one replica), as the autoscaler would.
+pub fn clamp_target(target: u32, settings: &InstanceSettings) -> u32 {
+    let lo = settings.min_replicas.max(1);
+    target.clamp(lo, settings.max_replicas.max(lo))
+}
+
+/// Refuses settings no instance may have (`min_replicas > max_replicas`), the same
+/// way in every backend.
+pub fn check_settings(settings: &InstanceSettings) -> Result<()> {
+    if settings.min_replicas > settings.max_replicas {
+        return Err(Error::Invalid(format!(
+            "min_replicas {} is above max_replicas {}",
+            settings.min_replicas, settings.max_replicas
+        )));
+    }
+    Ok(())
+}
+
+/// Nothing leaves `Deleted` (#13.3): a deleted instance's compute is being removed,
+/// and no wake, start or idle check may bring it back.
+pub fn check_desired_change(from: Desired, to: Desired) -> Result<()> {
+    if from == Desired::Deleted && to != Desired::Deleted {
+        return Err(Error::Invalid(format!(
+            "a deleted instance cannot become {to:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// What `set_desired` writes once its comparison held.
+pub fn apply_desired(inst: &mut Instance, to: Desired, now: DateTime<Utc>) {
+    inst.desired = to;
+    inst.updated_at = now;
+    if to == Desired::Running && inst.last_activity_at < now {
+        inst.last_activity_at = now;
+    }
+}
+
 /// Everything Corral persists. Times are kept to the microsecond (PostgreSQL's
 /// precision, which SQLite matches): a time read back is the one written, truncated
 /// to whole microseconds.
@@ -302,10 +352,17 @@ pub trait Store: Send + Sync + 'static {
     async fn user_teams(&self, user_id: Uuid) -> Result<Vec<Membership>>;
 
     // --- instances ---
-    /// Inserts the instance as given. `Error::Conflict("instance")` for a duplicate id;
-    /// `Error::UnknownReference` if the owner, the model or the team does not exist;
-    /// `Error::Invalid` if `settings.min_replicas > settings.max_replicas`.
-    async fn create_instance(&self, instance: &Instance) -> Result<()>;
+    /// Inserts the instance as given and adds its allocation (`Allocation::of`) to the
+    /// counters of the subjects `admission` charges, in one transaction.
+    /// `Error::Conflict("instance")` for a duplicate id; `Error::UnknownReference` if
+    /// the owner, the model or the team does not exist; `Error::Invalid` if
+    /// `settings.min_replicas > settings.max_replicas`; `Error::Refused` (nothing
+    /// written) if a counter would pass its limit.
+    ///
+    /// Every method below that changes an instance's allocation (`set_desired`,
+    /// `update_instance_settings`, `set_target_replicas`, `delete_instance`) adjusts
+    /// the counters the same way in the same transaction; only growth is refused.
+    async fn create_instance(&self, instance: &Instance, admission: &Admission) -> Result<()>;
     /// Any owner's instance: for the reconciler, the gateway's routing and admins.
     async fn instance(&self, id: Uuid) -> Result<Option<Instance>>;
     /// Owner-scoped lookup in one query: None both when there is no such instance
@@ -317,23 +374,29 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, owner_id: Option<Uuid>) -> Result<Vec<Instance>>;
     /// The instances of one team, newest first (read like `list_instances`).
     async fn list_team_instances(&self, team_id: Uuid) -> Result<Vec<Instance>>;
-    /// Sets what the user asked for and bumps `updated_at`; returns the new row (None
-    /// if absent). Asking for `Running` also counts as activity (`last_activity_at`
-    /// moves forward to `now`), so a restarted instance is not idle-stopped at once.
-    /// Records no event: `state` has not changed (callers may `append_event`).
+    /// Compare-and-set of what the user asked for: only if `desired` is `from` is it
+    /// set to `to` (with `updated_at`; asking for `Running` also counts as activity,
+    /// `last_activity_at` moves forward to `now`, so a restarted instance is not
+    /// idle-stopped at once). None if absent. Nothing ever leaves `Deleted`: `from`
+    /// `Deleted` with another `to` is `Error::Invalid`. Growth (waking, starting) is
+    /// admitted like `create_instance`. Records no event (callers may `append_event`).
     async fn set_desired(
         &self,
         id: Uuid,
-        desired: Desired,
+        from: Desired,
+        to: Desired,
+        admission: &Admission,
         now: DateTime<Utc>,
-    ) -> Result<Option<Instance>>;
-    /// Replaces the tunable settings and bumps `updated_at`; returns the new row (None
-    /// if absent). `Error::Invalid` if `min_replicas > max_replicas` (validate first).
-    /// `target_replicas` is left for the autoscaler to bring within the new bounds.
+    ) -> Result<Option<DesiredChange>>;
+    /// Replaces the tunable settings, brings `target_replicas` within the new bounds
+    /// (`clamp_target`, admitted like `create_instance`) and bumps `updated_at`;
+    /// returns the new row (None if absent). `Error::Invalid` if `min_replicas >
+    /// max_replicas` (validate first).
     async fn update_instance_settings(
         &self,
         id: Uuid,
         settings: &InstanceSettings,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<Option<Instance>>;
     /// The reconciler's atomic compare-and-set of the observed state. Only if the
@@ -361,16 +424,28 @@ pub trait Store: Send + Sync + 'static {
     /// Sets `last_activity_at` to `now` unless it is already later (requests finishing
     /// out of order never move it back). Does not bump `updated_at`. Unknown id: no-op.
     async fn touch_activity(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
-    /// The autoscaler's decision; bumps `updated_at`. False if absent.
+    /// The autoscaler's decision; bumps `updated_at`. False if absent. Growth is
+    /// admitted like `create_instance` (`Error::Refused` at the quota).
     async fn set_target_replicas(
         &self,
         id: Uuid,
         replicas: u32,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<bool>;
-    /// Deletes the instance with its replicas and events; its usage rows stay (billing
-    /// history). False if absent. The reconciler calls this once the compute is gone.
-    async fn delete_instance(&self, id: Uuid) -> Result<bool>;
+    /// Deletes the instance with its replicas and events, releasing what it still
+    /// holds; its usage rows stay (billing history). False if absent. The reconciler
+    /// calls this once the compute is gone. `admission` names the host (its limits
+    /// are not used: this only gives back).
+    async fn delete_instance(&self, id: Uuid, admission: &Admission) -> Result<bool>;
+
+    // --- quotas and admission counters ---
+    /// What an admin set for a subject (None: nothing, every field is the default).
+    async fn quota(&self, subject: &Subject) -> Result<Option<Quota>>;
+    /// Replaces a subject's quota document (validate it first).
+    async fn set_quota(&self, subject: &Subject, quota: &Quota, now: DateTime<Utc>) -> Result<()>;
+    /// What a subject holds now (zero when it never held anything).
+    async fn allocation(&self, subject: &Subject) -> Result<Allocation>;
 
     // --- instance events (the timeline) ---
     /// A note that is not a state change (`from_state`/`to_state` are None), e.g.

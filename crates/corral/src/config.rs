@@ -5,6 +5,8 @@
 use clap::Args;
 use corral_api::auth::cognito::{AuthMode, CognitoSettings};
 use corral_api::auth::oidc::RoleMapping;
+use corral_control::HostCapacity;
+use corral_core::Quota;
 use corral_driver_ecs::{EcsConfig, LaunchMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -230,6 +232,126 @@ pub struct ServeArgs {
     /// none to refuse them. Default: user.
     #[arg(long, env = "CORRAL_COGNITO_DEFAULT_ROLE", value_name = "ROLE")]
     pub cognito_default_role: Option<String>,
+    /// Default quota: instances per user (0: none). Admins set per-user quotas.
+    #[arg(long, env = "CORRAL_QUOTA_MAX_INSTANCES", value_name = "N")]
+    pub quota_max_instances: Option<u32>,
+    /// Default quota: replicas of running instances per user.
+    #[arg(long, env = "CORRAL_QUOTA_MAX_REPLICAS", value_name = "N")]
+    pub quota_max_replicas: Option<u32>,
+    /// Default quota: vCPUs of those replicas per user (fractions allowed).
+    #[arg(long, env = "CORRAL_QUOTA_MAX_VCPU", value_name = "VCPU")]
+    pub quota_max_vcpu: Option<f64>,
+    /// Default quota: memory (MiB) of those replicas per user.
+    #[arg(long, env = "CORRAL_QUOTA_MAX_MEMORY_MIB", value_name = "MIB")]
+    pub quota_max_memory_mib: Option<u32>,
+    /// Default quota: GPUs of those replicas per user.
+    #[arg(long, env = "CORRAL_QUOTA_MAX_GPUS", value_name = "N")]
+    pub quota_max_gpus: Option<u32>,
+    /// Default quota: gateway requests in flight per user.
+    #[arg(long, env = "CORRAL_QUOTA_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub quota_max_concurrent_requests: Option<u32>,
+    /// Default monthly budget in USD per user (unset: none).
+    #[arg(long, env = "CORRAL_QUOTA_MONTHLY_BUDGET_USD", value_name = "USD")]
+    pub quota_monthly_budget_usd: Option<f64>,
+    /// Default budget alert threshold in percent.
+    #[arg(
+        long,
+        env = "CORRAL_QUOTA_BUDGET_ALERT_PERCENT",
+        value_name = "PERCENT"
+    )]
+    pub quota_budget_alert_percent: Option<u32>,
+    /// Memory (MiB) of this host kept for `corral serve` and the system: local replicas
+    /// may commit the total memory less this.
+    #[arg(long, env = "CORRAL_CAPACITY_RESERVE_MEMORY_MIB", value_name = "MIB")]
+    pub capacity_reserve_memory_mib: Option<u32>,
+    /// vCPUs local replicas may commit. Default: the host's cores.
+    #[arg(long, env = "CORRAL_CAPACITY_VCPU", value_name = "VCPU")]
+    pub capacity_vcpu: Option<f64>,
+    /// Name the host's capacity counters are kept under in the store (servers on one
+    /// host sharing a store use the same name). Default: local.
+    #[arg(long, env = "CORRAL_CAPACITY_HOST_NAME", value_name = "NAME")]
+    pub capacity_host_name: Option<String>,
+}
+
+/// The built-in default quota of every user, small because self sign-up is on by
+/// default: a new account can run a few small models on the local host and no more
+/// until an admin raises its quota.
+pub fn builtin_quota() -> Quota {
+    Quota {
+        max_instances: Some(3),
+        max_replicas: Some(4),
+        max_vcpu: Some(8.0),
+        max_memory_mib: Some(16_384),
+        max_gpus: Some(1),
+        max_concurrent_requests: Some(16),
+        monthly_budget_usd: None,
+        budget_alert_percent: Some(80),
+    }
+}
+
+/// The default quota: flags beat `[quota]` of corral.toml beat `builtin_quota`.
+pub fn quota_defaults(args: &ServeArgs, file: &FileConfig) -> Result<Quota, CliError> {
+    let flags = Quota {
+        max_instances: args.quota_max_instances,
+        max_replicas: args.quota_max_replicas,
+        max_vcpu: args.quota_max_vcpu,
+        max_memory_mib: args.quota_max_memory_mib,
+        max_gpus: args.quota_max_gpus,
+        max_concurrent_requests: args.quota_max_concurrent_requests,
+        monthly_budget_usd: args.quota_monthly_budget_usd,
+        budget_alert_percent: args.quota_budget_alert_percent,
+    };
+    let quota = flags.or(&file.quota).or(&builtin_quota());
+    quota
+        .validate()
+        .map_err(|m| CliError::Invalid(format!("quota: {m}")))?;
+    Ok(quota)
+}
+
+/// `[capacity]`: what the local driver may commit on this host.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityFile {
+    pub reserve_memory_mib: Option<u32>,
+    pub vcpu: Option<f64>,
+    pub host_name: Option<String>,
+}
+
+/// Memory kept for `corral serve` and the system when not configured.
+pub const DEFAULT_RESERVE_MEMORY_MIB: u32 = 1024;
+
+/// This host's capacity for local replicas: `total_memory_mib` less the reserve, and
+/// the configured vCPUs or `cores`.
+pub fn host_capacity(
+    args: &ServeArgs,
+    file: &FileConfig,
+    total_memory_mib: u64,
+    cores: usize,
+) -> Result<HostCapacity, CliError> {
+    let reserve = args
+        .capacity_reserve_memory_mib
+        .or(file.capacity.reserve_memory_mib)
+        .unwrap_or(DEFAULT_RESERVE_MEMORY_MIB);
+    let vcpu = args
+        .capacity_vcpu
+        .or(file.capacity.vcpu)
+        .unwrap_or(cores as f64);
+    if !(vcpu.is_finite() && vcpu > 0.0 && vcpu <= 100_000.0) {
+        return Err(CliError::Invalid(format!(
+            "capacity vcpu {vcpu} must be above 0 and at most 100000"
+        )));
+    }
+    let name = args
+        .capacity_host_name
+        .clone()
+        .or_else(|| file.capacity.host_name.clone())
+        .unwrap_or_else(|| "local".into());
+    Ok(HostCapacity {
+        name,
+        milli_vcpu: corral_core::quota::milli_vcpu(vcpu),
+        memory_mib: i64::try_from(total_memory_mib.saturating_sub(u64::from(reserve)))
+            .unwrap_or(i64::MAX),
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -279,6 +401,11 @@ pub struct FileConfig {
     pub ecs: Option<EcsFile>,
     #[serde(default)]
     pub auth: AuthFile,
+    /// `[quota]`: the default quota of every user (see `builtin_quota`).
+    #[serde(default)]
+    pub quota: Quota,
+    #[serde(default)]
+    pub capacity: CapacityFile,
 }
 
 /// `[auth]`: `mode = "builtin" | "cognito"`, and `[auth.cognito]`.

@@ -157,8 +157,20 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
         data_dir = %cfg.data_dir.display(),
         "starting"
     );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let host = match corral_drivers::local::host_memory_mib() {
+        Some(memory) => Some(crate::config::host_capacity(&args, &file, memory, cores)?),
+        None => {
+            tracing::warn!(
+                "total memory unknown: local replicas are not committed against the host"
+            );
+            None
+        }
+    };
     let control_settings = ControlSettings {
         data_dir: cfg.data_dir.clone(),
+        quota_defaults: crate::config::quota_defaults(&args, &file)?,
+        host,
         ..ControlSettings::default()
     };
     // One weights manager for the reconciler (deploys) and the API (presence, pulls), so

@@ -115,6 +115,19 @@ fn wake_error(id: Uuid, e: ControlError) -> GatewayError {
             ),
         )
         .retry_after(std::time::Duration::from_secs(5)),
+        ControlError::Store(corral_store::Error::Refused(refusal)) => match refusal.kind {
+            // Waking would pass the owner's quota: a limit the caller can act on.
+            corral_core::LimitKind::Quota => GatewayError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("instance {id} cannot wake: {refusal}"),
+            ),
+            corral_core::LimitKind::Capacity => GatewayError::unavailable(
+                "insufficient_capacity",
+                format!("instance {id} cannot wake: {refusal}"),
+            )
+            .retry_after(std::time::Duration::from_secs(30)),
+        },
         other => GatewayError::internal(other),
     }
 }

@@ -8,6 +8,7 @@ mod instances;
 mod keys;
 mod models;
 mod profile;
+mod quota;
 mod usage;
 
 use axum::middleware;
@@ -46,4 +47,5 @@ fn all(
         .merge(instances::routes())
         .merge(compute::routes())
         .merge(usage::routes())
+        .merge(quota::routes())
 }

@@ -195,7 +195,10 @@ impl Harness {
             running_seconds: 0,
             team_id: None,
         };
-        self.store.create_instance(&inst).await.unwrap();
+        self.store
+            .create_instance(&inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap();
         self.control.nudge();
         inst.id
     }

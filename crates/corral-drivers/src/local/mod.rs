@@ -209,6 +209,12 @@ pub struct LocalDriver {
     cpu: Mutex<HashMap<Uuid, CpuSample>>,
 }
 
+/// This host's total memory in MiB (None where /proc/meminfo cannot be read): what
+/// capacity admission commits local replicas against.
+pub fn host_memory_mib() -> Option<u64> {
+    procfs::total_memory_mib()
+}
+
 impl LocalDriver {
     /// Resolves the runtime binaries and creates the data dir. Fails when `corral-runner`
     /// cannot be found, since without it this driver cannot launch anything by default.

@@ -4,10 +4,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use corral_core::quota::Charge;
 use corral_core::{
-    ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance, InstanceEvent,
-    InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage, RefreshSession,
-    Replica, State, Team, TeamMember, TokenPurpose, UsageRow, UsageSample, User,
+    Admission, Allocation, ApiKey, AuditEntry, AuditFilter, CatalogModel, Desired, Instance,
+    InstanceEvent, InstanceSettings, LoginFailures, Membership, NewAuditEntry, OutboxMessage,
+    Quota, RefreshSession, Refusal, Replica, State, Subject, Team, TeamMember, TokenPurpose,
+    UsageRow, UsageSample, User,
 };
 use sqlx::{Executor, IntoArguments, QueryBuilder};
 use tracing::instrument;
@@ -21,7 +23,10 @@ use crate::codec::{
     RUN_COLUMNS, SESSION_COLUMNS, TEAM_COLUMNS, TEAM_MEMBER_COLUMNS, USAGE_COLUMNS, USER_COLUMNS,
     conflict, in_use, page_limit, write_error,
 };
-use crate::{ActionToken, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch};
+use crate::{
+    ActionToken, DesiredChange, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts,
+    UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
+};
 
 #[async_trait]
 impl<DB: Dialect> Store for SqlStore<DB>
@@ -673,8 +678,12 @@ where
     // --- instances ---
 
     #[instrument(skip_all)]
-    async fn create_instance(&self, instance: &Instance) -> Result<()> {
+    async fn create_instance(&self, instance: &Instance, admission: &Admission) -> Result<()> {
         let (compute, settings) = (&instance.compute, &instance.settings);
+        // Counters first: the first write takes SQLite's lock (PostgreSQL's row lock on
+        // the counters), so concurrent creates are admitted one after the other.
+        let mut tx = self.pool.begin().await?;
+        charge::<DB>(&mut tx, &admission.charges(None, Some(instance))).await?;
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
              $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
@@ -703,9 +712,10 @@ where
         .param(DbTime::opt(instance.running_since))
         .param(instance.running_seconds)
         .param(DbId::opt(instance.team_id))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(write_error("instance", "owner, model or team"))?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -770,23 +780,28 @@ where
     async fn set_desired(
         &self,
         instance_id: Uuid,
-        desired: Desired,
+        from: Desired,
+        to: Desired,
+        admission: &Admission,
         now: DateTime<Utc>,
-    ) -> Result<Option<Instance>> {
-        sqlx::query(&format!(
-            "UPDATE instances SET desired = $2, updated_at = $3, \
-               last_activity_at = CASE WHEN $4 AND last_activity_at < $3 THEN $3 \
-                                       ELSE last_activity_at END \
-             WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
-        ))
-        .param(DbId(instance_id))
-        .param(codec::desired_str(desired))
-        .param(DbTime(now))
-        .param(desired == Desired::Running)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| rows::instance(&row))
-        .transpose()
+    ) -> Result<Option<DesiredChange>> {
+        check_desired_change(from, to)?;
+        let changed = self
+            .modify_instance(instance_id, admission, |inst| {
+                if inst.desired != from {
+                    return false;
+                }
+                apply_desired(inst, to, now);
+                true
+            })
+            .await?;
+        Ok(changed.map(|(inst, written)| {
+            if written {
+                DesiredChange::Set(inst)
+            } else {
+                DesiredChange::Stale(inst)
+            }
+        }))
     }
 
     #[instrument(skip_all)]
@@ -794,24 +809,19 @@ where
         &self,
         instance_id: Uuid,
         settings: &InstanceSettings,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<Option<Instance>> {
-        sqlx::query(&format!(
-            "UPDATE instances SET idle_timeout_seconds = $2, min_replicas = $3, \
-               max_replicas = $4, wake_on_request = $5, updated_at = $6 \
-             WHERE id = $1 RETURNING {INSTANCE_COLUMNS}"
-        ))
-        .param(DbId(instance_id))
-        .param(i64::from(settings.idle_timeout_seconds))
-        .param(i64::from(settings.min_replicas))
-        .param(i64::from(settings.max_replicas))
-        .param(settings.wake_on_request)
-        .param(DbTime(now))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(write_error("instance settings", "instance"))?
-        .map(|row| rows::instance(&row))
-        .transpose()
+        check_settings(settings)?;
+        let changed = self
+            .modify_instance(instance_id, admission, |inst| {
+                inst.target_replicas = clamp_target(inst.target_replicas, settings);
+                inst.settings = settings.clone();
+                inst.updated_at = now;
+                true
+            })
+            .await?;
+        Ok(changed.map(|(inst, _)| inst))
     }
 
     #[instrument(skip_all)]
@@ -866,25 +876,64 @@ where
         &self,
         instance_id: Uuid,
         replicas: u32,
+        admission: &Admission,
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE instances SET target_replicas = $2, updated_at = $3 WHERE id = $1")
-                .param(DbId(instance_id))
-                .param(i64::from(replicas))
-                .param(DbTime(now))
-                .execute(&self.pool)
-                .await?;
-        Ok(DB::rows_affected(&done) == 1)
+        let changed = self
+            .modify_instance(instance_id, admission, |inst| {
+                inst.target_replicas = replicas;
+                inst.updated_at = now;
+                true
+            })
+            .await?;
+        Ok(changed.is_some())
     }
 
     #[instrument(skip_all)]
-    async fn delete_instance(&self, instance_id: Uuid) -> Result<bool> {
+    async fn delete_instance(&self, instance_id: Uuid, admission: &Admission) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let Some(old) = lock_instance::<DB>(&mut tx, instance_id).await? else {
+            return Ok(false);
+        };
+        charge::<DB>(&mut tx, &admission.charges(Some(&old), None)).await?;
         let done = sqlx::query("DELETE FROM instances WHERE id = $1")
             .param(DbId(instance_id))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(DB::rows_affected(&done) == 1)
+    }
+
+    // --- quotas and admission counters ---
+
+    #[instrument(skip_all)]
+    async fn quota(&self, subject: &Subject) -> Result<Option<Quota>> {
+        sqlx::query("SELECT quota FROM quotas WHERE subject = $1")
+            .param(subject.key())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| codec::quota_from_json(&row.get::<String>("quota")?))
+            .transpose()
+    }
+
+    #[instrument(skip_all)]
+    async fn set_quota(&self, subject: &Subject, quota: &Quota, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO quotas (subject, quota, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (subject) DO UPDATE SET quota = excluded.quota, \
+               updated_at = excluded.updated_at",
+        )
+        .param(subject.key())
+        .param(codec::quota_json(quota)?)
+        .param(DbTime(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn allocation(&self, subject: &Subject) -> Result<Allocation> {
+        read_allocation::<DB, _>(&self.pool, &subject.key()).await
     }
 
     // --- instance events ---
@@ -1260,4 +1309,162 @@ fn transition_sql<DB: Dialect>() -> String {
         DB::GREATEST,
         DB::whole_seconds_between("running_since", "$5"),
     )
+}
+
+impl<DB: Dialect> SqlStore<DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    /// Read-modify-write of one instance in one transaction: the row is locked, read,
+    /// changed by `change` (false: leave it, nothing written), the allocation
+    /// difference charged to the counters (`Error::Refused` rolls everything back),
+    /// and the fields these methods change written back. None if absent; else the
+    /// instance as it is now and whether this call wrote it.
+    async fn modify_instance(
+        &self,
+        instance_id: Uuid,
+        admission: &Admission,
+        change: impl FnOnce(&mut Instance) -> bool + Send,
+    ) -> Result<Option<(Instance, bool)>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(old) = lock_instance::<DB>(&mut tx, instance_id).await? else {
+            return Ok(None);
+        };
+        let mut inst = old.clone();
+        if !change(&mut inst) {
+            return Ok(Some((old, false)));
+        }
+        charge::<DB>(&mut tx, &admission.charges(Some(&old), Some(&inst))).await?;
+        let s = &inst.settings;
+        sqlx::query(
+            "UPDATE instances SET desired = $2, idle_timeout_seconds = $3, min_replicas = $4, \
+               max_replicas = $5, wake_on_request = $6, target_replicas = $7, \
+               updated_at = $8, last_activity_at = $9 \
+             WHERE id = $1",
+        )
+        .param(DbId(instance_id))
+        .param(codec::desired_str(inst.desired))
+        .param(i64::from(s.idle_timeout_seconds))
+        .param(i64::from(s.min_replicas))
+        .param(i64::from(s.max_replicas))
+        .param(s.wake_on_request)
+        .param(i64::from(inst.target_replicas))
+        .param(DbTime(inst.updated_at))
+        .param(DbTime(inst.last_activity_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(write_error("instance", "instance"))?;
+        tx.commit().await?;
+        Ok(Some((inst, true)))
+    }
+}
+
+/// Locks an instance's row for the rest of the transaction, then reads it. The lock
+/// is a write (a no-op update), so that SQLite's transaction takes the write lock
+/// before it reads (a read first could not be upgraded once another writer
+/// committed) and PostgreSQL holds the row until commit.
+async fn lock_instance<DB: Dialect>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    instance_id: Uuid,
+) -> Result<Option<Instance>>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let done = sqlx::query("UPDATE instances SET updated_at = updated_at WHERE id = $1")
+        .param(DbId(instance_id))
+        .execute(&mut **tx)
+        .await?;
+    if DB::rows_affected(&done) != 1 {
+        return Ok(None);
+    }
+    sqlx::query(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+    ))
+    .param(DbId(instance_id))
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|row| rows::instance(&row))
+    .transpose()
+}
+
+/// Applies each charge to its subject's counters, refusing (`Error::Refused`) when a
+/// counter that grows would pass its limit. The condition lives in the UPDATE, so
+/// concurrent charges are checked against each other's results (PostgreSQL re-checks
+/// it on the row a concurrent transaction committed). Counters never go below zero:
+/// giving back more than is held (a host renamed in the configuration) leaves 0.
+async fn charge<DB: Dialect>(tx: &mut sqlx::Transaction<'_, DB>, charges: &[Charge]) -> Result<()>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    for c in charges {
+        let key = c.subject.key();
+        sqlx::query(
+            "INSERT INTO allocations (subject) VALUES ($1) ON CONFLICT (subject) DO NOTHING",
+        )
+        .param(&key)
+        .execute(&mut **tx)
+        .await?;
+        let (d, l) = (c.delta, c.limits);
+        let g = DB::GREATEST;
+        let done = sqlx::query(&format!(
+            "UPDATE allocations SET \
+               instances = {g}(0, instances + $2), replicas = {g}(0, replicas + $3), \
+               milli_vcpu = {g}(0, milli_vcpu + $4), memory_mib = {g}(0, memory_mib + $5), \
+               gpus = {g}(0, gpus + $6) \
+             WHERE subject = $1 \
+               AND ($2 <= 0 OR $7 IS NULL OR instances + $2 <= $7) \
+               AND ($3 <= 0 OR $8 IS NULL OR replicas + $3 <= $8) \
+               AND ($4 <= 0 OR $9 IS NULL OR milli_vcpu + $4 <= $9) \
+               AND ($5 <= 0 OR $10 IS NULL OR memory_mib + $5 <= $10) \
+               AND ($6 <= 0 OR $11 IS NULL OR gpus + $6 <= $11)"
+        ))
+        .param(&key)
+        .param(d.instances)
+        .param(d.replicas)
+        .param(d.milli_vcpu)
+        .param(d.memory_mib)
+        .param(d.gpus)
+        .param(l.instances)
+        .param(l.replicas)
+        .param(l.milli_vcpu)
+        .param(l.memory_mib)
+        .param(l.gpus)
+        .execute(&mut **tx)
+        .await?;
+        if DB::rows_affected(&done) != 1 {
+            let in_use = read_allocation::<DB, _>(&mut **tx, &key).await?;
+            return Err(match Refusal::new(c.kind, c.limits, in_use, c.delta) {
+                Some(refusal) => Error::Refused(refusal),
+                None => Error::Corrupt(format!("counters of {key} refused a charge")),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_allocation<'c, DB: Dialect, E>(conn: E, key: &str) -> Result<Allocation>
+where
+    E: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let Some(row) = sqlx::query(
+        "SELECT instances, replicas, milli_vcpu, memory_mib, gpus FROM allocations \
+         WHERE subject = $1",
+    )
+    .param(key)
+    .fetch_optional(conn)
+    .await?
+    else {
+        return Ok(Allocation::default());
+    };
+    Ok(Allocation {
+        instances: row.get("instances")?,
+        replicas: row.get("replicas")?,
+        milli_vcpu: row.get("milli_vcpu")?,
+        memory_mib: row.get("memory_mib")?,
+        gpus: row.get("gpus")?,
+    })
 }

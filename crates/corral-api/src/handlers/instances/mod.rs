@@ -253,6 +253,7 @@ async fn owner_email(
         (status = 400, description = "invalid_model_id, unknown_model, unsupported_compute, compute_unavailable, invalid_size, insufficient_memory, invalid_replicas or invalid_idle_timeout"),
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
+        (status = 409, description = "quota_exceeded or insufficient_capacity, with details {limit, allowed, in_use, requested[, free]}; nothing is created"),
     ))]
 async fn start_model(
     State(state): State<AppState>,
@@ -308,7 +309,14 @@ async fn start_model(
         running_seconds: 0,
         team_id: None,
     };
-    state.store.create_instance(&inst).await?;
+    // Admission is part of the insert: the quota's and the host's counters change in
+    // the same transaction, so concurrent deploys cannot pass the limits together.
+    let admission = state
+        .control
+        .admission(&inst)
+        .await
+        .map_err(control_error)?;
+    state.store.create_instance(&inst, &admission).await?;
     audit.target(inst.id);
     audit.detail(&format!("model={}", inst.model_id));
     let c = &inst.compute;
@@ -383,7 +391,7 @@ async fn stop_model(
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
         (status = 404, description = "no such instance among the caller's"),
-        (status = 409, description = "the instance is being deleted"),
+        (status = 409, description = "the instance is being deleted; quota_exceeded or insufficient_capacity (details as for deploy)"),
     ))]
 async fn start_instance(
     State(state): State<AppState>,
@@ -456,7 +464,7 @@ pub struct UpdateSettings {
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
         (status = 404, description = "no such instance among the caller's"),
-        (status = 409, description = "the instance is being deleted"),
+        (status = 409, description = "the instance is being deleted; quota_exceeded or insufficient_capacity when the new minimum needs more replicas than allowed"),
     ))]
 async fn update_settings(
     State(state): State<AppState>,
@@ -482,7 +490,16 @@ async fn update_settings(
     let now = Utc::now();
     let inst = state
         .store
-        .update_instance_settings(id, &new, now)
+        .update_instance_settings(
+            id,
+            &new,
+            &state
+                .control
+                .admission(&inst)
+                .await
+                .map_err(control_error)?,
+            now,
+        )
         .await?
         .ok_or(ApiError::NotFound("instance"))?;
     let change = format!(
