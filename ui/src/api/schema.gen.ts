@@ -101,6 +101,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/users/{id}/quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's quota with their use (admins). */
+        get: operations["get_user_quota"];
+        /**
+         * Sets a user's quota document (admins). Every field is replaced: `null` or left out
+         *     is the configured default, `0` allows none. Lowering a limit below what is in use
+         *     stops nothing; it refuses growth until use is below it again.
+         */
+        put: operations["set_user_quota"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/users/{id}/unlock": {
         parameters: {
             query?: never;
@@ -407,7 +429,8 @@ export interface paths {
         };
         /**
          * Compute kinds, valid vCPU/memory pairs and GPU instance types, per driver. Local
-         *     vCPUs set the model server's threads; memory sizes go up to what the host has.
+         *     vCPUs set the model server's threads; memory sizes go up to what the host has, and
+         *     the local offer carries the host's committed and free capacity.
          */
         get: operations["list_compute"];
         put?: never;
@@ -750,6 +773,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/user/quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's quota: each limit with what they use now. */
+        get: operations["my_quota"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -1008,6 +1048,18 @@ export interface components {
             uptime_seconds: number;
             version: string;
         };
+        HostCapacityView: {
+            committed: components["schemas"]["Resources"];
+            free: components["schemas"]["Resources"];
+            /** @description The name the host's counters are kept under (shared by servers on one host). */
+            host: string;
+            /**
+             * Format: int64
+             * @description Local replicas asked to run.
+             */
+            replicas: number;
+            total: components["schemas"]["Resources"];
+        };
         /** @description An instance with its replicas, timeline, usage and cost. */
         InstanceDetail: components["schemas"]["InstanceView"] & {
             /** @description What it has cost so far: its replicas' runs (from launch) × the price table. */
@@ -1118,6 +1170,31 @@ export interface components {
             name: string;
             /** @description The key's first characters, e.g. `crl_AbCd`. */
             prefix: string;
+        };
+        /** @description One limit with its current use. */
+        LimitUse: {
+            /**
+             * @description True when the limit is the configured default (the quota document leaves it
+             *     null).
+             */
+            default: boolean;
+            /**
+             * Format: double
+             * @description What is held now: instances not deleted; replicas, vCPUs, MiB and GPUs of the
+             *     instances asked to run (target replicas × size). Null where the store does not
+             *     count it (gateway requests in flight are counted per server).
+             */
+            in_use?: number | null;
+            /**
+             * Format: double
+             * @description The effective limit (0: none allowed); vCPUs may be fractional.
+             */
+            limit: number;
+            /**
+             * @description `max_instances`, `max_replicas`, `max_vcpu`, `max_memory_mib`, `max_gpus` or
+             *     `max_concurrent_requests`.
+             */
+            name: string;
         };
         /** @description One log line. */
         LogLineView: {
@@ -1254,6 +1331,10 @@ export interface components {
             present: boolean;
             pull?: null | components["schemas"]["PullView"];
         };
+        /** @description One driver's offer, and for the local driver the host's capacity. */
+        OfferView: components["schemas"]["ComputeOffer"] & {
+            capacity?: null | components["schemas"]["HostCapacityView"];
+        };
         /** @description A message that was sent, or would have been sent with no SMTP configured. */
         OutboxMessage: {
             body: string;
@@ -1285,6 +1366,66 @@ export interface components {
              * @description Unknown until the server says.
              */
             total_bytes?: number | null;
+        };
+        /**
+         * @description Who may use how much: what an admin stored for a user or team. `None` in any field
+         *     means the configured default; 0 means none allowed.
+         */
+        Quota: {
+            /**
+             * Format: int32
+             * @description Percent of the budget at which to alert, 1..=100.
+             */
+            budget_alert_percent?: number | null;
+            /**
+             * Format: int32
+             * @description Gateway requests in flight at once.
+             */
+            max_concurrent_requests?: number | null;
+            /** Format: int32 */
+            max_gpus?: number | null;
+            /** Format: int32 */
+            max_instances?: number | null;
+            /** Format: int32 */
+            max_memory_mib?: number | null;
+            /**
+             * Format: int32
+             * @description Total replicas of the instances asked to run.
+             */
+            max_replicas?: number | null;
+            /**
+             * Format: double
+             * @description vCPUs of those replicas (fractions allowed).
+             */
+            max_vcpu?: number | null;
+            /**
+             * Format: double
+             * @description Monthly spend limit in USD (enforced by the budget feature; stored and shown).
+             */
+            monthly_budget_usd?: number | null;
+        };
+        /**
+         * @description A subject's quota: every limit with its use, the budget settings, and the
+         *     document as stored (its nulls are the defaults).
+         */
+        QuotaView: {
+            /**
+             * Format: int32
+             * @description Percent of the budget at which an alert is sent.
+             */
+            budget_alert_percent?: number | null;
+            /** Format: uuid */
+            id: string;
+            limits: components["schemas"]["LimitUse"][];
+            /**
+             * Format: double
+             * @description Monthly spend limit in USD; null: none.
+             */
+            monthly_budget_usd?: number | null;
+            /** @description What an admin set; null fields take the configured defaults. */
+            overrides: components["schemas"]["Quota"];
+            /** @description `user` (or `team`). */
+            subject: string;
         };
         RefreshRequest: {
             /** @description Optional when the `corral_refresh` cookie is sent (the browser UI). */
@@ -1331,6 +1472,12 @@ export interface components {
              *     reset mail (also accepted as `code`).
              */
             token: string;
+        };
+        Resources: {
+            /** Format: int64 */
+            memory_mib: number;
+            /** Format: double */
+            vcpu: number;
         };
         /**
          * @description Corral's three roles. Permissions are checked through the methods below
@@ -1861,6 +2008,103 @@ export interface operations {
                 };
             };
             /** @description self_change: an admin cannot lock themselves */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_user_quota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description user id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaView"];
+                };
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    set_user_quota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description user id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["Quota"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaView"];
+                };
+            };
+            /** @description invalid_quota: a value out of range (the message names the field) */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2513,7 +2757,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ComputeOffer"][];
+                    "application/json": components["schemas"]["OfferView"][];
                 };
             };
             /** @description missing or invalid credentials */
@@ -2805,7 +3049,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description the instance is being deleted */
+            /** @description the instance is being deleted; quota_exceeded or insufficient_capacity when the new minimum needs more replicas than allowed */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2855,7 +3099,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description the instance is being deleted */
+            /** @description the instance is being deleted; quota_exceeded or insufficient_capacity (details as for deploy) */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -3091,6 +3335,13 @@ export interface operations {
             };
             /** @description viewers are read-only */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description quota_exceeded or insufficient_capacity, with details {limit, allowed, in_use, requested[, free]}; nothing is created */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3408,6 +3659,32 @@ export interface operations {
             };
             /** @description `account_locked`: too many wrong current passwords (or failed logins), with Retry-After */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    my_quota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QuotaView"];
+                };
+            };
+            /** @description missing or invalid credentials */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
