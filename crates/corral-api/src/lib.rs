@@ -2,6 +2,7 @@
 //! gateway to deployed models (`gateway`), Prometheus metrics and the UI. `router()`
 //! builds it; `serve()` runs it.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod client_ip;

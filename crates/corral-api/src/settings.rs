@@ -20,6 +20,12 @@ pub struct Settings {
     pub auth_rate_per_account: u32,
     /// Whether `POST /api/auth/signup` is open; admins can always create users.
     pub signup_enabled: bool,
+    /// The role of a self-signed-up account: `user`, or `viewer` to keep new accounts
+    /// read-only until an admin approves them (`signup_role` parses it).
+    pub signup_default_role: corral_core::Role,
+    /// Deploys (`POST /api/models/start`) per user per minute, with a burst of the same
+    /// size.
+    pub deploy_rate_per_user: u32,
     /// Require a verified e-mail before login.
     pub require_verified_email: bool,
     pub argon2: Argon2Params,
@@ -104,6 +110,18 @@ impl Default for HashLimits {
     }
 }
 
+/// `signup_default_role`'s value: `user` or `viewer`. An admin role for whoever signs up
+/// would hand the platform to anyone, so it is refused.
+pub fn signup_role(value: &str) -> Result<corral_core::Role, String> {
+    match value.parse::<corral_core::Role>()? {
+        corral_core::Role::Admin => Err(
+            "signup_default_role must be user or viewer: self-signed-up accounts are never admins"
+                .into(),
+        ),
+        role => Ok(role),
+    }
+}
+
 impl Settings {
     /// Defaults suitable for tests and local use; the binary overrides what is configured.
     pub fn new(public_url: impl Into<String>, jwt_secret: Vec<u8>) -> Self {
@@ -117,6 +135,8 @@ impl Settings {
             auth_rate_per_ip: 60,
             auth_rate_per_account: 20,
             signup_enabled: true,
+            signup_default_role: corral_core::Role::User,
+            deploy_rate_per_user: 30,
             require_verified_email: true,
             argon2: Argon2Params::default(),
             password_hashing: HashLimits::default(),
@@ -146,5 +166,13 @@ mod tests {
         assert_eq!((l.in_flight, l.queued), (1, 0));
         let l = HashLimits::default();
         assert!(l.in_flight >= 1 && l.queued == l.in_flight * QUEUED_PER_WORKER);
+    }
+
+    #[test]
+    fn signup_role_is_user_or_viewer() {
+        assert_eq!(signup_role("user"), Ok(corral_core::Role::User));
+        assert_eq!(signup_role("viewer"), Ok(corral_core::Role::Viewer));
+        assert!(signup_role("admin").is_err());
+        assert!(signup_role("root").is_err());
     }
 }

@@ -39,6 +39,8 @@ pub struct Inner {
     pub refusals: Refusals,
     /// Login, reset and MFA, per target account (e-mail or user id).
     pub account_limiter: RateLimiter,
+    /// Deploys, per user.
+    pub deploy_limiter: RateLimiter,
     pub started: Instant,
     /// The reconciler: the API changes `desired` through it, the gateway wakes with it.
     pub control: Control,
@@ -74,6 +76,7 @@ impl AppState {
             ip_limiter: RateLimiter::per_minute(settings.auth_rate_per_ip),
             refusals: Refusals::default(),
             account_limiter: RateLimiter::per_minute(settings.auth_rate_per_account),
+            deploy_limiter: RateLimiter::per_minute(settings.deploy_rate_per_user),
             store,
             settings,
             mailer,

@@ -70,6 +70,14 @@ pub struct ServeArgs {
     /// Allow self-service sign-up (true/false). Admins can always create users.
     #[arg(long, env = "CORRAL_SIGNUP_ENABLED", value_name = "BOOL")]
     pub signup_enabled: Option<bool>,
+    /// Role of self-signed-up accounts: user (default), or viewer to keep them
+    /// read-only until an admin gives them the user role.
+    #[arg(long, env = "CORRAL_SIGNUP_DEFAULT_ROLE", value_name = "ROLE")]
+    pub signup_default_role: Option<String>,
+    /// Deploys (POST /api/models/start) allowed per user per minute (burst of the same
+    /// size). Default 30.
+    #[arg(long, env = "CORRAL_DEPLOY_RATE_PER_USER", value_name = "N")]
+    pub deploy_rate_per_user: Option<u32>,
     /// Require a verified e-mail address before login (true/false).
     #[arg(long, env = "CORRAL_REQUIRE_VERIFIED_EMAIL", value_name = "BOOL")]
     pub require_verified_email: Option<bool>,
@@ -376,6 +384,8 @@ pub struct FileConfig {
     pub auth_rate_per_ip: Option<u32>,
     pub auth_rate_per_account: Option<u32>,
     pub signup_enabled: Option<bool>,
+    pub signup_default_role: Option<String>,
+    pub deploy_rate_per_user: Option<u32>,
     pub require_verified_email: Option<bool>,
     pub trust_forwarded_for: Option<bool>,
     pub trusted_proxy_hops: Option<u32>,

@@ -78,6 +78,17 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     if let Some(v) = args.signup_enabled.or(file.signup_enabled) {
         settings.signup_enabled = v;
     }
+    if let Some(v) = args
+        .signup_default_role
+        .as_deref()
+        .or(file.signup_default_role.as_deref())
+    {
+        settings.signup_default_role =
+            corral_api::settings::signup_role(v).map_err(CliError::Invalid)?;
+    }
+    if let Some(v) = args.deploy_rate_per_user.or(file.deploy_rate_per_user) {
+        settings.deploy_rate_per_user = v;
+    }
     if let Some(v) = args.require_verified_email.or(file.require_verified_email) {
         settings.require_verified_email = v;
     }

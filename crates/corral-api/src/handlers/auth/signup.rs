@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
-use corral_core::{Role, TokenPurpose, User, secret};
+use corral_core::{TokenPurpose, User, secret};
 use corral_store::UserPatch;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -37,7 +37,8 @@ pub struct SignupRequest {
     confirm_password: String,
 }
 
-/// Creates an account (role `user`, unverified) and mails a verification link.
+/// Creates an account (role `user`, or `viewer` where `signup_default_role` says so;
+/// unverified) and mails a verification link.
 ///
 /// Always 202 for a valid request, also when the address already has an account (its
 /// owner is mailed instead), so the answer does not tell which addresses are registered.
@@ -82,7 +83,7 @@ pub async fn signup(
     check_new_password(&body.password, &body.confirm_password)?;
     // Hashed before finding out whether the address is taken, so both answers take as long.
     let hash = state.passwords.hash(body.password).await?;
-    let user = User::new(&email, hash, Role::User, Utc::now());
+    let user = User::new(&email, hash, state.settings.signup_default_role, Utc::now());
     match state.store.create_user(&user).await {
         Ok(()) => {
             audit.actor(&user);

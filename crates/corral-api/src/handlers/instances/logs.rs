@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::visible;
+use super::instance_with;
+use crate::access::Access;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Path, Query};
@@ -109,7 +110,7 @@ pub(super) async fn instance_logs(
     Path(id): Path<Uuid>,
     Query(query): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    let inst = visible(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Read).await?;
     let tail = query.tail.unwrap_or(DEFAULT_TAIL);
     if !(1..=MAX_TAIL).contains(&tail) {
         return Err(ApiError::bad_request(

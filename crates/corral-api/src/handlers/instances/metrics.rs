@@ -9,7 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::visible;
+use super::instance_with;
+use crate::access::Access;
 use crate::auth::Principal;
 use crate::error::ApiResult;
 use crate::extract::{Json, Path};
@@ -75,7 +76,7 @@ pub(super) async fn instance_metrics(
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<InstanceMetrics>> {
-    let inst = visible(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Read).await?;
     let minutes = state
         .metrics
         .instances

@@ -2,10 +2,13 @@
 //! `DELETE /api/models/{id}/stop` stops (the id is the instance's, not the model's), and
 //! `/api/instances/...` lists, shows, starts again, tunes, deletes and tails them.
 //!
-//! Who sees what: a user sees and changes only their own instances; another user's id
-//! answers 404 on every route, exactly like an unknown one (no IDOR). Admins see and
-//! change every instance. Viewers are read-only: they see every instance and its logs
-//! (the viewer role: "read-only: view models and logs") and every change answers 403.
+//! Who sees what is decided by `crate::access::instance_access` alone: a user sees and
+//! changes their own instances; a team's instances are seen and used by every member
+//! and managed (stopped, started, changed, deleted) by the team's owners. An instance
+//! the caller has no access to answers 404 on every route, exactly like an unknown one
+//! (no IDOR); one they see but may not change answers 403 (a team member stopping a
+//! team instance). Admins see and change every instance. Viewers are read-only: they
+//! see every instance and its logs, and every change answers 403.
 //!
 //! The API changes only `desired` (through `Control`); the reconciler moves `state`
 //! and records each transition in the instance's timeline.
@@ -21,7 +24,7 @@ use chrono::{DateTime, Utc};
 use corral_core::catalog::normalize_model_id;
 use corral_core::{
     CatalogModel, ComputeSpec, ComputeType, Desired, Instance, InstanceEvent, InstanceSettings,
-    ReplicaState, Role, State as Observed,
+    Membership, ReplicaState, State as Observed,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -29,6 +32,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::usage::{Cost, UsageTotals};
+use crate::access::{Access, instance_access, needs_memberships};
 use crate::audit::Audit;
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
@@ -66,37 +70,53 @@ fn control_error(e: corral_control::Error) -> ApiError {
     }
 }
 
-/// The caller's view of one instance: their own, or any for admins and viewers.
-/// Everything else is `NotFound`, whether it exists or not.
-pub(super) async fn visible(
+/// The caller's team memberships, read only for callers whose access depends on them.
+pub(crate) async fn memberships(
+    state: &AppState,
+    principal: &Principal,
+) -> ApiResult<Vec<Membership>> {
+    if needs_memberships(principal.user.role) {
+        Ok(state.store.user_teams(principal.user.id).await?)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Instance `id` if the caller has at least `need` access to it (see `crate::access`):
+/// 404 when they have none, whether it exists or not; 403 when they see it but may not
+/// do this. Viewers get their 403 for any change before anything is looked up.
+pub(super) async fn instance_with(
     state: &AppState,
     principal: &Principal,
     id: Uuid,
+    need: Access,
 ) -> ApiResult<Instance> {
-    let found = if sees_all(principal) {
-        state.store.instance(id).await?
+    if need > Access::Read {
+        principal.require_mutate()?;
+    }
+    let inst = state
+        .store
+        .instance(id)
+        .await?
+        .ok_or(ApiError::NotFound("instance"))?;
+    // Only a team's instance needs the memberships to decide.
+    let teams = if inst.team_id.is_some() {
+        memberships(state, principal).await?
     } else {
-        state
-            .store
-            .instance_for_owner(id, principal.user.id)
-            .await?
+        Vec::new()
     };
-    found.ok_or(ApiError::NotFound("instance"))
-}
-
-/// An instance the caller may change: 403 for viewers (before looking anything up), then
-/// their own or, for admins, any. Deleted ones can only be deleted again.
-async fn changeable(state: &AppState, principal: &Principal, id: Uuid) -> ApiResult<Instance> {
-    principal.require_mutate()?;
-    let found = if principal.user.role.is_admin() {
-        state.store.instance(id).await?
-    } else {
-        state
-            .store
-            .instance_for_owner(id, principal.user.id)
-            .await?
-    };
-    found.ok_or(ApiError::NotFound("instance"))
+    let access = instance_access(principal.user.role, principal.user.id, &teams, &inst);
+    if access == Access::None {
+        return Err(ApiError::NotFound("instance"));
+    }
+    if access < need {
+        return Err(ApiError::Forbidden(
+            "this is a team instance: its members use it, only the team's owners (and \
+             admins) stop, start, change or delete it"
+                .into(),
+        ));
+    }
+    Ok(inst)
 }
 
 fn refuse_deleted(inst: &Instance) -> ApiResult<()> {
@@ -106,10 +126,6 @@ fn refuse_deleted(inst: &Instance) -> ApiResult<()> {
         ));
     }
     Ok(())
-}
-
-pub(super) fn sees_all(principal: &Principal) -> bool {
-    matches!(principal.user.role, Role::Admin | Role::Viewer)
 }
 
 /// The dash spelling `llama2-7b` is the catalog's `llama2:7b`: an id that is not in
@@ -156,6 +172,9 @@ pub struct StartModel {
     max_replicas: Option<u32>,
     /// When idle, sleep and start again on the next request (default) instead of stopping.
     wake_on_request: Option<bool>,
+    /// Deploy for this team (`GET /api/teams` lists the caller's): every member may use
+    /// the instance, the team's owners manage it. Any team member may deploy for it.
+    team_id: Option<Uuid>,
 }
 
 /// An instance as the API shows it.
@@ -163,7 +182,10 @@ pub struct StartModel {
 pub struct InstanceView {
     id: Uuid,
     model_id: String,
+    /// The user who deployed it.
     owner_id: Uuid,
+    /// The team it belongs to, if it was deployed for one.
+    team_id: Option<Uuid>,
     /// The owner's e-mail; shown to admins only.
     #[serde(skip_serializing_if = "Option::is_none")]
     owner_email: Option<String>,
@@ -198,6 +220,7 @@ impl InstanceView {
             id: inst.id,
             model_id: inst.model_id.clone(),
             owner_id: inst.owner_id,
+            team_id: inst.team_id,
             owner_email,
             status: inst.state,
             status_reason: inst.state_reason.clone(),
@@ -254,6 +277,8 @@ async fn owner_email(
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "viewers are read-only"),
         (status = 409, description = "quota_exceeded or insufficient_capacity, with details {limit, allowed, in_use, requested[, free]}; nothing is created"),
+        (status = 404, description = "team_id names no team the caller is a member of"),
+        (status = 429, description = "too many deploys by this user; see Retry-After"),
     ))]
 async fn start_model(
     State(state): State<AppState>,
@@ -263,6 +288,19 @@ async fn start_model(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     audit.action("instances.start");
     principal.require_mutate()?;
+    state
+        .deploy_limiter
+        .check(&principal.user.id.to_string())
+        .map_err(|retry_after| ApiError::TooManyRequests {
+            message: format!(
+                "too many deploys ({} per minute); retry later",
+                state.settings.deploy_rate_per_user
+            ),
+            retry_after,
+        })?;
+    if let Some(team_id) = body.team_id {
+        deploys_for(&state, &principal, team_id).await?;
+    }
     let model = find_model(&state, &body.model_id).await?;
     let size = SizeRequest {
         compute_type: body.compute_type,
@@ -307,7 +345,7 @@ async fn start_model(
         last_activity_at: now,
         running_since: None,
         running_seconds: 0,
-        team_id: None,
+        team_id: body.team_id,
     };
     // Admission is part of the insert: the quota's and the host's counters change in
     // the same transaction, so concurrent deploys cannot pass the limits together.
@@ -348,6 +386,24 @@ async fn start_model(
     ))
 }
 
+/// Whether the caller may deploy for `team_id`: any member (owner or member) of it,
+/// or an admin for any team; 404 otherwise, as for a team that does not exist.
+async fn deploys_for(state: &AppState, principal: &Principal, team_id: Uuid) -> ApiResult<()> {
+    let allowed = if principal.user.role.is_admin() {
+        state.store.team(team_id).await?.is_some()
+    } else {
+        memberships(state, principal)
+            .await?
+            .iter()
+            .any(|m| m.team.id == team_id)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("team"))
+    }
+}
+
 /// Stops an instance (`id` is the instance's id, not the model's). Its replicas finish
 /// their requests and stop; it stays listed as stopped and can be started again.
 #[utoipa::path(delete, path = "/api/models/{id}/stop", tag = "instances",
@@ -356,8 +412,8 @@ async fn start_model(
     responses(
         (status = 202, body = InstanceView, description = "stopping; status becomes stopped"),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "viewers are read-only"),
-        (status = 404, description = "no such instance among the caller's"),
+        (status = 403, description = "viewers are read-only; team members use team instances, only team owners manage them"),
+        (status = 404, description = "no such instance among those the caller sees"),
         (status = 409, description = "the instance is being deleted"),
     ))]
 async fn stop_model(
@@ -368,7 +424,7 @@ async fn stop_model(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     audit.action("instances.stop");
     audit.target(id);
-    let inst = changeable(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Manage).await?;
     refuse_deleted(&inst)?;
     let inst = state
         .control
@@ -389,8 +445,8 @@ async fn stop_model(
     responses(
         (status = 202, body = InstanceView),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "viewers are read-only"),
-        (status = 404, description = "no such instance among the caller's"),
+        (status = 403, description = "viewers are read-only; team members use team instances, only team owners manage them"),
+        (status = 404, description = "no such instance among those the caller sees"),
         (status = 409, description = "the instance is being deleted; quota_exceeded or insufficient_capacity (details as for deploy)"),
     ))]
 async fn start_instance(
@@ -401,7 +457,7 @@ async fn start_instance(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     audit.action("instances.resume");
     audit.target(id);
-    let inst = changeable(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Manage).await?;
     refuse_deleted(&inst)?;
     let inst = state.control.start(id).await.map_err(control_error)?;
     Ok((
@@ -418,8 +474,8 @@ async fn start_instance(
     responses(
         (status = 202, body = InstanceView),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "viewers are read-only"),
-        (status = 404, description = "no such instance among the caller's"),
+        (status = 403, description = "viewers are read-only; team members use team instances, only team owners manage them"),
+        (status = 404, description = "no such instance among those the caller sees"),
     ))]
 async fn delete_instance(
     State(state): State<AppState>,
@@ -429,7 +485,7 @@ async fn delete_instance(
 ) -> ApiResult<(StatusCode, Json<InstanceView>)> {
     audit.action("instances.delete");
     audit.target(id);
-    changeable(&state, &principal, id).await?;
+    instance_with(&state, &principal, id, Access::Manage).await?;
     let inst = state
         .control
         .set_desired(id, Desired::Deleted)
@@ -462,8 +518,8 @@ pub struct UpdateSettings {
         (status = 200, body = InstanceView),
         (status = 400, description = "invalid_replicas or invalid_idle_timeout"),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 403, description = "viewers are read-only"),
-        (status = 404, description = "no such instance among the caller's"),
+        (status = 403, description = "viewers are read-only; team members use team instances, only team owners manage them"),
+        (status = 404, description = "no such instance among those the caller sees"),
         (status = 409, description = "the instance is being deleted; quota_exceeded or insufficient_capacity when the new minimum needs more replicas than allowed"),
     ))]
 async fn update_settings(
@@ -475,7 +531,7 @@ async fn update_settings(
 ) -> ApiResult<Json<InstanceView>> {
     audit.action("instances.settings");
     audit.target(id);
-    let inst = changeable(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Manage).await?;
     refuse_deleted(&inst)?;
     let old = &inst.settings;
     let new = InstanceSettings {
@@ -519,8 +575,8 @@ async fn update_settings(
     Ok(Json(view(&state, &principal, &inst).await?))
 }
 
-/// The caller's instances, newest first; admins and viewers see everyone's (admins with
-/// the owner's e-mail).
+/// The caller's instances and their teams' ones (with `team_id`), newest first; admins
+/// and viewers see everyone's (admins with the owner's e-mail).
 #[utoipa::path(get, path = "/api/instances", tag = "instances",
     security(("bearer" = [])),
     responses(
@@ -531,8 +587,7 @@ async fn list_instances(
     State(state): State<AppState>,
     principal: Principal,
 ) -> ApiResult<Json<Vec<InstanceView>>> {
-    let scope = (!sees_all(&principal)).then_some(principal.user.id);
-    let list = state.store.list_instances(scope).await?;
+    let list = visible_instances(&state, &principal).await?;
     let mut emails = std::collections::HashMap::new();
     let mut views = Vec::with_capacity(list.len());
     for inst in &list {
@@ -551,6 +606,30 @@ async fn list_instances(
         views.push(InstanceView::new(&state, inst, email));
     }
     Ok(Json(views))
+}
+
+/// Every instance the caller may see (see `crate::access`), newest first: for a user,
+/// the ones they deployed and their teams' ones.
+pub(crate) async fn visible_instances(
+    state: &AppState,
+    principal: &Principal,
+) -> ApiResult<Vec<Instance>> {
+    if !needs_memberships(principal.user.role) {
+        return Ok(state.store.list_instances(None).await?);
+    }
+    let teams = memberships(state, principal).await?;
+    let mut list = state.store.list_instances(Some(principal.user.id)).await?;
+    for m in &teams {
+        list.extend(state.store.list_team_instances(m.team.id).await?);
+    }
+    // One the caller deployed for a team is in both lists; one deployed for a team
+    // they have left is in neither's sight.
+    list.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    list.dedup_by_key(|i| i.id);
+    list.retain(|i| {
+        instance_access(principal.user.role, principal.user.id, &teams, i) > Access::None
+    });
+    Ok(list)
 }
 
 /// One replica: a running copy of the model server.
@@ -593,14 +672,14 @@ pub struct InstanceDetail {
     responses(
         (status = 200, body = InstanceDetail),
         (status = 401, description = "missing or invalid credentials"),
-        (status = 404, description = "no such instance among the caller's"),
+        (status = 404, description = "no such instance among those the caller sees"),
     ))]
 async fn get_instance(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<InstanceDetail>> {
-    let inst = visible(&state, &principal, id).await?;
+    let inst = instance_with(&state, &principal, id, Access::Read).await?;
     let resources = state.control.replica_resources(id);
     let admin = principal.user.role.is_admin();
     let replicas = state
