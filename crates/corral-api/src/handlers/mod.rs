@@ -9,6 +9,7 @@ mod keys;
 mod models;
 mod profile;
 mod quota;
+mod teams;
 mod usage;
 
 use axum::middleware;
@@ -48,4 +49,5 @@ fn all(
         .merge(compute::routes())
         .merge(usage::routes())
         .merge(quota::routes())
+        .merge(teams::routes())
 }
