@@ -34,19 +34,55 @@ pub enum Access {
 /// The caller's access to `inst`. `teams` are the caller's memberships (only those of
 /// the instance's team matter).
 pub fn instance_access(role: Role, user_id: Uuid, teams: &[Membership], inst: &Instance) -> Access {
+    access(role, user_id, teams, inst.owner_id, inst.team_id)
+}
+
+/// `instance_access` for an instance known by its deployer and team only (the
+/// gateway's routing table).
+pub fn access(
+    role: Role,
+    user_id: Uuid,
+    teams: &[Membership],
+    owner_id: Uuid,
+    team_id: Option<Uuid>,
+) -> Access {
     match role {
         Role::Admin => Access::Manage,
         Role::Viewer => Access::Read,
-        Role::User => match inst.team_id {
+        Role::User => match team_id {
             Some(team_id) => match teams.iter().find(|m| m.team.id == team_id) {
                 Some(m) if m.role == TeamRole::Owner => Access::Manage,
                 Some(_) => Access::Use,
                 None => Access::None,
             },
-            None if inst.owner_id == user_id => Access::Manage,
+            None if owner_id == user_id => Access::Manage,
             None => Access::None,
         },
     }
+}
+
+/// Which instances routing by `model` (`/v1`, `/ollama/api`) may pick for a caller who
+/// may run models, in order of preference: their own first, then their teams'. Admins
+/// route by model like users (they reach other people's instances by id only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ModelRoute {
+    Own,
+    Team,
+}
+
+pub fn model_route(
+    user_id: Uuid,
+    teams: &[Membership],
+    owner_id: Uuid,
+    team_id: Option<Uuid>,
+) -> Option<ModelRoute> {
+    if access(Role::User, user_id, teams, owner_id, team_id) < Access::Use {
+        return None;
+    }
+    Some(match team_id {
+        None => ModelRoute::Own,
+        Some(_) => ModelRoute::Team,
+    })
 }
 
 /// Whether a caller with this role needs their memberships to decide: admins and
@@ -135,6 +171,25 @@ mod tests {
         // A viewer who owns the team still only reads.
         assert_eq!(instance_access(Role::Viewer, me, &owner, &shared), Access::Read);
         assert_eq!(instance_access(Role::Admin, me, &[], &shared), Access::Manage);
+    }
+
+    #[test]
+    fn routing_by_model_prefers_own_then_teams() {
+        let (me, other, team, stranger_team) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let teams = [membership(team, TeamRole::Member)];
+        assert_eq!(model_route(me, &teams, me, None), Some(ModelRoute::Own));
+        assert_eq!(model_route(me, &teams, other, Some(team)), Some(ModelRoute::Team));
+        // What I deployed for a team is the team's, not mine.
+        assert_eq!(model_route(me, &teams, me, Some(team)), Some(ModelRoute::Team));
+        assert_eq!(model_route(me, &teams, other, None), None);
+        assert_eq!(model_route(me, &teams, other, Some(stranger_team)), None);
+        assert_eq!(model_route(me, &[], me, Some(team)), None);
+        assert!(ModelRoute::Own < ModelRoute::Team);
     }
 
     #[test]

@@ -1034,7 +1034,7 @@ impl InstanceTask {
         } else {
             self.ctl
                 .routing
-                .set(self.id, inst.owner_id, &inst.model_id, ready);
+                .set(self.id, inst.owner_id, inst.team_id, &inst.model_id, ready);
         }
         self.ctl.route_changed();
         current

@@ -40,6 +40,8 @@ impl ReplicaRoute {
 pub struct InstanceRoute {
     pub instance_id: Uuid,
     pub owner_id: Uuid,
+    /// The team the instance belongs to: its members may use it too.
+    pub team_id: Option<Uuid>,
     pub model_id: String,
     pub replicas: Vec<Arc<ReplicaRoute>>,
     /// Unix milliseconds of the last request, for idle shutdown; flushed to the store
@@ -51,12 +53,14 @@ impl InstanceRoute {
     pub fn new(
         instance_id: Uuid,
         owner_id: Uuid,
+        team_id: Option<Uuid>,
         model_id: String,
         replicas: Vec<Arc<ReplicaRoute>>,
     ) -> Self {
         InstanceRoute {
             instance_id,
             owner_id,
+            team_id,
             model_id,
             replicas,
             last_activity_ms: AtomicU64::new(0),
@@ -121,16 +125,33 @@ impl RoutingTable {
     /// The caller's routable instance of a model (the gateway's `model` routing); when
     /// several exist, the least loaded.
     pub fn for_owner_model(&self, owner_id: Uuid, model_id: &str) -> Option<Arc<InstanceRoute>> {
+        self.for_model_where(model_id, |r| r.owner_id == owner_id)
+    }
+
+    /// The least loaded routable instance of a model among those `allowed` picks (e.g.
+    /// the instances of the caller's teams).
+    pub fn for_model_where(
+        &self,
+        model_id: &str,
+        allowed: impl Fn(&InstanceRoute) -> bool,
+    ) -> Option<Arc<InstanceRoute>> {
         self.read()
             .values()
-            .filter(|r| r.owner_id == owner_id && r.model_id == model_id && !r.replicas.is_empty())
+            .filter(|r| r.model_id == model_id && !r.replicas.is_empty() && allowed(r))
             .min_by_key(|r| r.in_flight())
             .cloned()
     }
 
     /// Replaces an instance's ready replicas, keeping the in-flight counters and the
     /// activity time of replicas that stay (so a refresh never loses accounting).
-    pub fn set(&self, instance_id: Uuid, owner_id: Uuid, model_id: &str, ready: &[(Uuid, String)]) {
+    pub fn set(
+        &self,
+        instance_id: Uuid,
+        owner_id: Uuid,
+        team_id: Option<Uuid>,
+        model_id: &str,
+        ready: &[(Uuid, String)],
+    ) {
         let mut routes = self.write();
         let previous = routes.get(&instance_id).cloned();
         let replicas = ready
@@ -147,7 +168,13 @@ impl RoutingTable {
                     .unwrap_or_else(|| Arc::new(ReplicaRoute::new(*id, endpoint.clone())))
             })
             .collect();
-        let route = InstanceRoute::new(instance_id, owner_id, model_id.to_string(), replicas);
+        let route = InstanceRoute::new(
+            instance_id,
+            owner_id,
+            team_id,
+            model_id.to_string(),
+            replicas,
+        );
         if let Some(p) = &previous {
             route
                 .last_activity_ms
@@ -259,6 +286,7 @@ mod tests {
         table.set(
             inst,
             owner,
+            None,
             "m",
             &[(a, "http://a".into()), (b, "http://b".into())],
         );
@@ -284,11 +312,12 @@ mod tests {
         let table = RoutingTable::default();
         let (inst, owner) = (Uuid::now_v7(), Uuid::now_v7());
         let a = Uuid::now_v7();
-        table.set(inst, owner, "m", &[(a, "http://a".into())]);
+        table.set(inst, owner, None, "m", &[(a, "http://a".into())]);
         let held = table.get(inst).unwrap().acquire(None).unwrap();
         table.set(
             inst,
             owner,
+            None,
             "m",
             &[(a, "http://a".into()), (Uuid::now_v7(), "http://b".into())],
         );

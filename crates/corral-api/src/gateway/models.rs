@@ -1,5 +1,6 @@
-//! The model lists of the gateway's two APIs, answered by Corral itself from the caller's
-//! instances: those a request would reach (running or on their way, or sleeping and
+//! The model lists of the gateway's two APIs, answered by Corral itself from the
+//! instances routing by model may pick for the caller (their own and their teams'):
+//! those a request would reach (running or on their way, or sleeping and
 //! waking on request). One model is listed once however many instances serve it.
 
 use axum::extract::{Path, Request, State};
@@ -18,11 +19,16 @@ async fn servable(state: &AppState, request: Request) -> Result<Vec<Instance>, G
     let (mut parts, _) = request.into_parts();
     // The permit is held while the list is read.
     let (caller, _permit) = admit(state, &mut parts, false).await?;
-    let mut list = state
+    let memberships = state
         .store
-        .list_instances(Some(caller.user.id))
+        .user_teams(caller.user.id)
         .await
         .map_err(GatewayError::internal)?;
+    let mut list: Vec<Instance> = target::routable(state, &caller, &memberships)
+        .await?
+        .into_iter()
+        .map(|(_, inst)| inst)
+        .collect();
     list.retain(|i| match i.desired {
         Desired::Running => i.state != Observed::Failed,
         Desired::Sleeping => i.settings.wake_on_request,

@@ -4,19 +4,47 @@
 //! wake it (sleeping), wait for it (starting) or say why it cannot answer (stopped,
 //! failed).
 //!
-//! Ownership: anyone but an admin gets 404 for an instance they do not own, the same
-//! answer as for one that does not exist. Routing by model only ever picks the caller's
-//! own instances, admins included (they reach others' instances by id).
+//! Who may call what is `crate::access`'s decision: an instance the caller may not use
+//! answers 404, the same as one that does not exist. Routing by model picks the
+//! caller's own instances first, then their teams' (`access::model_route`); admins
+//! route by model like users and reach other people's instances by id.
 
 use axum::http::StatusCode;
 use corral_control::{Error as ControlError, InstanceRoute};
-use corral_core::{Desired, Instance, State};
+use corral_core::{Desired, Instance, Membership, State};
 use std::sync::Arc;
 use uuid::Uuid;
 
 use super::error::GatewayError;
+use crate::access::{self, Access, ModelRoute, model_route};
 use crate::auth::Principal;
 use crate::state::AppState;
+
+/// The caller's team memberships (a store read: they decide at once when changed).
+async fn teams(state: &AppState, caller: &Principal) -> Result<Vec<Membership>, GatewayError> {
+    state
+        .store
+        .user_teams(caller.user.id)
+        .await
+        .map_err(GatewayError::internal)
+}
+
+/// Whether the caller may use an instance of this deployer and team; the memberships
+/// are read only for a team's instance.
+async fn may_use(
+    state: &AppState,
+    caller: &Principal,
+    owner_id: Uuid,
+    team_id: Option<Uuid>,
+) -> Result<bool, GatewayError> {
+    let user = &caller.user;
+    let memberships = if team_id.is_some() && access::needs_memberships(user.role) {
+        teams(state, caller).await?
+    } else {
+        Vec::new()
+    };
+    Ok(access::access(user.role, user.id, &memberships, owner_id, team_id) >= Access::Use)
+}
 
 /// The route of instance `id`, if the caller may use it, once it has a ready replica.
 pub async fn by_id(
@@ -24,59 +52,110 @@ pub async fn by_id(
     caller: &Principal,
     id: Uuid,
 ) -> Result<Arc<InstanceRoute>, GatewayError> {
-    let admin = caller.user.role.is_admin();
     if let Some(route) = state.routing.get(id) {
-        if !admin && route.owner_id != caller.user.id {
+        if !may_use(state, caller, route.owner_id, route.team_id).await? {
             return Err(GatewayError::instance_not_found());
         }
         if !route.replicas.is_empty() {
             return Ok(route);
         }
     }
-    let inst = if admin {
-        state.store.instance(id).await
-    } else {
-        state.store.instance_for_owner(id, caller.user.id).await
+    let inst = state
+        .store
+        .instance(id)
+        .await
+        .map_err(GatewayError::internal)?
+        .ok_or_else(GatewayError::instance_not_found)?;
+    if !may_use(state, caller, inst.owner_id, inst.team_id).await? {
+        return Err(GatewayError::instance_not_found());
     }
-    .map_err(GatewayError::internal)?
-    .ok_or_else(GatewayError::instance_not_found)?;
     wake(state, &inst).await
 }
 
-/// The caller's instance of `model` with a ready replica, waking or waiting for one that
-/// is on its way. `model` may omit the `:latest` tag, as with Ollama.
+/// The instance of `model` with a ready replica that the caller may use, preferring
+/// their own to their teams' (see `access::model_route`), waking or waiting for one
+/// that is on its way. `model` may omit the `:latest` tag, as with Ollama.
 pub async fn by_model(
     state: &AppState,
     caller: &Principal,
     model: &str,
 ) -> Result<Arc<InstanceRoute>, GatewayError> {
-    let owner = caller.user.id;
-    let ready = state
-        .routing
-        .for_owner_model(owner, model)
-        .or_else(|| alias(model).and_then(|other| state.routing.for_owner_model(owner, &other)));
-    if let Some(route) = ready {
+    let me = caller.user.id;
+    // The common case, without a store read: one of the caller's own instances is up.
+    if let Some(route) = ready(state, model, |r| {
+        model_route(me, &[], r.owner_id, r.team_id) == Some(ModelRoute::Own)
+    }) {
         return Ok(route);
     }
-    let mut candidates: Vec<Instance> = state
-        .store
-        .list_instances(Some(owner))
-        .await
-        .map_err(GatewayError::internal)?
-        .into_iter()
-        .filter(|i| same_model(&i.model_id, model) && i.desired != Desired::Deleted)
-        .collect();
-    // The one most likely to answer soon: coming up, then waking, then the rest (whose
-    // error says what to do).
-    candidates.sort_by_key(|i| match (i.desired, i.state) {
+    let memberships = teams(state, caller).await?;
+    let mut candidates = routable(state, caller, &memberships).await?;
+    candidates.retain(|(_, i)| same_model(&i.model_id, model));
+    // Instances that can answer (coming up or waking) before those that cannot (whose
+    // error says what to do); among them, own before team, then coming up before waking.
+    candidates.sort_by_key(|(route, i)| (readiness(i) == 2, *route, readiness(i)));
+    let Some((first, _)) = candidates.first() else {
+        return Err(GatewayError::model_not_found(model));
+    };
+    if *first == ModelRoute::Team
+        && let Some(route) = ready(state, model, |r| {
+            model_route(me, &memberships, r.owner_id, r.team_id) == Some(ModelRoute::Team)
+        })
+    {
+        return Ok(route);
+    }
+    wake(state, &candidates[0].1).await
+}
+
+/// How soon an instance may answer: 0 coming up, 1 waking on request, 2 neither.
+fn readiness(i: &Instance) -> u8 {
+    match (i.desired, i.state) {
         (Desired::Running, s) if s != State::Failed => 0,
         (Desired::Sleeping, _) if i.settings.wake_on_request => 1,
         _ => 2,
-    });
-    let inst = candidates
-        .first()
-        .ok_or_else(|| GatewayError::model_not_found(model))?;
-    wake(state, inst).await
+    }
+}
+
+/// The least loaded ready instance of `model` (or its other spelling) that `pick` allows.
+fn ready(
+    state: &AppState,
+    model: &str,
+    pick: impl Fn(&InstanceRoute) -> bool,
+) -> Option<Arc<InstanceRoute>> {
+    state
+        .routing
+        .for_model_where(model, &pick)
+        .or_else(|| alias(model).and_then(|other| state.routing.for_model_where(&other, &pick)))
+}
+
+/// Every instance routing by model may pick for the caller (not being deleted), with
+/// whether it is their own or a team's.
+pub async fn routable(
+    state: &AppState,
+    caller: &Principal,
+    memberships: &[Membership],
+) -> Result<Vec<(ModelRoute, Instance)>, GatewayError> {
+    let me = caller.user.id;
+    let mut list = state
+        .store
+        .list_instances(Some(me))
+        .await
+        .map_err(GatewayError::internal)?;
+    for m in memberships {
+        list.extend(
+            state
+                .store
+                .list_team_instances(m.team.id)
+                .await
+                .map_err(GatewayError::internal)?,
+        );
+    }
+    list.sort_by_key(|i| i.id);
+    list.dedup_by_key(|i| i.id);
+    Ok(list
+        .into_iter()
+        .filter(|i| i.desired != Desired::Deleted)
+        .filter_map(|i| model_route(me, memberships, i.owner_id, i.team_id).map(|r| (r, i)))
+        .collect())
 }
 
 /// Waits (bounded) for an instance that is starting, or wakes a sleeping one.
