@@ -143,8 +143,14 @@ mod tests {
         let mine = inst(me, None);
         assert_eq!(instance_access(Role::User, me, &[], &mine), Access::Manage);
         assert_eq!(instance_access(Role::User, other, &[], &mine), Access::None);
-        assert_eq!(instance_access(Role::Admin, other, &[], &mine), Access::Manage);
-        assert_eq!(instance_access(Role::Viewer, other, &[], &mine), Access::Read);
+        assert_eq!(
+            instance_access(Role::Admin, other, &[], &mine),
+            Access::Manage
+        );
+        assert_eq!(
+            instance_access(Role::Viewer, other, &[], &mine),
+            Access::Read
+        );
         // A demoted owner keeps only a viewer's read access.
         assert_eq!(instance_access(Role::Viewer, me, &[], &mine), Access::Read);
     }
@@ -161,16 +167,37 @@ mod tests {
         let owner = [membership(team, TeamRole::Owner)];
         let member = [membership(team, TeamRole::Member)];
         let elsewhere = [membership(other_team, TeamRole::Owner)];
-        assert_eq!(instance_access(Role::User, me, &owner, &shared), Access::Manage);
-        assert_eq!(instance_access(Role::User, me, &member, &shared), Access::Use);
-        assert_eq!(instance_access(Role::User, me, &elsewhere, &shared), Access::None);
+        assert_eq!(
+            instance_access(Role::User, me, &owner, &shared),
+            Access::Manage
+        );
+        assert_eq!(
+            instance_access(Role::User, me, &member, &shared),
+            Access::Use
+        );
+        assert_eq!(
+            instance_access(Role::User, me, &elsewhere, &shared),
+            Access::None
+        );
         assert_eq!(instance_access(Role::User, me, &[], &shared), Access::None);
         // The deployer's rights are their membership's, and go when they leave.
-        assert_eq!(instance_access(Role::User, deployer, &member, &shared), Access::Use);
-        assert_eq!(instance_access(Role::User, deployer, &[], &shared), Access::None);
+        assert_eq!(
+            instance_access(Role::User, deployer, &member, &shared),
+            Access::Use
+        );
+        assert_eq!(
+            instance_access(Role::User, deployer, &[], &shared),
+            Access::None
+        );
         // A viewer who owns the team still only reads.
-        assert_eq!(instance_access(Role::Viewer, me, &owner, &shared), Access::Read);
-        assert_eq!(instance_access(Role::Admin, me, &[], &shared), Access::Manage);
+        assert_eq!(
+            instance_access(Role::Viewer, me, &owner, &shared),
+            Access::Read
+        );
+        assert_eq!(
+            instance_access(Role::Admin, me, &[], &shared),
+            Access::Manage
+        );
     }
 
     #[test]
@@ -183,9 +210,15 @@ mod tests {
         );
         let teams = [membership(team, TeamRole::Member)];
         assert_eq!(model_route(me, &teams, me, None), Some(ModelRoute::Own));
-        assert_eq!(model_route(me, &teams, other, Some(team)), Some(ModelRoute::Team));
+        assert_eq!(
+            model_route(me, &teams, other, Some(team)),
+            Some(ModelRoute::Team)
+        );
         // What I deployed for a team is the team's, not mine.
-        assert_eq!(model_route(me, &teams, me, Some(team)), Some(ModelRoute::Team));
+        assert_eq!(
+            model_route(me, &teams, me, Some(team)),
+            Some(ModelRoute::Team)
+        );
         assert_eq!(model_route(me, &teams, other, None), None);
         assert_eq!(model_route(me, &teams, other, Some(stranger_team)), None);
         assert_eq!(model_route(me, &[], me, Some(team)), None);
