@@ -624,7 +624,7 @@ pub(crate) async fn visible_instances(
     }
     // One the caller deployed for a team is in both lists; one deployed for a team
     // they have left is in neither's sight.
-    list.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    list.sort_by_key(|i| std::cmp::Reverse((i.created_at, i.id)));
     list.dedup_by_key(|i| i.id);
     list.retain(|i| {
         instance_access(principal.user.role, principal.user.id, &teams, i) > Access::None
