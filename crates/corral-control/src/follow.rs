@@ -17,6 +17,7 @@ use crate::control::Inner;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct StoredRoute {
     pub owner_id: Uuid,
+    pub team_id: Option<Uuid>,
     pub model_id: String,
     pub ready: Vec<(Uuid, String)>,
 }
@@ -33,6 +34,7 @@ pub(crate) fn stored_routes(
         .map(|i| {
             let route = StoredRoute {
                 owner_id: i.owner_id,
+                team_id: i.team_id,
                 model_id: i.model_id.clone(),
                 ready: Vec::new(),
             };
@@ -85,9 +87,13 @@ async fn refresh(inner: &Inner) -> corral_store::Result<()> {
     }
     for (id, route) in &routes {
         if !inner.routing.routes_to(*id, &route.ready) {
-            inner
-                .routing
-                .set(*id, route.owner_id, &route.model_id, &route.ready);
+            inner.routing.set(
+                *id,
+                route.owner_id,
+                route.team_id,
+                &route.model_id,
+                &route.ready,
+            );
             changed = true;
         }
     }
@@ -185,6 +191,7 @@ mod tests {
             routes[&running.id],
             StoredRoute {
                 owner_id: running.owner_id,
+                team_id: None,
                 model_id: "m".into(),
                 ready: vec![(ready.id, "http://a".into())],
             }
