@@ -49,7 +49,11 @@ async fn team_instance(app: &TestApp, owner: Uuid, team: Option<Uuid>) -> Uuid {
         running_since: None,
         running_seconds: 0,
     };
-    app.state.store.create_instance(&inst).await.unwrap();
+    app.state
+        .store
+        .create_instance(&inst, &corral_core::Admission::unlimited())
+        .await
+        .unwrap();
     inst.id
 }
 
@@ -203,7 +207,13 @@ async fn admin_team_api_and_bad_inputs() {
         .delete(&format!("/api/admin/teams/{id}"), Some(&admin))
         .await;
     assert_eq!(status, 409);
-    assert!(app.state.store.delete_instance(inst).await.unwrap());
+    assert!(
+        app.state
+            .store
+            .delete_instance(inst, &corral_core::Admission::unlimited())
+            .await
+            .unwrap()
+    );
     let (status, _) = app.delete(&member_path(&id, ann), Some(&admin)).await;
     assert_eq!(status, 204);
     let (status, _) = app.delete(&member_path(&id, ann), Some(&admin)).await;

@@ -437,6 +437,7 @@ mod tests {
         table.set(
             inst,
             owner,
+            None,
             "m",
             &[
                 (Uuid::now_v7(), "http://a".into()),

@@ -41,6 +41,67 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/admin/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every team with its members, by name. */
+        get: operations["list_teams"];
+        put?: never;
+        /** Creates a team (no members yet: add them with `PUT .../members/{user_id}`). */
+        post: operations["create_team"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/teams/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One team with its members. */
+        get: operations["get_team"];
+        /** Renames a team. */
+        put: operations["rename_team"];
+        post?: never;
+        /**
+         * Deletes a team and its memberships. Refused (409) while it owns instances, in any
+         *     state: delete them first.
+         */
+        delete: operations["delete_team"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/teams/{id}/members/{user_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Adds a user to a team with a role, or changes their role. A member whose platform
+         *     role is viewer stays read-only whatever their team role.
+         */
+        put: operations["set_member"];
+        post?: never;
+        /** Removes a user from a team. Instances they deployed for it stay the team's. */
+        delete: operations["remove_member"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/users": {
         parameters: {
             query?: never;
@@ -389,7 +450,8 @@ export interface paths {
         get?: never;
         put?: never;
         /**
-         * Creates an account (role `user`, unverified) and mails a verification link.
+         * Creates an account (role `user`, or `viewer` where `signup_default_role` says so;
+         *     unverified) and mails a verification link.
          * @description Always 202 for a valid request, also when the address already has an account (its
          *     owner is mailed instead), so the answer does not tell which addresses are registered.
          */
@@ -466,8 +528,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * The caller's instances, newest first; admins and viewers see everyone's (admins with
-         *     the owner's e-mail).
+         * The caller's instances and their teams' ones (with `team_id`), newest first; admins
+         *     and viewers see everyone's (admins with the owner's e-mail).
          */
         get: operations["list_instances"];
         put?: never;
@@ -723,6 +785,23 @@ export interface paths {
          *     their requests and stop; it stays listed as stopped and can be started again.
          */
         delete: operations["stop_model"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's teams with their role in each, by name. */
+        get: operations["my_teams"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -1129,7 +1208,10 @@ export interface components {
             model_id: string;
             /** @description The owner's e-mail; shown to admins only. */
             owner_email?: string | null;
-            /** Format: uuid */
+            /**
+             * Format: uuid
+             * @description The user who deployed it.
+             */
             owner_id: string;
             settings: components["schemas"]["InstanceSettings"];
             /**
@@ -1144,6 +1226,11 @@ export interface components {
              * @description Replicas the autoscaler wants now, between min and max.
              */
             target_replicas: number;
+            /**
+             * Format: uuid
+             * @description The team it belongs to, if it was deployed for one.
+             */
+            team_id?: string | null;
             /** Format: date-time */
             updated_at: string;
             /**
@@ -1250,6 +1337,20 @@ export interface components {
             /** @description The runs read: the running ones and the latest ten that ended, oldest first. */
             runs: components["schemas"]["LogRunView"][];
         };
+        MemberRole: {
+            role: components["schemas"]["TeamRole"];
+        };
+        MemberView: {
+            /** Format: date-time */
+            added_at: string;
+            display_name?: string | null;
+            /** @description None if the account is gone (a deleted user's memberships go with it). */
+            email?: string | null;
+            /** @description `owner` (manages the team's instances) or `member` (uses them). */
+            role: components["schemas"]["TeamRole"];
+            /** Format: uuid */
+            user_id: string;
+        };
         /** @description The password was right and the account has MFA: send a code to `/api/auth/mfa/verify`. */
         MfaChallenge: {
             /**
@@ -1330,6 +1431,16 @@ export interface components {
             /** @description The weights are on this machine and verified (deploys skip the download). */
             present: boolean;
             pull?: null | components["schemas"]["PullView"];
+        };
+        /** @description One of the caller's teams. */
+        MyTeamView: {
+            /** Format: date-time */
+            created_at: string;
+            /** Format: uuid */
+            id: string;
+            name: string;
+            /** @description The caller's role in it. */
+            role: components["schemas"]["TeamRole"];
         };
         /** @description One driver's offer, and for the local driver the host's capacity. */
         OfferView: components["schemas"]["ComputeOffer"] & {
@@ -1539,6 +1650,12 @@ export interface components {
             model_id: string;
             /** @description Spot capacity where offered; default false. */
             spot?: boolean | null;
+            /**
+             * Format: uuid
+             * @description Deploy for this team (`GET /api/teams` lists the caller's): every member may use
+             *     the instance, the team's owners manage it. Any team member may deploy for it.
+             */
+            team_id?: string | null;
             /** @description When idle, sleep and start again on the next request (default) instead of stopping. */
             wake_on_request?: boolean | null;
         };
@@ -1547,6 +1664,25 @@ export interface components {
         StoreHealth: {
             backend: string;
             reachable: boolean;
+        };
+        TeamName: {
+            /** @description 1 to 64 characters (trimmed), unique among teams ignoring case. */
+            name: string;
+        };
+        /**
+         * @description A member's role within one team.
+         * @enum {string}
+         */
+        TeamRole: "owner" | "member";
+        /** @description A team as admins see it, with its members. */
+        TeamView: {
+            /** Format: date-time */
+            created_at: string;
+            /** Format: uuid */
+            id: string;
+            /** @description In the order they were added. */
+            members: components["schemas"]["MemberView"][];
+            name: string;
         };
         /** @description The answer of a successful login, MFA step, setup or refresh. */
         TokenPair: {
@@ -1774,6 +1910,343 @@ export interface operations {
             };
             /** @description not an admin */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_teams: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamView"][];
+                };
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    create_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamName"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamView"];
+                };
+            };
+            /** @description invalid_team_name: empty, over 64 characters or with control characters */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description a team has that name (ignoring case) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description team id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamView"];
+                };
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such team */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    rename_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description team id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamName"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamView"];
+                };
+            };
+            /** @description invalid_team_name */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such team */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description another team has that name (ignoring case) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    delete_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description team id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such team */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the team still owns instances */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    set_member: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description team id */
+                id: string;
+                /** @description user id */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MemberRole"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberView"];
+                };
+            };
+            /** @description role is not owner or member */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no such team or user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    remove_member: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description team id */
+                id: string;
+                /** @description user id */
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description removed */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description missing or invalid credentials */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description the user is not a member of that team */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2849,7 +3322,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description no such instance among the caller's */
+            /** @description no such instance among those the caller sees */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2885,14 +3358,14 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description viewers are read-only */
+            /** @description viewers are read-only; team members use team instances, only team owners manage them */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description no such instance among the caller's */
+            /** @description no such instance among those the caller sees */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3035,14 +3508,14 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description viewers are read-only */
+            /** @description viewers are read-only; team members use team instances, only team owners manage them */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description no such instance among the caller's */
+            /** @description no such instance among those the caller sees */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3085,14 +3558,14 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description viewers are read-only */
+            /** @description viewers are read-only; team members use team instances, only team owners manage them */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description no such instance among the caller's */
+            /** @description no such instance among those the caller sees */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3340,8 +3813,22 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description team_id names no team the caller is a member of */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description quota_exceeded or insufficient_capacity, with details {limit, allowed, in_use, requested[, free]}; nothing is created */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description too many deploys by this user; see Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3520,14 +4007,14 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description viewers are read-only */
+            /** @description viewers are read-only; team members use team instances, only team owners manage them */
             403: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description no such instance among the caller's */
+            /** @description no such instance among those the caller sees */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -3536,6 +4023,32 @@ export interface operations {
             };
             /** @description the instance is being deleted */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    my_teams: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MyTeamView"][];
+                };
+            };
+            /** @description missing or invalid credentials */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
