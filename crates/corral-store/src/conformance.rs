@@ -15,7 +15,7 @@ use corral_core::{
 };
 use uuid::Uuid;
 
-use crate::{ActionToken, DesiredChange, Error, Lease, ReplicaRun, Store, UserPatch};
+use crate::{ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Store, UserPatch};
 
 mod quota;
 pub use quota::*;
@@ -37,6 +37,11 @@ pub async fn run_all(store: &dyn Store) {
         delete_user_cascades,
         totp_step_reuse_refused,
         login_failures_lock_and_clear,
+        login_attempts_concurrently_count,
+        last_active_admin_is_kept,
+        password_change_spends_reset_tokens,
+        session_family_liveness,
+        delete_user_api_keys,
         action_tokens_single_use,
         session_round_trip,
         rotate_session_is_conditional,
@@ -403,38 +408,63 @@ pub async fn login_failures_lock_and_clear(store: &dyn Store) {
     let t = now();
     assert_eq!(store.login_failures(&addr).await.unwrap(), None);
 
+    let open = LoginAttempt::Allowed { locked_until: None };
     for n in 1..=4 {
-        let state = store
-            .record_login_failure(&addr, 5, lock_for, t)
+        let attempt = store
+            .count_login_attempt(&addr, 5, lock_for, t)
             .await
             .unwrap();
+        assert_eq!(attempt, open);
+        let state = store.login_failures(&addr).await.unwrap().unwrap();
         assert_eq!((state.email.as_str(), state.count), (addr.as_str(), n));
         assert_eq!(state.locked_until, None);
     }
     store
-        .record_login_failure(&other, 5, lock_for, t)
+        .count_login_attempt(&other, 5, lock_for, t)
         .await
         .unwrap();
 
+    // The fifth attempt is allowed, and locks.
     let t5 = t + Duration::seconds(5);
-    let locked = store
-        .record_login_failure(&addr, 5, lock_for, t5)
+    let last = store
+        .count_login_attempt(&addr, 5, lock_for, t5)
         .await
         .unwrap();
+    assert_eq!(
+        last,
+        LoginAttempt::Allowed {
+            locked_until: Some(t5 + lock_for)
+        }
+    );
+    let locked = store.login_failures(&addr).await.unwrap().unwrap();
     assert_eq!(locked.count, 0, "count restarts once locked");
     assert_eq!(locked.locked_until, Some(t5 + lock_for));
-    assert_eq!(
-        store.login_failures(&addr).await.unwrap(),
-        Some(locked.clone())
-    );
 
-    // Counting goes on after the lock; the lock itself stays until the next one.
+    // While locked nothing is counted: every attempt is refused.
     let t6 = t5 + Duration::seconds(1);
+    for _ in 0..3 {
+        let refused = store
+            .count_login_attempt(&addr, 5, lock_for, t6)
+            .await
+            .unwrap();
+        assert_eq!(
+            refused,
+            LoginAttempt::Locked {
+                until: t5 + lock_for
+            }
+        );
+    }
+    assert_eq!(store.login_failures(&addr).await.unwrap(), Some(locked));
+
+    // After the lock, counting starts again; the old lock stays until the next one.
+    let after = t5 + lock_for + Duration::seconds(1);
     let next = store
-        .record_login_failure(&addr, 5, lock_for, t6)
+        .count_login_attempt(&addr, 5, lock_for, after)
         .await
         .unwrap();
-    assert_eq!((next.count, next.locked_until), (1, locked.locked_until));
+    assert_eq!(next, open);
+    let state = store.login_failures(&addr).await.unwrap().unwrap();
+    assert_eq!((state.count, state.locked_until), (1, Some(t5 + lock_for)));
 
     let others = store.login_failures(&other).await.unwrap().unwrap();
     assert_eq!((others.count, others.locked_until), (1, None));
@@ -444,13 +474,167 @@ pub async fn login_failures_lock_and_clear(store: &dyn Store) {
     store.clear_login_failures(&addr).await.unwrap(); // clearing nothing is fine
     assert!(store.login_failures(&other).await.unwrap().is_some());
 
-    // A threshold of one locks on the first failure.
+    // A threshold of one locks on the first attempt.
     let single = email();
-    let state = store
-        .record_login_failure(&single, 1, lock_for, t)
+    let attempt = store
+        .count_login_attempt(&single, 1, lock_for, t)
         .await
         .unwrap();
-    assert_eq!((state.count, state.locked_until), (0, Some(t + lock_for)));
+    assert_eq!(
+        attempt,
+        LoginAttempt::Allowed {
+            locked_until: Some(t + lock_for)
+        }
+    );
+}
+
+/// Twenty attempts at once get exactly five through (the threshold), whatever the
+/// interleaving: the count is taken before the secret is checked.
+pub async fn login_attempts_concurrently_count(store: &dyn Store) {
+    let addr = email();
+    let lock_for = Duration::minutes(15);
+    let t = now();
+    let attempts = (0..20).map(|_| store.count_login_attempt(&addr, 5, lock_for, t));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let allowed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(LoginAttempt::Allowed { .. })))
+        .count();
+    let locked = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(LoginAttempt::Locked { .. })))
+        .count();
+    assert_eq!((allowed, locked), (5, 15), "{outcomes:?}");
+}
+
+/// The last active admin cannot be demoted, disabled or deleted, and two admins
+/// removing each other at once cannot both win.
+pub async fn last_active_admin_is_kept(store: &dyn Store) {
+    let t = now();
+    let admin = |user: &User| {
+        let patch = UserPatch {
+            role: Some(Role::Admin),
+            disabled: Some(false),
+            ..UserPatch::default()
+        };
+        (user.id, patch)
+    };
+    let (a, b) = (new_user(store).await, new_user(store).await);
+    for user in [&a, &b] {
+        let (id, patch) = admin(user);
+        store.update_user(id, &patch, t).await.unwrap().unwrap();
+    }
+    // Every other active admin (from other checks sharing the database) steps down, so
+    // that `a` and `b` are the last two.
+    let demote = UserPatch {
+        role: Some(Role::User),
+        ..UserPatch::default()
+    };
+    for other in store.list_users(0, 500).await.unwrap() {
+        if other.role.is_admin() && !other.disabled && other.id != a.id && other.id != b.id {
+            store.update_user(other.id, &demote, t).await.unwrap();
+        }
+    }
+
+    // Each demotes the other at once: one wins, the other is refused.
+    let (first, second) = tokio::join!(
+        store.update_user(a.id, &demote, t),
+        store.update_user(b.id, &demote, t)
+    );
+    let wins = [&first, &second].iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+    let refused = [&first, &second]
+        .iter()
+        .filter(|r| matches!(r, Err(Error::LastAdmin)))
+        .count();
+    assert_eq!((wins, refused), (1, 1), "{first:?} / {second:?}");
+    let last = if first.is_ok() { &b } else { &a };
+
+    // The last one: not demoted, disabled or deleted; nothing written.
+    let disable = UserPatch {
+        disabled: Some(true),
+        ..UserPatch::default()
+    };
+    for patch in [&demote, &disable] {
+        match store.update_user(last.id, patch, t + Duration::seconds(1)).await {
+            Err(Error::LastAdmin) => {}
+            other => panic!("last admin changed: {other:?}"),
+        }
+    }
+    assert!(matches!(store.delete_user(last.id).await, Err(Error::LastAdmin)));
+    let kept = store.user_by_id(last.id).await.unwrap().unwrap();
+    assert!(kept.role.is_admin() && !kept.disabled);
+    assert_eq!(kept.updated_at, t, "a refused change writes nothing");
+    // Other changes to the last admin go through.
+    let renamed = UserPatch {
+        display_name: Some("Still Admin".into()),
+        ..UserPatch::default()
+    };
+    assert!(store.update_user(last.id, &renamed, t).await.unwrap().is_some());
+
+    // With a second admin again, the first can go.
+    let (c, patch) = admin(&new_user(store).await);
+    store.update_user(c, &patch, t).await.unwrap().unwrap();
+    assert!(store.update_user(last.id, &disable, t).await.unwrap().is_some());
+    assert!(matches!(store.delete_user(c).await, Err(Error::LastAdmin)));
+    // Removing a user who is no active admin is never refused.
+    assert!(store.delete_user(last.id).await.unwrap());
+}
+
+/// A password change spends the user's unused reset tokens (not verification ones).
+pub async fn password_change_spends_reset_tokens(store: &dyn Store) {
+    let user = new_user(store).await;
+    let other = new_user(store).await;
+    let t = now();
+    let later = t + Duration::hours(1);
+    let reset = action_token(&user, TokenPurpose::ResetPassword, later);
+    let verify = action_token(&user, TokenPurpose::VerifyEmail, later);
+    let others = action_token(&other, TokenPurpose::ResetPassword, later);
+    for token in [&reset, &verify, &others] {
+        store.create_action_token(token).await.unwrap();
+    }
+    let rename = UserPatch {
+        display_name: Some("Renamed".into()),
+        ..UserPatch::default()
+    };
+    store.update_user(user.id, &rename, t).await.unwrap();
+    let password = UserPatch {
+        password_hash: Some("$argon2id$changed".into()),
+        ..UserPatch::default()
+    };
+    store.update_user(user.id, &password, t).await.unwrap();
+    let purpose = TokenPurpose::ResetPassword;
+    assert_eq!(
+        store
+            .consume_action_token(&reset.token_hash, purpose, t)
+            .await
+            .unwrap(),
+        None,
+        "spent by the password change"
+    );
+    assert_eq!(
+        store
+            .consume_action_token(&verify.token_hash, TokenPurpose::VerifyEmail, t)
+            .await
+            .unwrap(),
+        Some(user.id)
+    );
+    assert_eq!(
+        store
+            .consume_action_token(&others.token_hash, purpose, t)
+            .await
+            .unwrap(),
+        Some(other.id)
+    );
+    // A token issued after the change works.
+    let fresh = action_token(&user, purpose, later);
+    store.create_action_token(&fresh).await.unwrap();
+    assert_eq!(
+        store
+            .consume_action_token(&fresh.token_hash, purpose, t)
+            .await
+            .unwrap(),
+        Some(user.id)
+    );
 }
 
 pub async fn action_tokens_single_use(store: &dyn Store) {
@@ -753,6 +937,46 @@ pub async fn touch_api_key(store: &dyn Store) {
     assert_eq!(stored.last_used_at, Some(used));
 
     store.touch_api_key(Uuid::now_v7(), used).await.unwrap(); // unknown id: no error
+}
+
+pub async fn session_family_liveness(store: &dyn Store) {
+    let user = new_user(store).await;
+    let t = now();
+    let family = Uuid::now_v7();
+    assert!(!store.session_family_live(family).await.unwrap(), "unknown");
+    let first = session(&user, family, t);
+    store.create_session(&first).await.unwrap();
+    assert!(store.session_family_live(family).await.unwrap());
+    // Rotation keeps the login alive; logging out (revoking the family) ends it.
+    let second = session(&user, family, t);
+    assert!(store.rotate_session(first.id, &second, t).await.unwrap());
+    assert!(store.session_family_live(family).await.unwrap());
+    let other = Uuid::now_v7();
+    store.create_session(&session(&user, other, t)).await.unwrap();
+    assert_eq!(store.revoke_session_family(family, t).await.unwrap(), 1);
+    assert!(!store.session_family_live(family).await.unwrap());
+    assert!(store.session_family_live(other).await.unwrap(), "other login");
+    store.revoke_user_sessions(user.id, t).await.unwrap();
+    assert!(!store.session_family_live(other).await.unwrap());
+}
+
+pub async fn delete_user_api_keys(store: &dyn Store) {
+    let t = now();
+    let (owner, other) = (new_user(store).await, new_user(store).await);
+    let keys = [api_key(&owner, t), api_key(&owner, t), api_key(&other, t)];
+    for key in &keys {
+        store.create_api_key(key).await.unwrap();
+    }
+    assert_eq!(store.delete_user_api_keys(owner.id).await.unwrap(), 2);
+    assert_eq!(store.list_api_keys(owner.id).await.unwrap(), vec![]);
+    for key in &keys[..2] {
+        assert_eq!(store.api_key_by_hash(&key.key_hash).await.unwrap(), None);
+    }
+    assert_eq!(
+        store.list_api_keys(other.id).await.unwrap(),
+        vec![keys[2].clone()]
+    );
+    assert_eq!(store.delete_user_api_keys(owner.id).await.unwrap(), 0);
 }
 
 fn audit(

@@ -12,6 +12,10 @@ pub enum Error {
     /// saying what to do first, fit for a 409 response.
     #[error("{0}")]
     InUse(&'static str),
+    /// The change would leave no active admin (role admin, not disabled): the last
+    /// one cannot be demoted, disabled or deleted.
+    #[error("this is the last active admin: make another user an admin first")]
+    LastAdmin,
     /// A new row refers to a row that does not exist (an instance for an unknown owner
     /// or model, a replica or event of a deleted instance).
     #[error("{0} does not exist")]

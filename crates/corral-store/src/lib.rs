@@ -109,6 +109,28 @@ impl Lease {
     }
 }
 
+/// The outcome of `Store::count_login_attempt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Counted: go on and check the secret. `locked_until` is set when this attempt was
+    /// the last one before the lock (a failure then answers "locked").
+    Allowed {
+        locked_until: Option<DateTime<Utc>>,
+    },
+    /// The address is locked until then; nothing was counted.
+    Locked { until: DateTime<Utc> },
+}
+
+impl LoginAttempt {
+    /// The outcome of an attempt that was counted, from the state after counting: a
+    /// lock that ends after `now` was set by this very attempt.
+    pub fn counted(state: &LoginFailures, now: DateTime<Utc>) -> Self {
+        LoginAttempt::Allowed {
+            locked_until: state.locked_until.filter(|&until| until > now),
+        }
+    }
+}
+
 /// One run of a replica: from the driver's launch until the replica was stopped,
 /// replaced, or found dead or lost. A replica that is restarted in place (same
 /// replica id, new process or task) has one run per launch. Runs are the durable
@@ -229,6 +251,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self, offset: u32, limit: u32) -> Result<Vec<User>>;
     async fn count_users(&self) -> Result<u64>;
     /// Applies the patch, bumps `updated_at`, returns the new row (None if no such user).
+    /// Fails with `Error::LastAdmin` (and writes nothing) when the patch would demote
+    /// or disable the last active admin (role admin, not disabled); concurrent patches
+    /// of two admins cannot both pass that check. A patch that sets `password_hash`
+    /// also spends every unused password-reset token of the user, so a reset link
+    /// mailed before a password change no longer works.
     async fn update_user(
         &self,
         id: Uuid,
@@ -238,7 +265,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the user and their credentials (sessions, keys, tokens). False if absent.
     /// Fails with `Error::InUse` (and deletes nothing) while the user still owns
     /// instances, in any state: those stand for compute that must be stopped and
-    /// deleted first, so nothing is orphaned. Their usage history stays.
+    /// deleted first, so nothing is orphaned. Their usage history stays. Fails with
+    /// `Error::LastAdmin` (deleting nothing) for the last active admin, atomically as
+    /// `update_user`.
     async fn delete_user(&self, id: Uuid) -> Result<bool>;
     /// Records a TOTP step as used if it is newer than the last one; false means the
     /// code was already used (or an older one), or there is no such user, and must be
@@ -246,15 +275,20 @@ pub trait Store: Send + Sync + 'static {
     async fn consume_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool>;
 
     // --- lockout ---
-    /// Adds a failure for `email`; when the count reaches `max_failures` the address is
-    /// locked until `now + lock_for` and the count restarts. Returns the new state.
-    async fn record_login_failure(
+    /// Counts an attempt at `email`'s secret (password, TOTP code) *before* it is
+    /// checked, in one atomic step, so that concurrent attempts cannot all pass the
+    /// lock check before any of them is counted. While the address is locked
+    /// (`locked_until > now`) nothing is counted and the attempt is refused. Otherwise
+    /// the count goes up; the attempt that brings it to `max_failures` is still allowed
+    /// (it is the last guess) but locks the address until `now + lock_for` and the count
+    /// restarts. A successful attempt is undone with `clear_login_failures`.
+    async fn count_login_attempt(
         &self,
         email: &str,
         max_failures: u32,
         lock_for: chrono::Duration,
         now: DateTime<Utc>,
-    ) -> Result<LoginFailures>;
+    ) -> Result<LoginAttempt>;
     async fn login_failures(&self, email: &str) -> Result<Option<LoginFailures>>;
     async fn clear_login_failures(&self, email: &str) -> Result<()>;
 
@@ -287,6 +321,11 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes every live session of a user (logout everywhere, password change, lock).
     /// Returns how many.
     async fn revoke_user_sessions(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64>;
+    /// Whether the login `family_id` (a session family, the `sid` of access tokens)
+    /// still has a live link (neither replaced nor revoked): false once it was logged
+    /// out or revoked (reuse, logout everywhere, password change, lock), and for an
+    /// unknown family. Read consistently: a revocation is seen by the next call.
+    async fn session_family_live(&self, family_id: Uuid) -> Result<bool>;
 
     // --- API keys ---
     async fn create_api_key(&self, key: &ApiKey) -> Result<()>;
@@ -297,6 +336,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_api_key(&self, owner_id: Uuid, id: Uuid) -> Result<bool>;
     /// Sets `last_used_at` to `now` unless it is already later.
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Deletes every API key of the owner (password change or reset, logout
+    /// everywhere). Returns how many.
+    async fn delete_user_api_keys(&self, owner_id: Uuid) -> Result<u64>;
 
     // --- audit log ---
     async fn append_audit(&self, entry: &NewAuditEntry) -> Result<()>;

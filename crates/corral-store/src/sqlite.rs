@@ -60,6 +60,7 @@ impl Dialect for Sqlite {
     const PREFIX_MATCH: &'static str = " AND action GLOB ";
     /// SQLite's two-argument `MAX` is the scalar maximum.
     const GREATEST: &'static str = "MAX";
+    const LOCK_ACTIVE_ADMINS: Option<&'static str> = None;
 
     /// Metacharacters in the prefix are bracketed to match literally.
     fn prefix_pattern(prefix: &str) -> String {

@@ -58,6 +58,11 @@ pub trait Dialect: Database<Row: rows::RowExt> + Sized {
     /// The function of the larger of two values (`MAX` is an aggregate on
     /// PostgreSQL, `GREATEST` does not exist on SQLite).
     const GREATEST: &'static str;
+    /// A statement that, as the first of a transaction, makes concurrent transactions
+    /// that may remove an active admin wait for each other (the last-admin check).
+    /// None where the guarded statement itself already runs alone (SQLite has one
+    /// writer, and its transaction takes the write lock with its first write).
+    const LOCK_ACTIVE_ADMINS: Option<&'static str>;
 
     /// A pattern for `PREFIX_MATCH` that matches `prefix` literally, then anything.
     fn prefix_pattern(prefix: &str) -> String;

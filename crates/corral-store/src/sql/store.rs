@@ -24,8 +24,8 @@ use crate::codec::{
     conflict, in_use, page_limit, write_error,
 };
 use crate::{
-    ActionToken, DesiredChange, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts,
-    UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
+    ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Result, Store, TEAM_IN_USE,
+    UsageCounts, UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
 };
 
 #[async_trait]
@@ -120,9 +120,17 @@ where
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> Result<Option<User>> {
+        let removes_admin =
+            patch.role.is_some_and(|r| !r.is_admin()) || patch.disabled == Some(true);
+        let mut tx = self.pool.begin().await?;
+        if removes_admin && let Some(lock) = DB::LOCK_ACTIVE_ADMINS {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
         // One statement, so a patch applies whole or not at all; NULL means "unchanged"
         // except for the TOTP secret, whose "set" flag ($7) allows setting it to NULL.
-        sqlx::query(&format!(
+        // $12: the patch demotes or disables, so the row must not be the last active
+        // admin (`LAST_ADMIN_GUARD`).
+        let updated = sqlx::query(&format!(
             "UPDATE users SET \
                display_name = COALESCE($2, display_name), \
                password_hash = COALESCE($3, password_hash), \
@@ -133,7 +141,7 @@ where
                totp_enabled = COALESCE($9, totp_enabled), \
                last_login_at = COALESCE($10, last_login_at), \
                updated_at = $11 \
-             WHERE id = $1 RETURNING {USER_COLUMNS}"
+             WHERE id = $1 AND (NOT $12 OR {LAST_ADMIN_GUARD}) RETURNING {USER_COLUMNS}"
         ))
         .param(DbId(user_id))
         .param(&patch.display_name)
@@ -146,20 +154,46 @@ where
         .param(patch.totp_enabled)
         .param(DbTime::opt(patch.last_login_at))
         .param(DbTime(now))
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| rows::user(&row))
-        .transpose()
+        .param(removes_admin)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = updated else {
+            return refused_or_missing(&mut *tx, user_id).await.map(|()| None);
+        };
+        if patch.password_hash.is_some() {
+            // A reset link mailed before this change must not set the password again.
+            sqlx::query(
+                "UPDATE action_tokens SET used_at = $2 \
+                 WHERE user_id = $1 AND purpose = $3 AND used_at IS NULL",
+            )
+            .param(DbId(user_id))
+            .param(DbTime(now))
+            .param(TokenPurpose::ResetPassword.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        rows::user(&row).map(Some)
     }
 
     #[instrument(skip_all)]
     async fn delete_user(&self, user_id: Uuid) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
-            .param(DbId(user_id))
-            .execute(&self.pool)
-            .await
-            .map_err(in_use(USER_IN_USE))?;
-        Ok(DB::rows_affected(&done) == 1)
+        let mut tx = self.pool.begin().await?;
+        if let Some(lock) = DB::LOCK_ACTIVE_ADMINS {
+            sqlx::query(lock).execute(&mut *tx).await?;
+        }
+        let done = sqlx::query(&format!(
+            "DELETE FROM users WHERE id = $1 AND {LAST_ADMIN_GUARD}"
+        ))
+        .param(DbId(user_id))
+        .execute(&mut *tx)
+        .await
+        .map_err(in_use(USER_IN_USE))?;
+        if DB::rows_affected(&done) != 1 {
+            return refused_or_missing(&mut *tx, user_id).await.map(|()| false);
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     #[instrument(skip_all)]
@@ -176,16 +210,18 @@ where
     }
 
     #[instrument(skip_all)]
-    async fn record_login_failure(
+    async fn count_login_attempt(
         &self,
         email: &str,
         max_failures: u32,
         lock_for: chrono::Duration,
         now: DateTime<Utc>,
-    ) -> Result<LoginFailures> {
-        // One upsert: concurrent failures for the same address each count. In the
-        // UPDATE arm, `login_failures.count` is the value before this failure.
-        let row = sqlx::query(
+    ) -> Result<LoginAttempt> {
+        // One upsert: concurrent attempts at one address each count, and none counts
+        // while the address is locked (the UPDATE arm's WHERE, evaluated on the row as
+        // it is once this statement holds it). In the UPDATE arm, `login_failures.count`
+        // is the value before this attempt.
+        let counted = sqlx::query(
             "INSERT INTO login_failures (email, count, locked_until, updated_at) \
              VALUES ($1, CASE WHEN 1 >= $2 THEN 0 ELSE 1 END, \
                      CASE WHEN 1 >= $2 THEN $3 END, $4) \
@@ -195,15 +231,25 @@ where
                locked_until = CASE WHEN login_failures.count + 1 >= $2 THEN $3 \
                                    ELSE login_failures.locked_until END, \
                updated_at = $4 \
+             WHERE login_failures.locked_until IS NULL OR login_failures.locked_until <= $4 \
              RETURNING email, count, locked_until",
         )
         .param(email)
         .param(i64::from(max_failures))
         .param(DbTime(now + lock_for))
         .param(DbTime(now))
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        rows::login_failures(&row)
+        if let Some(row) = counted {
+            return Ok(LoginAttempt::counted(&rows::login_failures(&row)?, now));
+        }
+        // Not counted: locked. Until when (a lock lifted in between reads as "now").
+        let until = self
+            .login_failures(email)
+            .await?
+            .and_then(|f| f.locked_until)
+            .unwrap_or(now);
+        Ok(LoginAttempt::Locked { until })
     }
 
     #[instrument(skip_all)]
@@ -336,6 +382,18 @@ where
     }
 
     #[instrument(skip_all)]
+    async fn session_family_live(&self, family_id: Uuid) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM refresh_sessions \
+             WHERE family_id = $1 AND replaced_at IS NULL AND revoked_at IS NULL",
+        )
+        .param(DbId(family_id))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64>("n")? > 0)
+    }
+
+    #[instrument(skip_all)]
     async fn create_api_key(&self, key: &ApiKey) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -402,6 +460,15 @@ where
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn delete_user_api_keys(&self, owner_id: Uuid) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE owner_id = $1")
+            .param(DbId(owner_id))
+            .execute(&self.pool)
+            .await?;
+        Ok(DB::rows_affected(&done))
     }
 
     #[instrument(skip_all)]
@@ -1264,6 +1331,29 @@ where
     .await
     .map_err(conflict("session"))?;
     Ok(())
+}
+
+/// True unless the `users` row the statement is on is the last active admin (role
+/// admin, not disabled): it is not one, or another one exists.
+const LAST_ADMIN_GUARD: &str = "(NOT (role = 'admin' AND NOT disabled) OR EXISTS ( \
+     SELECT 1 FROM users AS other \
+     WHERE other.role = 'admin' AND NOT other.disabled AND other.id <> users.id))";
+
+/// After a guarded write matched no row: `Error::LastAdmin` if the user exists (the
+/// guard refused), else Ok (no such user). The caller's transaction rolls back.
+async fn refused_or_missing<'c, DB: Dialect, E>(conn: E, user_id: Uuid) -> Result<()>
+where
+    E: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+{
+    let found = sqlx::query("SELECT id FROM users WHERE id = $1")
+        .param(DbId(user_id))
+        .fetch_optional(conn)
+        .await?;
+    match found {
+        Some(_) => Err(crate::Error::LastAdmin),
+        None => Ok(()),
+    }
 }
 
 const MODEL_IN_USE: &str = "the model is deployed by instances: delete them first";
