@@ -86,7 +86,7 @@ json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 token="$(curl -sf -H 'Content-Type: application/json' -d "{\"email\":\"$email\",\"password\":\"$password\"}" \
     "$url/api/auth/login" | json '["access_token"]')"
 key="$(curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -d '{"name":"bench"}' "$url/api/keys" | json '["key"]')"
+    -d "{\"name\":\"bench\",\"password\":\"$password\"}" "$url/api/keys" | json '["key"]')"
 instance="$(curl -sf -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -d '{"model_id":"smollm2:135m","idle_timeout_seconds":0}' "$url/api/models/start" | json '["id"]')"
 replica=""

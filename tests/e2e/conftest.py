@@ -133,7 +133,9 @@ class Server:
 
     def api_key(self, token: str, name: str = "e2e") -> str:
         r = self.http.post(
-            "/api/keys", json={"name": name}, headers={"Authorization": f"Bearer {token}"}
+            "/api/keys",
+            json={"name": name, "password": PASSWORD},
+            headers={"Authorization": f"Bearer {token}"},
         )
         assert r.status_code == 201, r.text
         return r.json()["key"]

@@ -163,6 +163,9 @@ impl From<corral_store::Error> for ApiError {
             }
             // The store's sentence says what to do first (e.g. delete the user's instances).
             corral_store::Error::InUse(sentence) => ApiError::Conflict(sentence.to_string()),
+            last @ corral_store::Error::LastAdmin => {
+                ApiError::denied(StatusCode::CONFLICT, "last_admin", last.to_string())
+            }
             // Handlers validate first; these are races (a model deleted meanwhile).
             corral_store::Error::UnknownReference(what) => {
                 ApiError::bad_request("unknown_reference", format!("{what} does not exist"))

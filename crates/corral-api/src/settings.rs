@@ -18,6 +18,9 @@ pub struct Settings {
     pub auth_rate_per_ip: u32,
     /// Per account (e-mail), on login, reset and MFA.
     pub auth_rate_per_account: u32,
+    /// Days a new API key lives unless its creator asks otherwise; None: keys never
+    /// expire by default (`never` in the configuration).
+    pub api_key_default_expiry_days: Option<u32>,
     /// Whether `POST /api/auth/signup` is open; admins can always create users.
     pub signup_enabled: bool,
     /// The role of a self-signed-up account: `user`, or `viewer` to keep new accounts
@@ -134,6 +137,7 @@ impl Settings {
             lockout_duration: Duration::from_secs(15 * 60),
             auth_rate_per_ip: 60,
             auth_rate_per_account: 20,
+            api_key_default_expiry_days: Some(90),
             signup_enabled: true,
             signup_default_role: corral_core::Role::User,
             deploy_rate_per_user: 30,

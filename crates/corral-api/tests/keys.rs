@@ -1,12 +1,14 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use common::{Backend, TestApp, spawn_app};
+use common::{Backend, PASSWORD, TestApp, spawn_app};
 use corral_core::{ApiKey, Role, secret};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-async fn create_key(app: &TestApp, token: &str, body: Value) -> Value {
+/// Creates a key with the real endpoint; the password is added to `body`.
+async fn create_key(app: &TestApp, token: &str, mut body: Value) -> Value {
+    body["password"] = json!(PASSWORD);
     let (status, created) = app.post("/api/keys", Some(token), body).await;
     assert_eq!(status, 201, "{created}");
     created
@@ -51,8 +53,10 @@ async fn create_list_delete(backend: Backend) {
     assert!(key.starts_with("crl_") && key.len() > 40, "{created}");
     assert_eq!(created["name"], "ci pipeline");
     assert_eq!(created["prefix"], &key[..8]);
-    assert!(created["expires_at"].is_null());
-    assert!(created["created_at"].is_string());
+    // 90 days unless asked otherwise.
+    let created_at: chrono::DateTime<Utc> = created["created_at"].as_str().unwrap().parse().unwrap();
+    let expires_at: chrono::DateTime<Utc> = created["expires_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(expires_at - created_at, Duration::days(90));
     let id = created["id"].as_str().unwrap();
 
     let (status, list) = app.get("/api/keys", Some(&token)).await;
@@ -217,7 +221,11 @@ async fn at_most_fifty_keys(backend: Backend) {
     }
     create_key(&app, &token, json!({"name": "fiftieth"})).await;
     let (status, body) = app
-        .post("/api/keys", Some(&token), json!({"name": "one too many"}))
+        .post(
+            "/api/keys",
+            Some(&token),
+            json!({"name": "one too many", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "too_many_keys");

@@ -52,7 +52,7 @@ impl Authenticator {
 async fn user_with_mfa(app: &TestApp) -> (String, String, Authenticator) {
     let (email, token) = app.user_with_role(Role::User).await;
     let (status, body) = app
-        .post("/api/auth/mfa/enroll", Some(&token), json!({}))
+        .post("/api/auth/mfa/enroll", Some(&token), json!({"password": PASSWORD}))
         .await;
     assert_eq!(status, 200, "{body}");
     let mut auth = Authenticator {
@@ -116,7 +116,7 @@ async fn enroll_confirm_and_log_in_with_a_code(backend: Backend) {
     let (email, token) = app.user_with_role(Role::User).await;
 
     let (status, body) = app
-        .post("/api/auth/mfa/enroll", Some(&token), json!({}))
+        .post("/api/auth/mfa/enroll", Some(&token), json!({"password": PASSWORD}))
         .await;
     assert_eq!(status, 200, "{body}");
     let secret = body["secret"].as_str().unwrap();
@@ -355,7 +355,7 @@ async fn enrolment_rules(backend: Backend) {
 
     let (other, other_token, _) = user_with_mfa(&app).await;
     let (status, body) = app
-        .post("/api/auth/mfa/enroll", Some(&other_token), json!({}))
+        .post("/api/auth/mfa/enroll", Some(&other_token), json!({"password": PASSWORD}))
         .await;
     assert_eq!(status, 409, "already enabled for {other}: {body}");
 }

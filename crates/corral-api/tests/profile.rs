@@ -277,7 +277,7 @@ async fn api_keys_cannot_change_the_password(backend: Backend) {
     let app = spawn_app(backend).await;
     let (email, token) = app.user_with_role(Role::User).await;
     let (status, created) = app
-        .post("/api/keys", Some(&token), json!({"name": "script"}))
+        .post("/api/keys", Some(&token), json!({"name": "script", "password": PASSWORD}))
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap();

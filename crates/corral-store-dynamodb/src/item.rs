@@ -15,7 +15,7 @@ use corral_core::{
     LoginFailures, ModelSource, OutboxMessage, RefreshSession, Replica, Team, TeamMember, UsageRow,
     User,
 };
-use corral_store::{Error, ReplicaRun, Result};
+use corral_store::{ActionToken, Error, ReplicaRun, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -332,6 +332,16 @@ pub fn user(item: &Item) -> Result<User> {
         updated_at: r.time("updated_at")?,
         last_login_at: r.opt_time("last_login_at")?,
     })
+}
+
+/// A reset or verification token's entry in its user's collection: a password change
+/// finds the user's reset tokens with a consistent Query (the index may lag).
+pub fn token_pointer(token: &ActionToken) -> Item {
+    Builder::keys(user_pk(token.user_id), format!("TOKEN#{}", token.token_hash))
+        .set("token_hash", s(&token.token_hash))
+        .set("purpose", s(token.purpose.as_str()))
+        .set("ttl", n(token.expires_at.timestamp()))
+        .build()
 }
 
 pub fn login_failures(item: &Item) -> Result<LoginFailures> {

@@ -12,8 +12,8 @@ use corral_core::{
     TokenPurpose, UsageRow, UsageSample, User,
 };
 use corral_store::{
-    ActionToken, DesiredChange, Error, Lease, ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts,
-    UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
+    ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Result, Store, TEAM_IN_USE,
+    UsageCounts, UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
 };
 use uuid::Uuid;
 
@@ -65,6 +65,20 @@ fn hour_start(at: DateTime<Utc>) -> Result<DateTime<Utc>> {
     let micros = at.timestamp_micros();
     DateTime::from_timestamp_micros(micros - micros.rem_euclid(HOUR_MICROS))
         .ok_or_else(|| Error::Invalid(format!("usage time {at} is out of range")))
+}
+
+/// An admin who can act: the last one must stay.
+fn active_admin(role: corral_core::Role, disabled: bool) -> bool {
+    role.is_admin() && !disabled
+}
+
+/// The item holding the ids of the active admins (a string set).
+fn admins_key() -> Item {
+    key("ADMINS".into(), "ADMINS")
+}
+
+fn ss(id: Uuid) -> aws_sdk_dynamodb::types::AttributeValue {
+    aws_sdk_dynamodb::types::AttributeValue::Ss(vec![id.to_string()])
 }
 
 impl DynamoStore {
@@ -285,6 +299,151 @@ impl DynamoStore {
         Ok(revoked)
     }
 
+    /// `update_user` for a patch that sets the role or the disabled flag: written only
+    /// if both are still as read, in one transaction with the change to the set of
+    /// active admins, whose removal condition keeps one. Retried when the user changed
+    /// in between.
+    async fn update_user_guarded(
+        &self,
+        id: Uuid,
+        patch: &UserPatch,
+        expression: &str,
+        vals: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
+    ) -> Result<Option<User>> {
+        for attempt in 0..ATTEMPTS {
+            let Some(before) = self.user_by_id(id).await? else {
+                return Ok(None);
+            };
+            let was = active_admin(before.role, before.disabled);
+            let will = active_admin(
+                patch.role.unwrap_or(before.role),
+                patch.disabled.unwrap_or(before.disabled),
+            );
+            let mut guarded = vals.clone();
+            guarded.push((":was_role", s(before.role.as_str())));
+            guarded.push((":was_disabled", b(before.disabled)));
+            let mut writes = vec![self.tx_update(
+                key(item::user_pk(id), "USER"),
+                expression,
+                Some("attribute_exists(#PK) AND #role = :was_role AND #disabled = :was_disabled"),
+                values(&guarded),
+            )?];
+            if was && !will {
+                writes.push(self.admins_remove(id)?);
+            } else if will && !was {
+                writes.push(self.admins_add(id)?);
+            }
+            match self.transact(writes).await? {
+                Ok(()) => return self.user_by_id(id).await,
+                Err(codes) if failed(&codes, 1) => {
+                    if !self.rebuild_admins().await? {
+                        return Err(Error::LastAdmin);
+                    }
+                }
+                Err(codes) if failed(&codes, 0) => backoff(attempt).await,
+                Err(codes) => {
+                    return Err(Error::Backend(format!(
+                        "DynamoDB: user update refused: {codes:?}"
+                    )));
+                }
+            }
+        }
+        Err(contended("update_user"))
+    }
+
+    /// Adds a user to the set of active admins (creating the item if needed).
+    fn admins_add(&self, id: Uuid) -> Result<aws_sdk_dynamodb::types::TransactWriteItem> {
+        self.tx_update(
+            admins_key(),
+            "ADD #ids :id",
+            None,
+            values(&[(":id", ss(id))]),
+        )
+    }
+
+    /// Takes a user out of the set of active admins, only if the set is complete and
+    /// holds another admin: the write that would remove the last one fails.
+    fn admins_remove(&self, id: Uuid) -> Result<aws_sdk_dynamodb::types::TransactWriteItem> {
+        self.tx_update(
+            admins_key(),
+            "DELETE #ids :id",
+            Some("#complete = :yes AND contains(#ids, :member) AND size(#ids) > :one"),
+            values(&[
+                (":id", ss(id)),
+                (":member", s(id.to_string())),
+                (":yes", b(true)),
+                (":one", n(1)),
+            ]),
+        )
+    }
+
+    /// Makes the set of active admins complete from the user list, if it is not yet
+    /// (a table from before the set existed, or one where only `admins_add` wrote it).
+    /// True if it was rebuilt (the caller tries again), false if it was complete (a
+    /// refused removal really was of the last admin).
+    async fn rebuild_admins(&self) -> Result<bool> {
+        if let Some(found) = self.get("ADMINS".into(), "ADMINS").await?
+            && item::Reader::new(&found, "admins").bool("complete")?
+        {
+            return Ok(false);
+        }
+        let users = self
+            .query(Query::new(
+                Some("GSI2"),
+                "#GSI2PK = :pk",
+                values(&[(":pk", s("USERS"))]),
+            ))
+            .await?;
+        let mut ids = Vec::new();
+        for it in &users {
+            let user = item::user(it)?;
+            if active_admin(user.role, user.disabled) {
+                ids.push(user.id.to_string());
+            }
+        }
+        let row = Builder::keys("ADMINS".into(), "ADMINS")
+            .opt(
+                "ids",
+                (!ids.is_empty()).then(|| aws_sdk_dynamodb::types::AttributeValue::Ss(ids)),
+            )
+            .set("complete", b(true))
+            .build();
+        // A concurrent rebuild that got in first is as good as this one.
+        self.put(
+            row,
+            Some("attribute_not_exists(#PK) OR attribute_not_exists(#complete)"),
+            Item::new(),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Spends every unused reset-password token of the user (after a password change),
+    /// found through the pointers in the user's collection.
+    async fn spend_reset_tokens(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        let pointers = self
+            .query(Query::new(
+                None,
+                "#PK = :pk AND begins_with(#SK, :sk)",
+                values(&[(":pk", s(item::user_pk(user_id))), (":sk", s("TOKEN#"))]),
+            ))
+            .await?;
+        for pointer in &pointers {
+            let r = item::Reader::new(pointer, "token pointer");
+            if r.str("purpose")? != TokenPurpose::ResetPassword.as_str() {
+                continue;
+            }
+            self.update(
+                key(item::token_pk(r.str("token_hash")?), "TOKEN"),
+                "SET #used_at = :now",
+                Some("attribute_exists(#PK) AND attribute_not_exists(#used_at)"),
+                values(&[(":now", t(now))]),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     fn event_write(
         &self,
         event: &InstanceEvent,
@@ -315,10 +474,13 @@ impl Store for DynamoStore {
         let email = Builder::keys(item::email_pk(&user.email), "EMAIL")
             .set("user_id", s(user.id.to_string()))
             .build();
-        let writes = vec![
+        let mut writes = vec![
             self.tx_put(item::user_item(user)?, Some(NEW), Item::new())?,
             self.tx_put(email, Some(NEW), Item::new())?,
         ];
+        if active_admin(user.role, user.disabled) {
+            writes.push(self.admins_add(user.id)?);
+        }
         match self.transact(writes).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::Conflict("user")),
@@ -408,43 +570,80 @@ impl Store for DynamoStore {
         if !remove.is_empty() {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
-        self.update(
-            key(item::user_pk(id), "USER"),
-            &expression,
-            Some(EXISTS),
-            values(&vals),
-        )
-        .await?
-        .map(|it| item::user(&it))
-        .transpose()
+        let updated = if patch.role.is_some() || patch.disabled.is_some() {
+            self.update_user_guarded(id, patch, &expression, vals).await?
+        } else {
+            self.update(
+                key(item::user_pk(id), "USER"),
+                &expression,
+                Some(EXISTS),
+                values(&vals),
+            )
+            .await?
+            .map(|it| item::user(&it))
+            .transpose()?
+        };
+        if updated.is_some() && patch.password_hash.is_some() {
+            self.spend_reset_tokens(id, now).await?;
+        }
+        Ok(updated)
     }
 
     async fn delete_user(&self, id: Uuid) -> Result<bool> {
-        let Some(user) = self.user_by_id(id).await? else {
-            return Ok(false);
-        };
-        // The count of owned instances is checked in the same transaction that deletes
-        // the user, and create_instance raises it in the transaction that checks the
-        // user exists: an instance can neither be orphaned nor keep a deleted owner.
-        let writes = vec![
-            self.tx_delete(
-                key(item::user_pk(id), "USER"),
-                Some("attribute_exists(#PK) AND #instances = :zero"),
-                values(&[(":zero", n(0))]),
-            )?,
-            self.tx_delete(key(item::email_pk(&user.email), "EMAIL"), None, Item::new())?,
-        ];
-        if let Err(codes) = self.transact(writes).await? {
-            if failed(&codes, 0) && self.user_by_id(id).await?.is_some() {
-                return Err(Error::InUse(USER_IN_USE));
+        for attempt in 0..ATTEMPTS {
+            let Some(user) = self.user_by_id(id).await? else {
+                return Ok(false);
+            };
+            // The count of owned instances is checked in the same transaction that
+            // deletes the user, and create_instance raises it in the transaction that
+            // checks the user exists: an instance can neither be orphaned nor keep a
+            // deleted owner. Role and flag as read: the admin set is kept in step.
+            let mut writes = vec![
+                self.tx_delete(
+                    key(item::user_pk(id), "USER"),
+                    Some(
+                        "attribute_exists(#PK) AND #instances = :zero \
+                         AND #role = :role AND #disabled = :disabled",
+                    ),
+                    values(&[
+                        (":zero", n(0)),
+                        (":role", s(user.role.as_str())),
+                        (":disabled", b(user.disabled)),
+                    ]),
+                )?,
+                self.tx_delete(key(item::email_pk(&user.email), "EMAIL"), None, Item::new())?,
+            ];
+            if active_admin(user.role, user.disabled) {
+                writes.push(self.admins_remove(id)?);
             }
-            return Ok(false);
+            match self.transact(writes).await? {
+                Ok(()) => {
+                    // Credentials go after the user: new ones check (in their
+                    // transaction) that the user exists, so none can appear now.
+                    let keys = self.credential_keys(id).await?;
+                    self.delete_all(keys).await?;
+                    return Ok(true);
+                }
+                Err(codes) if failed(&codes, 2) => {
+                    if !self.rebuild_admins().await? {
+                        return Err(Error::LastAdmin);
+                    }
+                }
+                Err(codes) if failed(&codes, 0) => match self.user_by_id(id).await? {
+                    None => return Ok(false),
+                    Some(now) if (now.role, now.disabled) == (user.role, user.disabled) => {
+                        return Err(Error::InUse(USER_IN_USE));
+                    }
+                    Some(_) => backoff(attempt).await,
+                },
+                Err(codes) => {
+                    return Err(Error::Backend(format!(
+                        "DynamoDB: user delete refused: {codes:?}"
+                    )));
+                }
+            }
         }
-        // Credentials go after the user: new ones check (in their transaction) that the
-        // user exists, so none can appear once this point is reached.
-        let keys = self.credential_keys(id).await?;
-        self.delete_all(keys).await?;
-        Ok(true)
+        Err(contended("delete_user"))
     }
 
     async fn consume_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool> {
@@ -464,13 +663,13 @@ impl Store for DynamoStore {
 
     // --- lockout ---
 
-    async fn record_login_failure(
+    async fn count_login_attempt(
         &self,
         email: &str,
         max_failures: u32,
         lock_for: chrono::Duration,
         now: DateTime<Utc>,
-    ) -> Result<LoginFailures> {
+    ) -> Result<LoginAttempt> {
         // Read, decide, write back only if nobody counted in between (`version`).
         for attempt in 0..ATTEMPTS {
             let current = self.get(item::loginfail_pk(email), "LOGINFAIL").await?;
@@ -485,6 +684,9 @@ impl Store for DynamoStore {
                 }
                 None => (0, None, 0),
             };
+            if let Some(until) = locked_until.filter(|&until| until > now) {
+                return Ok(LoginAttempt::Locked { until });
+            }
             let next = count + 1;
             let (count, locked_until) = if next >= i64::from(max_failures) {
                 (0, Some(now + lock_for))
@@ -510,15 +712,16 @@ impl Store for DynamoStore {
                 None => self.put(row, Some(NEW), Item::new()).await?,
             };
             if written {
-                return Ok(LoginFailures {
+                let state = LoginFailures {
                     email: email.to_string(),
                     count,
                     locked_until,
-                });
+                };
+                return Ok(LoginAttempt::counted(&state, now));
             }
             backoff(attempt).await;
         }
-        Err(contended("record_login_failure"))
+        Err(contended("count_login_attempt"))
     }
 
     async fn login_failures(&self, email: &str) -> Result<Option<LoginFailures>> {
@@ -554,6 +757,9 @@ impl Store for DynamoStore {
                 EXISTS,
                 Item::new(),
             )?,
+            // In the user's collection too, so a password change finds every reset
+            // token of the user with a consistent read (`spend_reset_tokens`).
+            self.tx_put(item::token_pointer(token), None, Item::new())?,
         ];
         match self.transact(writes).await? {
             Ok(()) => Ok(()),
@@ -685,6 +891,25 @@ impl Store for DynamoStore {
         self.revoke(sessions, now).await
     }
 
+    async fn session_family_live(&self, family_id: Uuid) -> Result<bool> {
+        // The family's item points at its newest link (rotation moves it in the same
+        // transaction); the login is live while that link is neither replaced nor
+        // revoked.
+        let Some(family) = self.get(item::family_pk(family_id), "FAMILY").await? else {
+            return Ok(false);
+        };
+        let r = item::Reader::new(&family, "session family");
+        let (user_id, id) = (r.uuid("user_id")?, r.uuid("session_id")?);
+        let Some(newest) = self
+            .get(item::user_pk(user_id), &format!("SESSION#{id}"))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let newest = item::session(&newest)?;
+        Ok(newest.replaced_at.is_none() && newest.revoked_at.is_none())
+    }
+
     // --- API keys ---
 
     async fn create_api_key(&self, api_key: &ApiKey) -> Result<()> {
@@ -772,6 +997,19 @@ impl Store for DynamoStore {
         )
         .await?;
         Ok(())
+    }
+
+    async fn delete_user_api_keys(&self, owner_id: Uuid) -> Result<u64> {
+        let mut deleted = 0;
+        for key_id in self
+            .list_api_keys(owner_id)
+            .await?
+            .into_iter()
+            .map(|k| k.id)
+        {
+            deleted += u64::from(self.delete_api_key(owner_id, key_id).await?);
+        }
+        Ok(deleted)
     }
 
     // --- audit log ---

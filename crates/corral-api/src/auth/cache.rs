@@ -6,8 +6,12 @@
 //! password) is made through the management API of this same server process, by a
 //! non-GET request under `/api/`. `invalidate_on_change` clears the whole cache after
 //! every such request that was not refused (a 4xx changes nothing), before its answer
-//! reaches the client, so a revoked key is refused on the very next request. Changes made elsewhere (another `corral serve` on
-//! the same PostgreSQL, or SQL by hand) take effect after at most `TTL`.
+//! reaches the client, so a revoked key is refused on the very next request. Changes
+//! made elsewhere (another `corral serve` on the same store, or SQL by hand) take effect
+//! after at most `TTL`: one second, so that with several servers a logout, a revoked
+//! key or a locked user is refused everywhere within about a second. (This is the TTL
+//! design, not invalidation: a change feed between servers could later clear the
+//! caches at once and allow a longer TTL.)
 //!
 //! A lookup that raced with a change cannot put the old answer back: entries are only
 //! stored if no invalidation happened since the lookup began (`generation`).
@@ -31,7 +35,7 @@ use crate::state::AppState;
 
 /// How long an entry is trusted without asking the store again: the delay for changes
 /// made outside this process.
-pub const TTL: Duration = Duration::from_secs(5);
+pub const TTL: Duration = Duration::from_secs(1);
 
 /// How long an API key the store does not know is answered 401 without asking again.
 pub const UNKNOWN_TTL: Duration = Duration::from_secs(5);
@@ -56,6 +60,8 @@ struct Entries {
     users: HashMap<Uuid, (User, Instant)>,
     /// Hashes of API keys the store did not have.
     unknown: HashMap<String, Instant>,
+    /// Logins (session families) and whether they were live.
+    sessions: HashMap<Uuid, (bool, Instant)>,
 }
 
 impl Entries {
@@ -63,6 +69,7 @@ impl Entries {
         self.keys.clear();
         self.users.clear();
         self.unknown.clear();
+        self.sessions.clear();
     }
 }
 
@@ -105,6 +112,19 @@ impl AuthCache {
         (at.elapsed() < TTL).then(|| user.clone())
     }
 
+    /// Whether the login `family` was live when last read.
+    pub fn session(&self, family: Uuid) -> Option<bool> {
+        let entries = self.read();
+        let (live, at) = entries.sessions.get(&family)?;
+        (at.elapsed() < TTL).then_some(*live)
+    }
+
+    pub fn put_session(&self, generation: u64, family: Uuid, live: bool) {
+        self.put(generation, |e| {
+            e.sessions.insert(family, (live, Instant::now()));
+        });
+    }
+
     pub fn put_key(&self, generation: u64, key_hash: &str, key: CachedKey) {
         self.put(generation, |e| {
             e.keys.insert(key_hash.to_string(), (key, Instant::now()));
@@ -122,7 +142,8 @@ impl AuthCache {
         if entries.generation != generation {
             return;
         }
-        if entries.keys.len() + entries.users.len() + entries.unknown.len() >= MAX_ENTRIES {
+        let held = entries.keys.len() + entries.users.len() + entries.unknown.len();
+        if held + entries.sessions.len() >= MAX_ENTRIES {
             entries.clear();
         }
         insert(&mut entries);

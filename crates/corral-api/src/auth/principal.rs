@@ -1,7 +1,8 @@
 //! `Principal`: the authenticated caller, from `Authorization: Bearer <JWT or crl_ key>`.
-//! The user row is read from the store, through the credential cache (`cache`), which
-//! the management API clears on every change: a role change, a lock or a deletion takes
-//! effect on the next request rather than when the access token expires.
+//! The user row, and for an access token whether its login (session family) is still
+//! live, are read from the store through the credential cache (`cache`), which the
+//! management API clears on every change: a role change, a lock, a deletion or a logout
+//! takes effect on the next request rather than when the access token expires.
 //!
 //! A refused credential counts against the client address's budget of unauthenticated
 //! requests (`AppState::ip_limiter`, shared with the auth routes, on the API and the
@@ -103,13 +104,24 @@ async fn authenticate(parts: &Parts, state: &AppState, ip: ClientIp) -> ApiResul
         }
     } else {
         let claims = state.keys.verify(token, TokenType::Access)?;
-        let user = user(state, claims.sub, state.auth_cache.generation())
+        let generation = state.auth_cache.generation();
+        // Every access token belongs to a login (its refresh family); once that is
+        // logged out or revoked, its access tokens are refused too.
+        let session = claims
+            .sid
+            .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
+        if !session_live(state, session, generation).await? {
+            return Err(ApiError::Unauthorized(
+                "this session has ended (logged out or revoked); log in again".into(),
+            ));
+        }
+        let user = user(state, claims.sub, generation)
             .await?
             .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))?;
         Principal {
             user,
             credential: Credential::Jwt {
-                session: claims.sid,
+                session: Some(session),
             },
         }
     };
@@ -194,4 +206,15 @@ async fn user(state: &AppState, id: Uuid, generation: u64) -> ApiResult<Option<U
         state.auth_cache.put_user(generation, user);
     }
     Ok(found)
+}
+
+/// Whether the login an access token belongs to is still live, from the cache or the
+/// store (see `cache` for how fresh that is).
+async fn session_live(state: &AppState, family: Uuid, generation: u64) -> ApiResult<bool> {
+    if let Some(live) = state.auth_cache.session(family) {
+        return Ok(live);
+    }
+    let live = state.store.session_family_live(family).await?;
+    state.auth_cache.put_session(generation, family, live);
+    Ok(live)
 }

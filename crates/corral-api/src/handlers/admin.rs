@@ -193,7 +193,7 @@ pub struct UpdateUser {
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
         (status = 404, description = "no such user"),
-        (status = 409, description = "`role_managed_by_provider`: auth mode cognito, where the role of a pool account follows its Cognito groups"),
+        (status = 409, description = "`role_managed_by_provider`: auth mode cognito, where the role of a pool account follows its Cognito groups; `last_admin`: the last active admin cannot be demoted or locked"),
     ))]
 async fn update_user(
     State(state): State<AppState>,
@@ -261,6 +261,7 @@ async fn refuse_provider_role(state: &AppState, id: Uuid, role: Role) -> ApiResu
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
         (status = 404, description = "no such user"),
+        (status = 409, description = "`last_admin`: the last active admin cannot be locked"),
     ))]
 async fn lock_user(
     State(state): State<AppState>,
@@ -346,7 +347,7 @@ async fn apply(
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "not an admin"),
         (status = 404, description = "no such user"),
-        (status = 409, description = "the user still owns instances; delete those first"),
+        (status = 409, description = "the user still owns instances; delete those first, or `last_admin`: the last active admin cannot be deleted"),
     ))]
 async fn delete_user(
     State(state): State<AppState>,

@@ -1,6 +1,11 @@
 //! API keys for programs: `POST/GET/DELETE /api/keys`. Every route is scoped to the
 //! caller's own keys. A key acts with its owner's role (a viewer's key is read-only),
 //! is shown once at creation, and only its SHA-256 is stored.
+//!
+//! Creating one needs the password (and the authenticator code with MFA), so that a
+//! stolen 15-minute access token cannot be turned into a lasting credential, and a key
+//! expires after `Settings::api_key_default_expiry_days` unless asked otherwise (a key
+//! that never expires must be asked for explicitly).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -35,8 +40,16 @@ const PREFIX_LEN: usize = 8;
 pub struct CreateKey {
     /// 1 to 64 printable characters, e.g. `ci-pipeline`.
     name: String,
-    /// 1 to 3650; the key never expires when absent.
+    /// 1 to 3650; when absent, the server's default (90 days unless configured).
     expires_in_days: Option<u32>,
+    /// True for a key that never expires (not with `expires_in_days`).
+    #[serde(default)]
+    never_expires: bool,
+    /// The caller's current password (required; a missing one is `wrong_password`).
+    #[serde(default)]
+    password: String,
+    /// A current authenticator code; required when the account has MFA.
+    code: Option<String>,
 }
 
 /// The new key. `key` is shown here and never again.
@@ -72,9 +85,10 @@ pub struct KeyView {
     request_body = CreateKey,
     responses(
         (status = 201, body = CreatedKey),
-        (status = 400, description = "invalid_name, invalid_expiry or too_many_keys"),
-        (status = 401, description = "missing or invalid credentials"),
+        (status = 400, description = "invalid_name, invalid_expiry, too_many_keys, wrong_password or code_required"),
+        (status = 401, description = "missing or invalid credentials, or `invalid_code`"),
         (status = 403, description = "called with an API key"),
+        (status = 429, description = "`account_locked` or `rate_limited`, with Retry-After"),
     ))]
 async fn create_key(
     State(state): State<AppState>,
@@ -90,18 +104,25 @@ async fn create_key(
         ));
     }
     let name = validate_name(&body.name)?;
+    let days = expiry_days(
+        body.expires_in_days,
+        body.never_expires,
+        state.settings.api_key_default_expiry_days,
+    )?;
+    let user = &principal.user;
+    crate::handlers::auth::limit_account(&state, &user.email)?;
+    crate::handlers::auth::reauthenticate(
+        &state,
+        &audit,
+        user,
+        Some(&body.password),
+        body.code.as_deref(),
+        user.totp_enabled,
+    )
+    .await?;
     let now = Utc::now();
-    let expires_at = match body.expires_in_days {
-        None => None,
-        Some(days @ 1..=MAX_EXPIRY_DAYS) => Some(now + Duration::days(i64::from(days))),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_expiry",
-                format!("expires_in_days must be 1 to {MAX_EXPIRY_DAYS}"),
-            ));
-        }
-    };
-    let owner = principal.user.id;
+    let expires_at = days.map(|days| now + Duration::days(i64::from(days)));
+    let owner = user.id;
     if state.store.list_api_keys(owner).await?.len() >= MAX_KEYS_PER_USER {
         return Err(ApiError::bad_request(
             "too_many_keys",
@@ -188,6 +209,27 @@ async fn delete_key(
     }
 }
 
+/// How many days a new key lives (None: never): what was asked, else the server's
+/// default. Never expiring must be asked for, and not together with a number of days.
+fn expiry_days(
+    asked: Option<u32>,
+    never: bool,
+    default: Option<u32>,
+) -> ApiResult<Option<u32>> {
+    let invalid = |message: String| ApiError::bad_request("invalid_expiry", message);
+    match (asked, never) {
+        (Some(_), true) => Err(invalid(
+            "give either expires_in_days or never_expires, not both".into(),
+        )),
+        (None, true) => Ok(None),
+        (Some(days @ 1..=MAX_EXPIRY_DAYS), false) => Ok(Some(days)),
+        (Some(_), false) => Err(invalid(format!(
+            "expires_in_days must be 1 to {MAX_EXPIRY_DAYS}"
+        ))),
+        (None, false) => Ok(default),
+    }
+}
+
 fn validate_name(name: &str) -> ApiResult<String> {
     let name = name.trim();
     let len = name.chars().count();
@@ -198,4 +240,20 @@ fn validate_name(name: &str) -> ApiResult<String> {
         ));
     }
     Ok(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_asked_or_the_default() {
+        assert_eq!(expiry_days(None, false, Some(90)).unwrap(), Some(90));
+        assert_eq!(expiry_days(None, false, None).unwrap(), None);
+        assert_eq!(expiry_days(Some(7), false, Some(90)).unwrap(), Some(7));
+        assert_eq!(expiry_days(None, true, Some(90)).unwrap(), None);
+        assert!(expiry_days(Some(7), true, Some(90)).is_err());
+        assert!(expiry_days(Some(0), false, Some(90)).is_err());
+        assert!(expiry_days(Some(MAX_EXPIRY_DAYS + 1), false, None).is_err());
+    }
 }

@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use chrono::Utc;
-use corral_core::{User, password};
+use corral_core::password;
 use corral_store::UserPatch;
 use serde::Deserialize;
 use serde_json::json;
@@ -102,7 +102,15 @@ async fn update_profile(
                 "new_password and confirmPassword do not match",
             ));
         }
-        verify_current_password(&state, &audit, user, body.current_password).await?;
+        super::auth::reauthenticate(
+            &state,
+            &audit,
+            user,
+            body.current_password.as_deref(),
+            None,
+            false,
+        )
+        .await?;
         patch.password_hash = Some(state.passwords.hash(new_password).await?);
     }
 
@@ -113,9 +121,10 @@ async fn update_profile(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     if patch.password_hash.is_some() {
-        // Whoever holds an old refresh token (a stolen one, or another device) must
-        // log in again with the new password.
-        state.store.revoke_user_sessions(user.id, now).await?;
+        // Whoever holds an old refresh token, access token or API key (a stolen one, or
+        // another device) must log in again with the new password; this session too.
+        let keys = super::auth::revoke_credentials(&state, user.id, true, now).await?;
+        audit.detail(&format!("revoked_api_keys={keys}"));
     }
     Ok(Json(UserView::from(&updated)))
 }
@@ -150,38 +159,4 @@ pub(super) fn check_new_password(candidate: &str) -> ApiResult<()> {
         message: password::explain(&failed),
         details: Some(json!({ "failed_rules": failed })),
     })
-}
-
-/// Checks the current password like a login does: refused while the address is locked
-/// out, and every wrong guess counts towards the lockout, so a stolen access token
-/// cannot be used to brute-force the password. Answers like login (429 `account_locked`).
-async fn verify_current_password(
-    state: &AppState,
-    audit: &Audit,
-    user: &User,
-    current: Option<String>,
-) -> ApiResult<()> {
-    let Some(current) = current else {
-        audit.detail("wrong_password");
-        return Err(wrong_password());
-    };
-    let now = Utc::now();
-    super::auth::ensure_not_locked(state, audit, &user.email, now).await?;
-    // Argon2's cost grows with the input; anything over the policy's maximum cannot be
-    // the password, so it is refused without hashing.
-    let plausible = current.chars().count() <= password::MAX_LEN;
-    if plausible
-        && state
-            .passwords
-            .verify(current, user.password_hash.clone())
-            .await?
-    {
-        return Ok(());
-    }
-    audit.detail("wrong_password");
-    Err(super::auth::record_failure(state, &user.email, now, wrong_password()).await)
-}
-
-fn wrong_password() -> ApiError {
-    ApiError::bad_request("wrong_password", "current_password is missing or wrong")
 }

@@ -254,6 +254,30 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no mail to {email}"))
     }
 
+    /// How many outbox messages `email` has.
+    pub async fn mail_count(&self, email: &str) -> usize {
+        self.state
+            .store
+            .list_outbox(Some(email), 500)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// Mail leaves from a background queue: waits (up to 10 s) until `email` has more
+    /// than `before` outbox messages, and returns the newest.
+    pub async fn mail_after(&self, email: &str, before: usize) -> corral_core::OutboxMessage {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.mail_count(email).await <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new mail to {email} within 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.last_mail(email).await
+    }
+
     /// Creates a verified account directly in the store with the given role and returns
     /// its access token (through the real login endpoint).
     pub async fn user_with_role(&self, role: corral_core::Role) -> (String, String) {

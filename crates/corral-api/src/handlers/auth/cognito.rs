@@ -15,8 +15,8 @@ use corral_store::UserPatch;
 use super::login::{LoginResponse, MfaChallenge};
 use super::session::{TokenPair, provider_pair};
 use super::{
-    Accepted, Done, account_disabled, check_new_password, ensure_not_locked, invalid_code,
-    invalid_credentials, invalid_token, limit_account, record_failure, valid_email,
+    Accepted, Done, account_disabled, check_new_password, count_attempt, invalid_code,
+    invalid_credentials, invalid_token, limit_account, valid_email,
 };
 use crate::audit::Audit;
 use crate::auth::cognito::{Cognito, Failure, Tokens, unwrap_refresh, wrap_refresh};
@@ -135,8 +135,7 @@ pub async fn login(
     let email = valid_email(email)?;
     audit.claimed_email(&email);
     limit_account(state, &email)?;
-    let now = Utc::now();
-    ensure_not_locked(state, audit, &email, now).await?;
+    let attempt = count_attempt(state, audit, &email, Utc::now()).await?;
     match cognito.sign_in(&email, password).await {
         Ok(crate::auth::cognito::SignIn::Tokens(tokens)) => {
             let (headers, pair) = finish(state, cognito, audit, tokens, None).await?;
@@ -157,7 +156,7 @@ pub async fn login(
         }
         Err(f) if is(&f, &["NotAuthorizedException", "UserNotFoundException"]) => {
             audit.detail("bad_password");
-            Err(record_failure(state, &email, now, invalid_credentials()).await)
+            Err(attempt.failed(invalid_credentials()))
         }
         Err(f) if is(&f, &["UserNotConfirmedException"]) => {
             audit.detail("unverified");
@@ -197,13 +196,12 @@ pub async fn mfa_verify(
     let (email, session) = unwrap_refresh(mfa_token).ok_or_else(invalid_challenge)?;
     audit.claimed_email(&email);
     limit_account(state, &email)?;
-    let now = Utc::now();
-    ensure_not_locked(state, audit, &email, now).await?;
+    let attempt = count_attempt(state, audit, &email, Utc::now()).await?;
     match cognito.answer_mfa(&email, session, code.trim()).await {
         Ok(tokens) => finish(state, cognito, audit, tokens, None).await,
         Err(f) if is(&f, &["CodeMismatchException"]) => {
             audit.detail("bad_totp");
-            Err(record_failure(state, &email, now, invalid_code()).await)
+            Err(attempt.failed(invalid_code()))
         }
         Err(f)
             if is(
@@ -424,4 +422,41 @@ async fn finish(
         wrap_refresh(username, &refresh_token),
         tokens.id_token,
     )
+}
+
+/// `reauthenticate` for auth mode `cognito`, where the password (and the TOTP code, when
+/// the account has MFA in the pool) are the pool's: an `InitiateAuth` with them, whose
+/// tokens are thrown away. Ok(Err(refusal)) when they are wrong.
+pub(super) async fn reauthenticate(
+    cognito: &Cognito,
+    audit: &Audit,
+    email: &str,
+    password: Option<&str>,
+    code: Option<&str>,
+) -> ApiResult<Result<(), ApiError>> {
+    let Some(password) = password else {
+        audit.detail("wrong_password");
+        return Ok(Err(super::wrong_password()));
+    };
+    let session = match cognito.sign_in(email, password).await {
+        Ok(crate::auth::cognito::SignIn::Tokens(_)) => return Ok(Ok(())),
+        Ok(crate::auth::cognito::SignIn::Mfa { session }) => session,
+        Err(f) if is(&f, &["NotAuthorizedException", "UserNotFoundException"]) => {
+            audit.detail("wrong_password");
+            return Ok(Err(super::wrong_password()));
+        }
+        Err(f) => return Err(f.into()),
+    };
+    let Some(code) = code else {
+        audit.detail("code_required");
+        return Ok(Err(super::code_required()));
+    };
+    match cognito.answer_mfa(email, &session, code.trim()).await {
+        Ok(_) => Ok(Ok(())),
+        Err(f) if is(&f, &["CodeMismatchException", "ExpiredCodeException"]) => {
+            audit.detail("bad_totp");
+            Ok(Err(invalid_code()))
+        }
+        Err(f) => Err(f.into()),
+    }
 }

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::session::{Client, TokenPair, no_store, sign_in};
 use super::{
-    accept_code, account_disabled, ensure_not_locked, invalid_code, invalid_credentials,
-    limit_account, record_failure, valid_email,
+    accept_code, account_disabled, count_attempt, invalid_code, invalid_credentials,
+    limit_account, valid_email,
 };
 use crate::audit::Audit;
 use crate::auth::jwt::TokenType;
@@ -81,7 +81,7 @@ pub async fn login(
     audit.claimed_email(&email);
     limit_account(&state, &email)?;
     let now = Utc::now();
-    ensure_not_locked(&state, &audit, &email, now).await?;
+    let attempt = count_attempt(&state, &audit, &email, now).await?;
 
     // Accounts of the identity provider have no password here: they fail like unknown ones.
     let user = state
@@ -109,7 +109,7 @@ pub async fn login(
             } else {
                 "unknown_email"
             });
-            return Err(record_failure(&state, &email, now, invalid_credentials()).await);
+            return Err(attempt.failed(invalid_credentials()));
         }
     };
 
@@ -129,7 +129,7 @@ pub async fn login(
         ));
     }
     if user.totp_enabled {
-        // The failure count is not cleared yet: TOTP guesses must keep counting towards it.
+        // The attempt count is not cleared yet: TOTP guesses must keep counting towards it.
         audit.detail("mfa_required");
         let mfa_token = state
             .keys
@@ -201,13 +201,13 @@ pub async fn mfa_verify(
     audit.actor(&user);
     limit_account(&state, &user.email)?;
     let now = Utc::now();
-    ensure_not_locked(&state, &audit, &user.email, now).await?;
+    let attempt = count_attempt(&state, &audit, &user.email, now).await?;
     if user.disabled {
         audit.detail("disabled");
         return Err(account_disabled());
     }
     if !accept_code(&state, &audit, &user, &body.code, now).await? {
-        return Err(record_failure(&state, &user.email, now, invalid_code()).await);
+        return Err(attempt.failed(invalid_code()));
     }
     let (headers, pair) = sign_in(&state, user, &client).await?;
     Ok((headers, Json(pair)))

@@ -1,6 +1,9 @@
-//! TOTP enrolment for the signed-in user: enroll (new secret, not yet required), confirm
-//! with a first code (from then on login asks for one), disable with password and code.
-//! These need a login session: an API key must not be able to change how its owner logs in.
+//! TOTP enrolment for the signed-in user: enroll with the password (new secret, not yet
+//! required), confirm with a first code (from then on login asks for one), disable with
+//! password and code. These need a login session: an API key must not be able to change
+//! how its owner logs in; and the password, because a stolen access token alone must not
+//! be enough to enrol the thief's authenticator and lock the owner out. (Confirming needs
+//! no password again: it only accepts a code of the secret that enrolling showed.)
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -11,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::session::no_store;
-use super::{Done, accept_code, ensure_not_locked, invalid_code, limit_account, record_failure};
+use super::{Done, accept_code, invalid_code, limit_account, reauthenticate};
 use crate::audit::Audit;
 use crate::auth::{Credential, Principal, oidc};
 use crate::error::{ApiError, ApiResult};
@@ -42,30 +45,44 @@ pub struct Enrollment {
     otpauth_uri: String,
 }
 
+#[derive(Deserialize, ToSchema)]
+pub struct EnrollRequest {
+    /// The account's current password.
+    #[serde(default)]
+    password: String,
+}
+
 /// Starts MFA enrolment: a new TOTP secret, not required at login until confirmed.
 ///
-/// Enrolling again before confirming replaces the pending secret.
+/// Needs the current password (counted towards the lockout like a login). Enrolling
+/// again before confirming replaces the pending secret.
 #[utoipa::path(post, path = "/api/auth/mfa/enroll", tag = "auth",
     security(("bearer" = [])),
+    request_body = EnrollRequest,
     responses(
         (status = 200, body = Enrollment),
+        (status = 400, description = "`wrong_password`"),
         (status = 401, description = "missing or invalid credentials"),
         (status = 403, description = "called with an API key, or `managed_by_provider` (auth mode cognito)"),
         (status = 409, description = "MFA is already enabled"),
+        (status = 429, description = "`account_locked` or `rate_limited`, with Retry-After"),
     ))]
 pub async fn enroll(
     State(state): State<AppState>,
     audit: Audit,
     principal: Principal,
+    Json(body): Json<EnrollRequest>,
 ) -> ApiResult<(HeaderMap, Json<Enrollment>)> {
     audit.action("auth.mfa_enroll");
     interactive(&state, &principal)?;
     let user = &principal.user;
+    limit_account(&state, &user.email)?;
     if user.totp_enabled {
         return Err(ApiError::Conflict(
             "MFA is already enabled; disable it before enrolling another authenticator".into(),
         ));
     }
+    reauthenticate(&state, &audit, user, Some(&body.password), None, false).await?;
     let secret = totp::generate_secret();
     let patch = UserPatch {
         totp_secret: Some(Some(secret.clone())),
@@ -158,7 +175,7 @@ pub struct DisableRequest {
     request_body = DisableRequest,
     responses(
         (status = 200, body = Done, description = "`{\"status\": \"mfa_disabled\"}`"),
-        (status = 400, description = "`mfa_not_enabled` or `wrong_password`"),
+        (status = 400, description = "`mfa_not_enabled`, `wrong_password` or `code_required`"),
         (status = 401, description = "`invalid_code`, or missing or invalid credentials"),
         (status = 403, description = "called with an API key, or `managed_by_provider` (auth mode cognito)"),
         (status = 429, description = "`account_locked` or `rate_limited`, with Retry-After"),
@@ -179,21 +196,9 @@ pub async fn disable(
             "MFA is not enabled on this account",
         ));
     }
-    let now = Utc::now();
     // A stolen access token must not be a way around the lockout to guess the password.
-    ensure_not_locked(&state, &audit, &user.email, now).await?;
-    if !state
-        .passwords
-        .verify(body.password, user.password_hash.clone())
-        .await?
-    {
-        audit.detail("bad_password");
-        let wrong = ApiError::bad_request("wrong_password", "the password is wrong");
-        return Err(record_failure(&state, &user.email, now, wrong).await);
-    }
-    if !accept_code(&state, &audit, user, &body.code, now).await? {
-        return Err(record_failure(&state, &user.email, now, invalid_code()).await);
-    }
+    reauthenticate(&state, &audit, user, Some(&body.password), Some(&body.code), true).await?;
+    let now = Utc::now();
     let patch = UserPatch {
         totp_secret: Some(None),
         totp_enabled: Some(false),

@@ -22,7 +22,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use corral_core::user::{is_valid_email, normalize_email};
 use corral_core::{TokenPurpose, User, password as policy, secret, totp};
-use corral_store::ActionToken;
+use corral_store::{ActionToken, LoginAttempt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -97,7 +97,7 @@ pub struct EmailRequest {
 /// Per-account limit on the routes that guess at one account (login, MFA, reset), on top
 /// of the per-IP one: spreading guesses over many addresses does not help an attacker
 /// against one account.
-fn limit_account(state: &AppState, email: &str) -> ApiResult<()> {
+pub(crate) fn limit_account(state: &AppState, email: &str) -> ApiResult<()> {
     state
         .account_limiter
         .check(email)
@@ -174,52 +174,146 @@ pub(crate) fn account_locked(remaining: chrono::Duration) -> ApiError {
     }
 }
 
-/// 429 `account_locked` while the address is locked out.
-pub(crate) async fn ensure_not_locked(
+/// An attempt at an account's secret (password, TOTP code), counted before the secret
+/// is checked (see `Store::count_login_attempt`): concurrent guesses cannot all pass
+/// the lock check before any of them counts.
+pub(crate) struct Attempt {
+    /// Set when this attempt was the last one before the lock.
+    locks_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+}
+
+impl Attempt {
+    /// The answer to a failed attempt: `refusal`, or `account_locked` when this attempt
+    /// used up the last guess.
+    pub(crate) fn failed(&self, refusal: ApiError) -> ApiError {
+        match self.locks_until {
+            Some(until) => account_locked(until - self.now),
+            None => refusal,
+        }
+    }
+}
+
+/// Counts an attempt at `email`'s secret before it is checked; 429 `account_locked`
+/// (nothing counted) while the address is locked out. A successful attempt is undone
+/// with `clear_login_failures` (`sign_in` does it, `reauthenticate` too).
+pub(crate) async fn count_attempt(
     state: &AppState,
     audit: &Audit,
     email: &str,
     now: DateTime<Utc>,
-) -> ApiResult<()> {
-    let locked_until = state
+) -> ApiResult<Attempt> {
+    let settings = &state.settings;
+    let lock_for = chrono::Duration::from_std(settings.lockout_duration)
+        .map_err(|e| ApiError::internal(format!("lockout duration: {e}")))?;
+    match state
         .store
-        .login_failures(email)
+        .count_login_attempt(email, settings.lockout_threshold, lock_for, now)
         .await?
-        .and_then(|f| f.locked_until)
-        .filter(|&until| until > now);
-    match locked_until {
-        Some(until) => {
+    {
+        LoginAttempt::Allowed { locked_until } => Ok(Attempt {
+            locks_until: locked_until,
+            now,
+        }),
+        LoginAttempt::Locked { until } => {
             audit.detail("locked");
             Err(account_locked(until - now))
         }
-        None => Ok(()),
     }
 }
 
-/// Counts a failed attempt against `email` and returns the error to answer with:
-/// `refusal`, or `account_locked` when this failure reached the threshold.
-pub(crate) async fn record_failure(
+/// Proves that the caller is the account's owner, not only the holder of an access
+/// token (which may be stolen): the current password and, with `mfa`, a current
+/// authenticator code. Needed before anything that would let a token thief stay in
+/// (an API key, a new password, MFA changes). Counted like a login, so it is no way
+/// around the lockout; a success clears the address's failures like a login does.
+pub(crate) async fn reauthenticate(
     state: &AppState,
-    email: &str,
-    now: DateTime<Utc>,
-    refusal: ApiError,
-) -> ApiError {
-    let settings = &state.settings;
-    let lock_for = match chrono::Duration::from_std(settings.lockout_duration) {
-        Ok(d) => d,
-        Err(e) => return ApiError::internal(format!("lockout duration: {e}")),
+    audit: &Audit,
+    user: &User,
+    password: Option<&str>,
+    code: Option<&str>,
+    mfa: bool,
+) -> ApiResult<()> {
+    let now = Utc::now();
+    let attempt = count_attempt(state, audit, &user.email, now).await?;
+    let proof = match &state.cognito {
+        Some(cognito) => cognito::reauthenticate(cognito, audit, &user.email, password, code).await?,
+        None => local_proof(state, audit, user, password, code, mfa, now).await?,
     };
-    match state
-        .store
-        .record_login_failure(email, settings.lockout_threshold, lock_for, now)
-        .await
-    {
-        Ok(failures) => match failures.locked_until.filter(|&until| until > now) {
-            Some(until) => account_locked(until - now),
-            None => refusal,
-        },
-        Err(e) => e.into(),
+    proof.map_err(|refusal| attempt.failed(refusal))?;
+    state.store.clear_login_failures(&user.email).await?;
+    Ok(())
+}
+
+/// The checks of `reauthenticate` against Corral's own password hash and TOTP secret.
+/// Ok(Err(refusal)) when a factor is wrong or missing.
+async fn local_proof(
+    state: &AppState,
+    audit: &Audit,
+    user: &User,
+    password: Option<&str>,
+    code: Option<&str>,
+    mfa: bool,
+    now: DateTime<Utc>,
+) -> ApiResult<Result<(), ApiError>> {
+    // Argon2's cost grows with the input; anything over the policy's maximum cannot be
+    // the password, so it is refused without hashing.
+    let password = password.filter(|p| !p.is_empty() && p.chars().count() <= policy::MAX_LEN);
+    let right = match password {
+        Some(password) => {
+            state
+                .passwords
+                .verify(password.to_string(), user.password_hash.clone())
+                .await?
+        }
+        None => false,
+    };
+    if !right {
+        audit.detail("wrong_password");
+        return Ok(Err(wrong_password()));
     }
+    if mfa {
+        let Some(code) = code.filter(|c| !c.trim().is_empty()) else {
+            audit.detail("code_required");
+            return Ok(Err(code_required()));
+        };
+        if !accept_code(state, audit, user, code, now).await? {
+            return Ok(Err(invalid_code()));
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn code_required() -> ApiError {
+    ApiError::bad_request(
+        "code_required",
+        "this account has MFA: send a current code of the authenticator app as `code`",
+    )
+}
+
+/// Ends every login of the user (refresh sessions, and with them the access tokens
+/// issued to them) and, with `api_keys`, deletes their API keys: what a password
+/// change, a reset and "log out everywhere" do, so that a stolen credential does not
+/// outlive them. Returns how many keys were deleted.
+pub(crate) async fn revoke_credentials(
+    state: &AppState,
+    user_id: Uuid,
+    api_keys: bool,
+    now: DateTime<Utc>,
+) -> ApiResult<u64> {
+    state.store.revoke_user_sessions(user_id, now).await?;
+    if !api_keys {
+        return Ok(0);
+    }
+    Ok(state.store.delete_user_api_keys(user_id).await?)
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::bad_request(
+        "wrong_password",
+        "the current password is missing or wrong",
+    )
 }
 
 /// Checks a TOTP code against the user's confirmed or pending secret and burns its time

@@ -101,11 +101,21 @@ pub struct ResetConfirmRequest {
     password: String,
     #[serde(rename = "confirmPassword")]
     confirm_password: String,
+    /// Also delete every API key of the account (default true): whoever took over the
+    /// account may have made one. False keeps them.
+    #[serde(default = "yes")]
+    revoke_api_keys: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Sets a new password with the token of the reset mail (single use).
 ///
-/// Also marks the address verified, signs out every session and lifts a lockout.
+/// Also marks the address verified, signs out every session (their access tokens stop
+/// working at once), deletes the account's API keys unless `revoke_api_keys` is false,
+/// and lifts a lockout.
 #[utoipa::path(post, path = "/api/auth/reset-password/confirm", tag = "auth",
     request_body = ResetConfirmRequest,
     responses(
@@ -152,7 +162,8 @@ pub async fn reset_confirm(
         .await?
         .ok_or_else(invalid_token)?;
     audit.actor(&user);
-    state.store.revoke_user_sessions(user.id, now).await?;
+    let keys = super::revoke_credentials(&state, user.id, body.revoke_api_keys, now).await?;
+    audit.detail(&format!("revoked_api_keys={keys}"));
     state.store.clear_login_failures(&user.email).await?;
     Ok(Json(Done {
         status: "password_reset",

@@ -364,8 +364,9 @@ pub struct LogoutRequest {
 
 /// Ends a session (its whole refresh family) and deletes the refresh cookie.
 ///
-/// With `{"all": true}` and a bearer token, ends every session of that user instead.
-/// Access tokens already issued stay valid until they expire (minutes).
+/// With `{"all": true}` and a bearer token, ends every session of that user instead and
+/// deletes their API keys. The access tokens of an ended session are refused from then
+/// on (within about a second on every server sharing the store).
 #[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
     request_body(content = Option<LogoutRequest>, description = "may be omitted"),
     responses(
@@ -409,11 +410,8 @@ pub async fn logout(
                 "logging out everywhere needs `Authorization: Bearer <access token>`".into(),
             )
         })?;
-        audit.detail("all");
-        state
-            .store
-            .revoke_user_sessions(principal.user.id, now)
-            .await?;
+        let keys = super::revoke_credentials(&state, principal.user.id, true, now).await?;
+        audit.detail(&format!("all revoked_api_keys={keys}"));
         return Ok((StatusCode::NO_CONTENT, clear_cookie(&state.settings)?));
     }
     let family = match presented_token(body.refresh_token, &parts.headers) {
