@@ -175,7 +175,10 @@ async function main() {
   // The admin's API key reads the outbox (the verification mail) during the test.
   const adminLogin = await http(base, 'POST', '/api/auth/login', { body: ADMIN });
   assert(adminLogin.status === 200, `admin API login: ${adminLogin.status} ${adminLogin.text}`);
-  const adminKey = await http(base, 'POST', '/api/keys', { token: adminLogin.json.access_token, body: { name: 'e2e-outbox' } });
+  const adminKey = await http(base, 'POST', '/api/keys', {
+    token: adminLogin.json.access_token,
+    body: { name: 'e2e-outbox', password: ADMIN.password },
+  });
   assert(adminKey.status === 201, `admin key: ${adminKey.status} ${adminKey.text}`);
   const ADMIN_KEY = adminKey.json.key;
 
@@ -335,6 +338,8 @@ async function main() {
       'enrol MFA with the QR code and a TOTP code',
       async () => {
         const card = page.getByTestId('mfa-card');
+        // Enrolling needs the password: a stolen session alone must not do it.
+        await card.locator('input[name=password]').fill(USER.password);
         await card.getByTestId('mfa-enroll').click();
         await card.getByTestId('mfa-qr').waitFor();
         const src = await card.getByTestId('mfa-qr').getAttribute('src');
@@ -382,6 +387,9 @@ async function main() {
         await waitPath('/keys');
         const form = page.getByTestId('key-create-form');
         await form.locator('input[name=name]').fill('e2e-key');
+        // A key needs the password, and a code while MFA is on.
+        await form.locator('input[name=password]').fill(USER.password);
+        await form.locator('input[name=code]').fill(await nextCode(mfaSecret));
         await form.getByRole('button', { name: 'Create key' }).click();
         const keyField = page.getByTestId('created-key');
         await keyField.waitFor();
@@ -584,6 +592,7 @@ async function main() {
         await waitPath('/keys');
         const form = page.getByTestId('key-create-form');
         await form.locator('input[name=name]').fill('e2e-deploy');
+        await form.locator('input[name=password]').fill(USER.changedPassword);
         await form.getByRole('button', { name: 'Create key' }).click();
         const key = await page.getByTestId('created-key').inputValue();
         assert(/^crl_/.test(key), 'a crl_ key');

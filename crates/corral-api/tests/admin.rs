@@ -245,7 +245,7 @@ async fn lock_and_unlock(backend: Backend) {
     for _ in 0..app.state.settings.lockout_threshold {
         app.state
             .store
-            .record_login_failure(
+            .count_login_attempt(
                 &email,
                 app.state.settings.lockout_threshold,
                 lock_for,
@@ -434,7 +434,7 @@ async fn actions_are_audited_and_filterable(backend: Backend) {
     let app = spawn_app(backend).await;
     let (_, admin) = app.user_with_role(Role::Admin).await;
     let admin_id = me(&app, &admin).await["id"].as_str().unwrap().to_string();
-    let (_, token) = app.user_with_role(Role::User).await;
+    let (user_email, token) = app.user_with_role(Role::User).await;
     let user_id = me(&app, &token).await["id"].as_str().unwrap().to_string();
     let start = Utc::now();
 
@@ -511,6 +511,9 @@ async fn actions_are_audited_and_filterable(backend: Backend) {
     assert_eq!(failures.len(), 1);
     assert!(failures[0]["detail"].as_str().unwrap().starts_with("400"));
 
+    // The lock ended the user's sessions, and with them that access token.
+    assert_eq!(app.get("/api/user/profile", Some(&token)).await.0, 401);
+    let token = app.login(&user_email, PASSWORD).await;
     let (status, _) = app
         .put(
             "/api/user/profile",

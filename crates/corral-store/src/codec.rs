@@ -239,3 +239,26 @@ pub(crate) fn unsigned32(value: i64, col: &str) -> Result<u32, Error> {
 pub(crate) fn unsigned64(value: i64, col: &str) -> Result<u64, Error> {
     u64::try_from(value).map_err(|_| Error::Corrupt(format!("{col}: {value} is negative")))
 }
+
+pub(crate) const JOB_COLUMNS: &str = "id, kind, payload, status, attempts, next_attempt_at, \
+     lease_until, claim_id, last_error, created_at, updated_at";
+
+/// What `finish_job` writes for an outcome: the status, the next attempt's time (only
+/// for a retry) and the error (None leaves the last one).
+pub(crate) fn job_outcome(
+    outcome: &crate::JobOutcome,
+) -> (crate::JobStatus, Option<DateTime<Utc>>, Option<&str>) {
+    use crate::{JobOutcome, JobStatus};
+    match outcome {
+        JobOutcome::Sent => (JobStatus::Sent, None, None),
+        JobOutcome::Dropped => (JobStatus::Dropped, None, None),
+        JobOutcome::Retry { at, error } => (JobStatus::Pending, Some(*at), Some(error)),
+        JobOutcome::Failed { error } => (JobStatus::Failed, None, Some(error)),
+    }
+}
+
+/// Claimed jobs in the order they were due (RETURNING has no ORDER BY).
+pub(crate) fn oldest_due_first(mut jobs: Vec<crate::OutboundJob>) -> Vec<crate::OutboundJob> {
+    jobs.sort_by_key(|j| (j.next_attempt_at, j.id));
+    jobs
+}

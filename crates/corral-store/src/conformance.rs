@@ -15,7 +15,10 @@ use corral_core::{
 };
 use uuid::Uuid;
 
-use crate::{ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Store, UserPatch};
+use crate::{
+    ActionToken, DesiredChange, Error, JobOutcome, JobStatus, Lease, LoginAttempt, OutboundJob,
+    ReplicaRun, Store, UserPatch,
+};
 
 mod quota;
 pub use quota::*;
@@ -53,6 +56,8 @@ pub async fn run_all(store: &dyn Store) {
         audit_filters,
         audit_paging_and_limit,
         outbox_filter,
+        jobs_claimed_retried_and_finished,
+        jobs_concurrent_claims_never_overlap,
         delete_user_with_instances_refused,
         models_round_trip_and_upsert,
         builtin_models_seed_idempotently,
@@ -977,6 +982,131 @@ pub async fn delete_user_api_keys(store: &dyn Store) {
         vec![keys[2].clone()]
     );
     assert_eq!(store.delete_user_api_keys(owner.id).await.unwrap(), 0);
+}
+
+pub async fn jobs_claimed_retried_and_finished(store: &dyn Store) {
+    let kind = unique("kind");
+    let t = now();
+    let lease = Duration::seconds(60);
+    let first = OutboundJob::new(&kind, r#"{"n":1}"#.into(), t);
+    let second = OutboundJob::new(&kind, r#"{"n":2}"#.into(), t);
+    let later = OutboundJob {
+        next_attempt_at: t + Duration::seconds(30),
+        ..OutboundJob::new(&kind, r#"{"n":3}"#.into(), t)
+    };
+    let other_kind = OutboundJob::new(&unique("kind"), "{}".into(), t);
+    for job in [&first, &second, &later, &other_kind] {
+        store.enqueue_job(job).await.unwrap();
+    }
+    assert!(matches!(
+        store.enqueue_job(&first).await,
+        Err(Error::Conflict(_))
+    ));
+
+    // The two due jobs of this kind, oldest first, claimed with a lease.
+    let claimed = store.claim_jobs(&kind, t, lease, 10).await.unwrap();
+    let ids: Vec<Uuid> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(ids, vec![first.id, second.id]);
+    for job in &claimed {
+        assert_eq!(job.status, JobStatus::Claimed);
+        assert_eq!((job.attempts, job.lease_until), (1, Some(t + lease)));
+        assert!(job.claim_id.is_some());
+    }
+    assert_eq!(claimed[0].payload, first.payload);
+    assert_eq!(store.claim_jobs(&kind, t, lease, 10).await.unwrap(), vec![], "held");
+
+    // Finished only by the claim that holds it.
+    let claim = claimed[0].claim_id.unwrap();
+    let sent = JobOutcome::Sent;
+    assert!(!store.finish_job(first.id, Uuid::now_v7(), &sent, t).await.unwrap());
+    assert!(store.finish_job(first.id, claim, &sent, t).await.unwrap());
+    assert!(!store.finish_job(first.id, claim, &sent, t).await.unwrap(), "once");
+
+    // A retry waits for its time, then counts another attempt.
+    let retry = JobOutcome::Retry {
+        at: t + Duration::seconds(10),
+        error: "smtp: connection refused".into(),
+    };
+    let second_claim = claimed[1].claim_id.unwrap();
+    assert!(store.finish_job(second.id, second_claim, &retry, t).await.unwrap());
+    let at_5 = t + Duration::seconds(5);
+    assert_eq!(store.claim_jobs(&kind, at_5, lease, 10).await.unwrap(), vec![]);
+    let at_10 = t + Duration::seconds(10);
+    let again = store.claim_jobs(&kind, at_10, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (second.id, 2));
+    assert_eq!(again[0].last_error.as_deref(), Some("smtp: connection refused"));
+
+    // A claim whose lease ended (its worker died) is taken over; the old claim is void.
+    let at_70 = at_10 + lease;
+    let taken = store.claim_jobs(&kind, at_70, lease, 10).await.unwrap();
+    let taken_ids: Vec<Uuid> = taken.iter().map(|j| j.id).collect();
+    assert_eq!(taken_ids, vec![second.id, later.id]);
+    assert_eq!(taken[0].attempts, 3);
+    let old_claim = again[0].claim_id.unwrap();
+    assert!(!store.finish_job(second.id, old_claim, &sent, at_70).await.unwrap());
+    let failed = JobOutcome::Failed {
+        error: "gave up".into(),
+    };
+    let new_claim = taken[0].claim_id.unwrap();
+    assert!(store.finish_job(second.id, new_claim, &failed, at_70).await.unwrap());
+    let dropped = JobOutcome::Dropped;
+    let later_claim = taken[1].claim_id.unwrap();
+    assert!(store.finish_job(later.id, later_claim, &dropped, at_70).await.unwrap());
+    // Finished jobs are never claimed again.
+    let far = t + Duration::days(1);
+    assert_eq!(store.claim_jobs(&kind, far, lease, 10).await.unwrap(), vec![]);
+
+    let listed = store.list_jobs(&kind, 10).await.unwrap();
+    let statuses: Vec<(Uuid, JobStatus)> = listed.iter().map(|j| (j.id, j.status)).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (later.id, JobStatus::Dropped),
+            (second.id, JobStatus::Failed),
+            (first.id, JobStatus::Sent),
+        ],
+        "newest first"
+    );
+    assert_eq!(listed[1].last_error.as_deref(), Some("gave up"));
+    assert_eq!(listed[1].lease_until, None);
+    assert_eq!(store.list_jobs(&kind, 1).await.unwrap().len(), 1);
+}
+
+/// Claimers racing for the same jobs never get one twice.
+pub async fn jobs_concurrent_claims_never_overlap(store: &dyn Store) {
+    let kind = unique("kind");
+    let t = now();
+    let lease = Duration::seconds(60);
+    let mut all = Vec::new();
+    for n in 0..20 {
+        let job = OutboundJob::new(&kind, format!(r#"{{"n":{n}}}"#), t);
+        store.enqueue_job(&job).await.unwrap();
+        all.push(job.id);
+    }
+    let (a, b, c, d) = tokio::join!(
+        store.claim_jobs(&kind, t, lease, 5),
+        store.claim_jobs(&kind, t, lease, 5),
+        store.claim_jobs(&kind, t, lease, 5),
+        store.claim_jobs(&kind, t, lease, 5),
+    );
+    let mut claimed: Vec<Uuid> = [a, b, c, d]
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .map(|j| j.id)
+        .collect();
+    // Whatever the race left is claimed afterwards.
+    claimed.extend(
+        store
+            .claim_jobs(&kind, t, lease, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id),
+    );
+    claimed.sort();
+    all.sort();
+    assert_eq!(claimed, all, "every job claimed exactly once");
 }
 
 fn audit(

@@ -109,6 +109,106 @@ impl Lease {
     }
 }
 
+/// A job of the outbound queue: work that leaves Corral and may fail or be slow (mail
+/// now; webhook deliveries later use the same table with their own `kind`). Jobs are
+/// claimed with a lease, so that several `corral serve` sharing the store never run one
+/// job twice at the same time, and retried with back-off until they succeed or fail for
+/// good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundJob {
+    pub id: Uuid,
+    /// Which worker handles it, e.g. `mail`.
+    pub kind: String,
+    /// The job's input as the worker reads it (JSON text); no secrets in clear.
+    pub payload: String,
+    pub status: JobStatus,
+    /// Claims so far (each claim is one attempt).
+    pub attempts: u32,
+    /// Not claimed before this time (back-off between attempts).
+    pub next_attempt_at: DateTime<Utc>,
+    /// While `Claimed`: the claim is the claimer's until then; after, another worker may
+    /// claim the job again (its worker died).
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The claim that holds the job (a new id per `claim_jobs` call).
+    pub claim_id: Option<Uuid>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OutboundJob {
+    /// A new job, due at once.
+    pub fn new(kind: &str, payload: String, now: DateTime<Utc>) -> Self {
+        OutboundJob {
+            id: Uuid::now_v7(),
+            kind: kind.to_string(),
+            payload,
+            status: JobStatus::Pending,
+            attempts: 0,
+            next_attempt_at: now,
+            lease_until: None,
+            claim_id: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting for its `next_attempt_at`.
+    Pending,
+    /// A worker holds it until `lease_until`.
+    Claimed,
+    /// Done: delivered.
+    Sent,
+    /// Done: gave up after the last attempt (`last_error` says why).
+    Failed,
+    /// Done: nothing to deliver (e.g. a reset asked for an address with no account).
+    Dropped,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Claimed => "claimed",
+            JobStatus::Sent => "sent",
+            JobStatus::Failed => "failed",
+            JobStatus::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => JobStatus::Pending,
+            "claimed" => JobStatus::Claimed,
+            "sent" => JobStatus::Sent,
+            "failed" => JobStatus::Failed,
+            "dropped" => JobStatus::Dropped,
+            other => return Err(Error::Corrupt(format!("job status {other:?}"))),
+        })
+    }
+
+    /// Whether the job is finished (no worker will take it again).
+    pub fn is_done(self) -> bool {
+        matches!(self, JobStatus::Sent | JobStatus::Failed | JobStatus::Dropped)
+    }
+}
+
+/// How an attempt at a claimed job ended (`Store::finish_job`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Sent,
+    Dropped,
+    /// Failed; try again from `at`.
+    Retry { at: DateTime<Utc>, error: String },
+    /// Failed for good.
+    Failed { error: String },
+}
+
 /// The outcome of `Store::count_login_attempt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginAttempt {
@@ -349,6 +449,36 @@ pub trait Store: Send + Sync + 'static {
     async fn push_outbox(&self, message: &OutboxMessage) -> Result<()>;
     /// Newest first; `to` filters by recipient; `limit` is clamped to 1..=500.
     async fn list_outbox(&self, to: Option<&str>, limit: u32) -> Result<Vec<OutboxMessage>>;
+
+    // --- outbound job queue (mail; later webhooks) ---
+    /// Inserts the job as given (normally `OutboundJob::new`).
+    /// `Error::Conflict("outbound job")` for a duplicate id.
+    async fn enqueue_job(&self, job: &OutboundJob) -> Result<()>;
+    /// Claims up to `limit` (clamped to 1..=100) jobs of `kind` that are due: pending
+    /// with `next_attempt_at <= now`, or claimed with a lease that ended (`lease_until
+    /// <= now`: their worker died). Each becomes `Claimed` with a new `claim_id` (one
+    /// per call), `lease_until = now + lease`, one more attempt. Atomic: concurrent
+    /// calls, from any number of servers, never claim the same job. Oldest due first.
+    async fn claim_jobs(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboundJob>>;
+    /// Records how the attempt of claim `claim_id` ended: `Sent`, `Dropped` or `Failed`
+    /// finish the job; `Retry` makes it pending again from `at`. Only while that claim
+    /// still holds the job (status `Claimed`, same `claim_id`): false (nothing written)
+    /// once another worker re-claimed it after the lease ended.
+    async fn finish_job(
+        &self,
+        id: Uuid,
+        claim_id: Uuid,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// The jobs of `kind`, newest first; `limit` is clamped to 1..=500.
+    async fn list_jobs(&self, kind: &str, limit: u32) -> Result<Vec<OutboundJob>>;
 
     // --- model catalog ---
     /// Inserts the entry, or overwrites every field of the entry with that id.

@@ -29,6 +29,8 @@ import { ErrorAlert } from '../components/ErrorAlert';
 import { Loading } from '../components/Loading';
 import { Markup } from '../components/Markup';
 import { PageHeader } from '../components/PageHeader';
+import { PasswordField } from '../components/PasswordField';
+import { useAuth } from '../auth/AuthProvider';
 import { useI18n } from '../i18n/I18nProvider';
 import { visuallyHidden } from '../lib/a11y';
 
@@ -37,10 +39,16 @@ const wide = { display: { xs: 'none', sm: 'table-cell' } } as const;
 
 export default function KeysPage() {
   const { t, dateTime } = useI18n();
+  const { user } = useAuth();
+  const mfa = user?.mfa_enabled ?? false;
   const [keys, setKeys] = useState<ApiKey[] | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [name, setName] = useState('');
   const [days, setDays] = useState<number>(90);
+  // A key outlives a login: creating one asks for the password (and a code with MFA),
+  // so that a stolen session alone cannot mint one.
+  const [password, setPassword] = useState('');
+  const [code, setCode] = useState('');
   const [busy, setBusy] = useState(false);
   const [created, setCreated] = useState<CreatedKey | null>(null);
   const [revoking, setRevoking] = useState<ApiKey | null>(null);
@@ -65,10 +73,14 @@ export default function KeysPage() {
     setError(null);
     setNotice(null);
     try {
-      const body: Schemas['CreateKey'] = { name: name.trim() };
+      const body: Schemas['CreateKey'] = { name: name.trim(), password };
       if (days > 0) body.expires_in_days = days;
+      else body.never_expires = true;
+      if (mfa) body.code = code;
       setCreated(await api.post<CreatedKey>('/api/keys', body));
       setName('');
+      setPassword('');
+      setCode('');
       await load();
     } catch (err) {
       setError(err);
@@ -129,7 +141,35 @@ export default function KeysPage() {
                 </MenuItem>
               ))}
             </TextField>
-            <Button type="submit" variant="contained" disabled={busy || !name.trim()}>
+            <input type="text" name="username" autoComplete="username" value={user?.email ?? ''} readOnly hidden />
+            <PasswordField
+              label={t('common.password')}
+              helperText={t('keys.passwordHelp')}
+              name="password"
+              autoComplete="current-password"
+              value={password}
+              onChange={(e) => setPassword(e.target.value)}
+              size="small"
+              margin="none"
+              sx={{ flex: '1 1 220px' }}
+            />
+            {mfa && (
+              <TextField
+                label={t('mfa.code')}
+                name="code"
+                value={code}
+                onChange={(e) => setCode(e.target.value.replace(/[^0-9]/g, '').slice(0, 6))}
+                autoComplete="one-time-code"
+                size="small"
+                sx={{ flex: '0 1 150px' }}
+                slotProps={{ htmlInput: { inputMode: 'numeric', pattern: '[0-9]*', maxLength: 6 } }}
+              />
+            )}
+            <Button
+              type="submit"
+              variant="contained"
+              disabled={busy || !name.trim() || !password || (mfa && code.length !== 6)}
+            >
               {t('keys.create')}
             </Button>
           </Box>

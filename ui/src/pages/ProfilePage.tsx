@@ -279,7 +279,8 @@ function MfaCard({ user, onChanged }: { user: User; onChanged: () => Promise<voi
 
   const enroll = () =>
     run(async () => {
-      setEnrollment(await api.post<MfaEnrollment>('/api/auth/mfa/enroll'));
+      setEnrollment(await api.post<MfaEnrollment>('/api/auth/mfa/enroll', { password }));
+      setPassword('');
     });
 
   const confirm = (e: FormEvent) => {
@@ -334,8 +335,17 @@ function MfaCard({ user, onChanged }: { user: User; onChanged: () => Promise<voi
           <Typography variant="body2" color="text.secondary" sx={{ mb: 2 }}>
             {t('mfa.intro')}
           </Typography>
+          <input type="text" name="username" autoComplete="username" value={user.email} readOnly hidden />
+          <PasswordField
+            label={t('common.password')}
+            helperText={t('mfa.enrollPassword')}
+            name="password"
+            autoComplete="current-password"
+            value={password}
+            onChange={(e) => setPassword(e.target.value)}
+          />
           <ErrorAlert error={error} />
-          <Button variant="contained" onClick={enroll} disabled={busy} data-testid="mfa-enroll">
+          <Button variant="contained" onClick={enroll} disabled={busy || !password} data-testid="mfa-enroll">
             {t('mfa.enable')}
           </Button>
         </>

@@ -298,3 +298,19 @@ pub(crate) fn lease(row: &impl RowExt) -> Result<crate::Lease> {
         expires_at: row.time("expires_at")?,
     })
 }
+
+pub(crate) fn job(row: &impl RowExt) -> Result<crate::OutboundJob> {
+    Ok(crate::OutboundJob {
+        id: row.id("id")?,
+        kind: row.get("kind")?,
+        payload: row.get("payload")?,
+        status: crate::JobStatus::parse(&row.get::<String>("status")?)?,
+        attempts: row.u32("attempts")?,
+        next_attempt_at: row.time("next_attempt_at")?,
+        lease_until: row.opt_time("lease_until")?,
+        claim_id: row.opt_id("claim_id")?,
+        last_error: row.get("last_error")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}

@@ -19,13 +19,14 @@ use super::rows::{self, RowExt};
 use super::value::{DbId, DbTime};
 use super::{BuilderExt, Dialect, QueryExt, SqlStore};
 use crate::codec::{
-    self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, MODEL_COLUMNS, REPLICA_COLUMNS,
-    RUN_COLUMNS, SESSION_COLUMNS, TEAM_COLUMNS, TEAM_MEMBER_COLUMNS, USAGE_COLUMNS, USER_COLUMNS,
-    conflict, in_use, page_limit, write_error,
+    self, API_KEY_COLUMNS, EVENT_COLUMNS, INSTANCE_COLUMNS, JOB_COLUMNS, MODEL_COLUMNS,
+    REPLICA_COLUMNS, RUN_COLUMNS, SESSION_COLUMNS, TEAM_COLUMNS, TEAM_MEMBER_COLUMNS,
+    USAGE_COLUMNS, USER_COLUMNS, conflict, in_use, page_limit, write_error,
 };
 use crate::{
-    ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Result, Store, TEAM_IN_USE,
-    UsageCounts, UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
+    ActionToken, DesiredChange, Error, JobOutcome, Lease, LoginAttempt, OutboundJob, ReplicaRun,
+    Result, Store, TEAM_IN_USE, UsageCounts, UserPatch, apply_desired, check_desired_change,
+    check_settings, clamp_target,
 };
 
 #[async_trait]
@@ -553,6 +554,107 @@ where
             .iter()
             .map(rows::outbox_message)
             .collect()
+    }
+
+    // --- outbound job queue ---
+
+    #[instrument(skip_all)]
+    async fn enqueue_job(&self, job: &OutboundJob) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO outbound_jobs ({JOB_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        ))
+        .param(DbId(job.id))
+        .param(&job.kind)
+        .param(&job.payload)
+        .param(job.status.as_str())
+        .param(i64::from(job.attempts))
+        .param(DbTime(job.next_attempt_at))
+        .param(DbTime::opt(job.lease_until))
+        .param(DbId::opt(job.claim_id))
+        .param(&job.last_error)
+        .param(DbTime(job.created_at))
+        .param(DbTime(job.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(conflict("outbound job"))?;
+        Ok(())
+    }
+
+    #[instrument(skip_all)]
+    async fn claim_jobs(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboundJob>> {
+        // The due condition is both in the subquery (which jobs, oldest first) and in
+        // the UPDATE's own WHERE: on PostgreSQL a concurrent claimer that picked the
+        // same rows waits for their lock, then re-checks that WHERE on the claimed row
+        // and skips it; SQLite runs one writer at a time.
+        let due = "kind = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
+                   OR (status = 'claimed' AND lease_until <= $2))";
+        sqlx::query(&format!(
+            "UPDATE outbound_jobs SET status = 'claimed', claim_id = $3, lease_until = $4, \
+               attempts = attempts + 1, updated_at = $2 \
+             WHERE id IN (SELECT id FROM outbound_jobs WHERE {due} \
+                          ORDER BY next_attempt_at, id LIMIT $5) \
+               AND {due} \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .param(kind)
+        .param(DbTime(now))
+        .param(DbId(Uuid::now_v7()))
+        .param(DbTime(now + lease))
+        .param(i64::from(limit.clamp(1, 100)))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::job)
+        .collect::<Result<Vec<_>>>()
+        .map(codec::oldest_due_first)
+    }
+
+    #[instrument(skip_all)]
+    async fn finish_job(
+        &self,
+        id: Uuid,
+        claim_id: Uuid,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let (status, next_attempt_at, error) = codec::job_outcome(outcome);
+        let done = sqlx::query(
+            "UPDATE outbound_jobs SET status = $3, \
+               next_attempt_at = COALESCE($4, next_attempt_at), \
+               last_error = COALESCE($5, last_error), lease_until = NULL, updated_at = $6 \
+             WHERE id = $1 AND claim_id = $2 AND status = 'claimed'",
+        )
+        .param(DbId(id))
+        .param(DbId(claim_id))
+        .param(status.as_str())
+        .param(DbTime::opt(next_attempt_at))
+        .param(error)
+        .param(DbTime(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    #[instrument(skip_all)]
+    async fn list_jobs(&self, kind: &str, limit: u32) -> Result<Vec<OutboundJob>> {
+        sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM outbound_jobs WHERE kind = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        ))
+        .param(kind)
+        .param(page_limit(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::job)
+        .collect()
     }
 
     // --- model catalog ---
