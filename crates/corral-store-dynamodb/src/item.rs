@@ -15,7 +15,7 @@ use corral_core::{
     LoginFailures, ModelSource, OutboxMessage, RefreshSession, Replica, Team, TeamMember, UsageRow,
     User,
 };
-use corral_store::{ActionToken, Error, ReplicaRun, Result};
+use corral_store::{ActionToken, Error, JobStatus, OutboundJob, ReplicaRun, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -818,4 +818,60 @@ mod tests {
         assert!(keys.iter().all(|k| k.len() == 20));
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     }
+}
+
+// --- outbound jobs ---
+
+pub fn job_key(id: Uuid) -> Item {
+    key(format!("JOB#{id}"), "JOB")
+}
+
+/// The queue's sort key of a job: when it can next be claimed (its `next_attempt_at`
+/// while pending, the end of its lease while claimed).
+pub fn job_due_key(due: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}#{id}", tkey(due))
+}
+
+/// A job, in GSI1 under `JOBQ#<kind>` while it is pending or claimed (sparse: a finished
+/// job leaves the queue), and in GSI3 under `JOBS#<kind>` by creation, for lists.
+pub fn job_item(job: &OutboundJob) -> Item {
+    let due = match job.status {
+        JobStatus::Claimed => job.lease_until,
+        JobStatus::Pending => Some(job.next_attempt_at),
+        _ => None,
+    };
+    Builder::keys(format!("JOB#{}", job.id), "JOB")
+        .opt("GSI1PK", due.map(|_| s(format!("JOBQ#{}", job.kind))))
+        .opt("GSI1SK", due.map(|at| s(job_due_key(at, job.id))))
+        .set("GSI3PK", s(format!("JOBS#{}", job.kind)))
+        .set("GSI3SK", s(format!("{}#{}", tkey(job.created_at), job.id)))
+        .set("id", s(job.id.to_string()))
+        .set("kind", s(&job.kind))
+        .set("payload", s(&job.payload))
+        .set("status", s(job.status.as_str()))
+        .set("attempts", n(job.attempts))
+        .set("next_attempt_at", t(job.next_attempt_at))
+        .opt("lease_until", job.lease_until.map(t))
+        .opt("claim_id", job.claim_id.map(|c| s(c.to_string())))
+        .opt("last_error", job.last_error.as_deref().map(s))
+        .set("created_at", t(job.created_at))
+        .set("updated_at", t(job.updated_at))
+        .build()
+}
+
+pub fn job(item: &Item) -> Result<OutboundJob> {
+    let r = Reader::new(item, "outbound job");
+    Ok(OutboundJob {
+        id: r.uuid("id")?,
+        kind: r.string("kind")?,
+        payload: r.string("payload")?,
+        status: JobStatus::parse(r.str("status")?)?,
+        attempts: r.u32("attempts")?,
+        next_attempt_at: r.time("next_attempt_at")?,
+        lease_until: r.opt_time("lease_until")?,
+        claim_id: r.opt_uuid("claim_id")?,
+        last_error: r.opt_string("last_error")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
 }

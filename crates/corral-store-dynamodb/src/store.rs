@@ -12,8 +12,9 @@ use corral_core::{
     TokenPurpose, UsageRow, UsageSample, User,
 };
 use corral_store::{
-    ActionToken, DesiredChange, Error, Lease, LoginAttempt, ReplicaRun, Result, Store, TEAM_IN_USE,
-    UsageCounts, UserPatch, apply_desired, check_desired_change, check_settings, clamp_target,
+    ActionToken, DesiredChange, Error, JobOutcome, JobStatus, Lease, LoginAttempt, OutboundJob,
+    ReplicaRun, Result, Store, TEAM_IN_USE, UsageCounts, UserPatch, apply_desired,
+    check_desired_change, check_settings, clamp_target,
 };
 use uuid::Uuid;
 
@@ -382,8 +383,9 @@ impl DynamoStore {
     /// True if it was rebuilt (the caller tries again), false if it was complete (a
     /// refused removal really was of the last admin).
     async fn rebuild_admins(&self) -> Result<bool> {
+        let complete = aws_sdk_dynamodb::types::AttributeValue::Bool(true);
         if let Some(found) = self.get("ADMINS".into(), "ADMINS").await?
-            && item::Reader::new(&found, "admins").bool("complete")?
+            && found.get("complete") == Some(&complete)
         {
             return Ok(false);
         }
@@ -1105,6 +1107,137 @@ impl Store for DynamoStore {
             .iter()
             .map(item::outbox_message)
             .collect()
+    }
+
+    // --- outbound job queue ---
+
+    async fn enqueue_job(&self, job: &OutboundJob) -> Result<()> {
+        if !self.put(item::job_item(job), Some(NEW), Item::new()).await? {
+            return Err(Error::Conflict("outbound job"));
+        }
+        Ok(())
+    }
+
+    async fn claim_jobs(
+        &self,
+        kind: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> Result<Vec<OutboundJob>> {
+        let limit = limit.clamp(1, 100) as usize;
+        // Candidates from the queue index (which may lag: a job it still shows may be
+        // taken or finished). Each is claimed by a conditional update of the job itself,
+        // so of two claimers only one wins it.
+        let candidates = self
+            .query(
+                Query::new(
+                    Some("GSI1"),
+                    "#GSI1PK = :pk AND #GSI1SK <= :due",
+                    values(&[
+                        (":pk", s(format!("JOBQ#{kind}"))),
+                        (":due", s(format!("{}#~", item::tkey(now)))),
+                    ]),
+                )
+                .want(limit * 2),
+            )
+            .await?;
+        let claim_id = Uuid::now_v7();
+        let until = now + lease;
+        let mut claimed = Vec::new();
+        for candidate in &candidates {
+            if claimed.len() == limit {
+                break;
+            }
+            let id = item::Reader::new(candidate, "outbound job").uuid("id")?;
+            let updated = self
+                .update(
+                    item::job_key(id),
+                    "SET #status = :claimed, #claim_id = :claim, #lease_until = :until, \
+                     #GSI1SK = :due, #updated_at = :now ADD #attempts :one",
+                    Some(
+                        "attribute_exists(#PK) AND ((#status = :pending AND #next_attempt_at <= :now) \
+                         OR (#status = :claimed AND #lease_until <= :now))",
+                    ),
+                    values(&[
+                        (":claimed", s(JobStatus::Claimed.as_str())),
+                        (":pending", s(JobStatus::Pending.as_str())),
+                        (":claim", s(claim_id.to_string())),
+                        (":until", t(until)),
+                        (":due", s(item::job_due_key(until, id))),
+                        (":now", t(now)),
+                        (":one", n(1)),
+                    ]),
+                )
+                .await?;
+            if let Some(it) = updated {
+                claimed.push(item::job(&it)?);
+            }
+        }
+        claimed.sort_by_key(|j| (j.next_attempt_at, j.id));
+        Ok(claimed)
+    }
+
+    async fn finish_job(
+        &self,
+        id: Uuid,
+        claim_id: Uuid,
+        outcome: &JobOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut vals = vec![
+            (":claim", s(claim_id.to_string())),
+            (":claimed", s(JobStatus::Claimed.as_str())),
+            (":now", t(now)),
+        ];
+        let (status, error, retry_at) = match outcome {
+            JobOutcome::Sent => (JobStatus::Sent, None, None),
+            JobOutcome::Dropped => (JobStatus::Dropped, None, None),
+            JobOutcome::Retry { at, error } => (JobStatus::Pending, Some(error), Some(*at)),
+            JobOutcome::Failed { error } => (JobStatus::Failed, Some(error), None),
+        };
+        vals.push((":status", s(status.as_str())));
+        let mut set = vec!["#status = :status", "#updated_at = :now"];
+        if let Some(error) = error {
+            vals.push((":error", s(error)));
+            set.push("#last_error = :error");
+        }
+        // A retry goes back into the queue at its time; anything else leaves it.
+        let remove = match retry_at {
+            Some(at) => {
+                vals.push((":at", t(at)));
+                vals.push((":due", s(item::job_due_key(at, id))));
+                set.extend(["#next_attempt_at = :at", "#GSI1SK = :due"]);
+                "#lease_until"
+            }
+            None => "#lease_until, #GSI1PK, #GSI1SK",
+        };
+        let expression = format!("SET {} REMOVE {remove}", set.join(", "));
+        let done = self
+            .update(
+                item::job_key(id),
+                &expression,
+                Some("attribute_exists(#PK) AND #status = :claimed AND #claim_id = :claim"),
+                values(&vals),
+            )
+            .await?;
+        Ok(done.is_some())
+    }
+
+    async fn list_jobs(&self, kind: &str, limit: u32) -> Result<Vec<OutboundJob>> {
+        self.query(
+            Query::new(
+                Some("GSI3"),
+                "#GSI3PK = :pk",
+                values(&[(":pk", s(format!("JOBS#{kind}")))]),
+            )
+            .newest_first()
+            .want(page_limit(limit)),
+        )
+        .await?
+        .iter()
+        .map(item::job)
+        .collect()
     }
 
     // --- model catalog ---

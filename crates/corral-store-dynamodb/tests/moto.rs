@@ -260,7 +260,7 @@ async fn overlong_keys_are_bad_input_not_database_errors() {
         assert_eq!(store.login_failures(&long).await.unwrap(), None);
         store.clear_login_failures(&long).await.unwrap();
         let err = store
-            .record_login_failure(&long, 5, chrono::Duration::minutes(1), chrono::Utc::now())
+            .count_login_attempt(&long, 5, chrono::Duration::minutes(1), chrono::Utc::now())
             .await
             .unwrap_err();
         assert!(matches!(err, corral_store::Error::Invalid(_)), "{err:?}");
