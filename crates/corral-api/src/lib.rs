@@ -13,6 +13,7 @@ mod handlers;
 pub mod mail;
 pub mod metrics;
 mod openapi;
+pub mod outbound;
 pub mod ratelimit;
 pub mod settings;
 pub mod state;
@@ -91,7 +92,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests and writes the usage
-/// they left (see `gateway::Flusher`).
+/// they left (see `gateway::Flusher`). The outbound worker (`outbound`) runs alongside.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -105,6 +106,7 @@ pub async fn serve(
         }
     });
     let flusher = gateway::Flusher::start(state.clone());
+    let outbound = outbound::Worker::start(state.clone());
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -112,5 +114,6 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     flusher.stop().await;
+    outbound.stop().await;
     served
 }

@@ -1,6 +1,8 @@
-//! Outgoing mail (verification and reset links). With SMTP configured it is sent;
-//! without, it goes to the outbox table that admins read at `GET /api/admin/outbox`,
-//! so a laptop install works with no mail server.
+//! Outgoing mail (verification and reset links). Requests never send mail themselves:
+//! they queue a `MailJob` in the store's outbound queue (`enqueue`), and the outbound
+//! worker (`crate::outbound`) renders and sends it, retrying with back-off. With SMTP
+//! configured it is sent; without, it goes to the outbox table that admins read at
+//! `GET /api/admin/outbox`, so a laptop install works with no mail server.
 
 use chrono::Utc;
 use corral_core::OutboxMessage;
@@ -8,9 +10,51 @@ use corral_store::Store;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// The `kind` of mail jobs in the outbound queue.
+pub const MAIL_JOB: &str = "mail";
+
+/// A queued mail: which one, to whom. Rendered when it is sent (`handlers::auth::mails`),
+/// so the queue holds no link or token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "template", rename_all = "snake_case")]
+pub enum MailJob {
+    /// A password-reset link, if the address has an account.
+    ResetPassword { to: String },
+    /// A verification link, if the address has an account still unverified.
+    VerifyEmail { to: String },
+    /// A notice that someone tried to sign up with an address that has an account.
+    SignupExisting { to: String },
+}
+
+/// A mail ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Queues a mail for the outbound worker and wakes it. Costs the request one store
+/// write, whatever the mail and whether or not it will be sent.
+pub async fn enqueue(state: &AppState, job: &MailJob) -> ApiResult<()> {
+    let payload = serde_json::to_string(job).map_err(ApiError::internal)?;
+    state
+        .store
+        .enqueue_job(&corral_store::OutboundJob::new(
+            MAIL_JOB,
+            payload,
+            Utc::now(),
+        ))
+        .await?;
+    state.outbound_wakeup.notify_one();
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct SmtpSettings {

@@ -50,6 +50,9 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Model weights on this machine: the catalog's `present`, pulls and their progress.
     pub weights: Arc<Weights>,
+    /// Wakes the outbound worker when this server queues a job (other servers' jobs are
+    /// found by its polling).
+    pub outbound_wakeup: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -81,6 +84,7 @@ impl AppState {
             settings,
             mailer,
             started: Instant::now(),
+            outbound_wakeup: tokio::sync::Notify::new(),
         }))
     }
 }

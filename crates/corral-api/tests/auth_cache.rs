@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Backend, spawn_app};
+use common::{Backend, PASSWORD, spawn_app};
 use corral_api::AppState;
 use corral_api::mail::Mailer;
 use corral_control::{Control, ControlSettings};
@@ -29,7 +29,11 @@ async fn user_key(app: &common::TestApp, role: Role) -> (Uuid, String, String, U
         .unwrap()
         .id;
     let (status, created) = app
-        .post("/api/keys", Some(&jwt), json!({"name": "k"}))
+        .post(
+            "/api/keys",
+            Some(&jwt),
+            json!({"name": "k", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap().to_string();
@@ -51,7 +55,11 @@ async fn changes_are_seen_at_once(backend: Backend) {
 
     // Demoted to viewer: inference refused at once, by key and by access token.
     let (status, created) = app
-        .post("/api/keys", Some(&jwt), json!({"name": "k2"}))
+        .post(
+            "/api/keys",
+            Some(&jwt),
+            json!({"name": "k2", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap().to_string();

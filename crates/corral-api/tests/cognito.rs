@@ -372,7 +372,11 @@ async fn cognito_sign_up_login_and_roles(backend: Backend) {
     assert_eq!(status, 200, "{users}");
     // API keys stay Corral's own, and act as their owner.
     let (status, key) = app
-        .post("/api/keys", Some(&admin_access), json!({"name": "ci", "password": PASSWORD}))
+        .post(
+            "/api/keys",
+            Some(&admin_access),
+            json!({"name": "ci", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{key}");
     let (status, profile) = app.get("/api/user/profile", key["key"].as_str()).await;

@@ -10,7 +10,8 @@ mod common;
 
 use chrono::Utc;
 use common::{
-    Backend, MODEL, PASSWORD, Reconciler, SERIAL, TestApp, runner_and_model, spawn_app_with_reconciler,
+    Backend, MODEL, PASSWORD, Reconciler, SERIAL, TestApp, runner_and_model,
+    spawn_app_with_reconciler,
 };
 use corral_api::Settings;
 use corral_control::ControlSettings;
@@ -342,7 +343,11 @@ async fn every_route_streams_and_meters(backend: Backend) {
     let (owner, jwt) = gw.user(Role::User).await;
     let (status, created) = gw
         .app
-        .post("/api/keys", Some(&jwt), json!({"name": "gateway-test", "password": PASSWORD}))
+        .post(
+            "/api/keys",
+            Some(&jwt),
+            json!({"name": "gateway-test", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap().to_string();

@@ -54,8 +54,10 @@ async fn create_list_delete(backend: Backend) {
     assert_eq!(created["name"], "ci pipeline");
     assert_eq!(created["prefix"], &key[..8]);
     // 90 days unless asked otherwise.
-    let created_at: chrono::DateTime<Utc> = created["created_at"].as_str().unwrap().parse().unwrap();
-    let expires_at: chrono::DateTime<Utc> = created["expires_at"].as_str().unwrap().parse().unwrap();
+    let created_at: chrono::DateTime<Utc> =
+        created["created_at"].as_str().unwrap().parse().unwrap();
+    let expires_at: chrono::DateTime<Utc> =
+        created["expires_at"].as_str().unwrap().parse().unwrap();
     assert_eq!(expires_at - created_at, Duration::days(90));
     let id = created["id"].as_str().unwrap();
 

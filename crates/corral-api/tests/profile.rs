@@ -160,8 +160,8 @@ async fn password_change_is_checked(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        failures.count, 1,
-        "a wrong current password counts like a failed login"
+        failures.count, 2,
+        "a missing or wrong current password counts like a failed login"
     );
 
     // The old password still works: nothing above changed it.
@@ -277,7 +277,11 @@ async fn api_keys_cannot_change_the_password(backend: Backend) {
     let app = spawn_app(backend).await;
     let (email, token) = app.user_with_role(Role::User).await;
     let (status, created) = app
-        .post("/api/keys", Some(&token), json!({"name": "script", "password": PASSWORD}))
+        .post(
+            "/api/keys",
+            Some(&token),
+            json!({"name": "script", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap();

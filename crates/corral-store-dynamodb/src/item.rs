@@ -337,11 +337,14 @@ pub fn user(item: &Item) -> Result<User> {
 /// A reset or verification token's entry in its user's collection: a password change
 /// finds the user's reset tokens with a consistent Query (the index may lag).
 pub fn token_pointer(token: &ActionToken) -> Item {
-    Builder::keys(user_pk(token.user_id), format!("TOKEN#{}", token.token_hash))
-        .set("token_hash", s(&token.token_hash))
-        .set("purpose", s(token.purpose.as_str()))
-        .set("ttl", n(token.expires_at.timestamp()))
-        .build()
+    Builder::keys(
+        user_pk(token.user_id),
+        format!("TOKEN#{}", token.token_hash),
+    )
+    .set("token_hash", s(&token.token_hash))
+    .set("purpose", s(token.purpose.as_str()))
+    .set("ttl", n(token.expires_at.timestamp()))
+    .build()
 }
 
 pub fn login_failures(item: &Item) -> Result<LoginFailures> {

@@ -573,7 +573,8 @@ impl Store for DynamoStore {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
         let updated = if patch.role.is_some() || patch.disabled.is_some() {
-            self.update_user_guarded(id, patch, &expression, vals).await?
+            self.update_user_guarded(id, patch, &expression, vals)
+                .await?
         } else {
             self.update(
                 key(item::user_pk(id), "USER"),
@@ -1112,7 +1113,10 @@ impl Store for DynamoStore {
     // --- outbound job queue ---
 
     async fn enqueue_job(&self, job: &OutboundJob) -> Result<()> {
-        if !self.put(item::job_item(job), Some(NEW), Item::new()).await? {
+        if !self
+            .put(item::job_item(job), Some(NEW), Item::new())
+            .await?
+        {
             return Err(Error::Conflict("outbound job"));
         }
         Ok(())

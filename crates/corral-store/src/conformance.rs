@@ -546,7 +546,10 @@ pub async fn last_active_admin_is_kept(store: &dyn Store) {
         store.update_user(a.id, &demote, t),
         store.update_user(b.id, &demote, t)
     );
-    let wins = [&first, &second].iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+    let wins = [&first, &second]
+        .iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
     let refused = [&first, &second]
         .iter()
         .filter(|r| matches!(r, Err(Error::LastAdmin)))
@@ -560,12 +563,18 @@ pub async fn last_active_admin_is_kept(store: &dyn Store) {
         ..UserPatch::default()
     };
     for patch in [&demote, &disable] {
-        match store.update_user(last.id, patch, t + Duration::seconds(1)).await {
+        match store
+            .update_user(last.id, patch, t + Duration::seconds(1))
+            .await
+        {
             Err(Error::LastAdmin) => {}
             other => panic!("last admin changed: {other:?}"),
         }
     }
-    assert!(matches!(store.delete_user(last.id).await, Err(Error::LastAdmin)));
+    assert!(matches!(
+        store.delete_user(last.id).await,
+        Err(Error::LastAdmin)
+    ));
     let kept = store.user_by_id(last.id).await.unwrap().unwrap();
     assert!(kept.role.is_admin() && !kept.disabled);
     assert_eq!(kept.updated_at, t, "a refused change writes nothing");
@@ -574,12 +583,24 @@ pub async fn last_active_admin_is_kept(store: &dyn Store) {
         display_name: Some("Still Admin".into()),
         ..UserPatch::default()
     };
-    assert!(store.update_user(last.id, &renamed, t).await.unwrap().is_some());
+    assert!(
+        store
+            .update_user(last.id, &renamed, t)
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // With a second admin again, the first can go.
     let (c, patch) = admin(&new_user(store).await);
     store.update_user(c, &patch, t).await.unwrap().unwrap();
-    assert!(store.update_user(last.id, &disable, t).await.unwrap().is_some());
+    assert!(
+        store
+            .update_user(last.id, &disable, t)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(matches!(store.delete_user(c).await, Err(Error::LastAdmin)));
     // Removing a user who is no active admin is never refused.
     assert!(store.delete_user(last.id).await.unwrap());
@@ -957,10 +978,16 @@ pub async fn session_family_liveness(store: &dyn Store) {
     assert!(store.rotate_session(first.id, &second, t).await.unwrap());
     assert!(store.session_family_live(family).await.unwrap());
     let other = Uuid::now_v7();
-    store.create_session(&session(&user, other, t)).await.unwrap();
+    store
+        .create_session(&session(&user, other, t))
+        .await
+        .unwrap();
     assert_eq!(store.revoke_session_family(family, t).await.unwrap(), 1);
     assert!(!store.session_family_live(family).await.unwrap());
-    assert!(store.session_family_live(other).await.unwrap(), "other login");
+    assert!(
+        store.session_family_live(other).await.unwrap(),
+        "other login"
+    );
     store.revoke_user_sessions(user.id, t).await.unwrap();
     assert!(!store.session_family_live(other).await.unwrap());
 }
@@ -1013,14 +1040,26 @@ pub async fn jobs_claimed_retried_and_finished(store: &dyn Store) {
         assert!(job.claim_id.is_some());
     }
     assert_eq!(claimed[0].payload, first.payload);
-    assert_eq!(store.claim_jobs(&kind, t, lease, 10).await.unwrap(), vec![], "held");
+    assert_eq!(
+        store.claim_jobs(&kind, t, lease, 10).await.unwrap(),
+        vec![],
+        "held"
+    );
 
     // Finished only by the claim that holds it.
     let claim = claimed[0].claim_id.unwrap();
     let sent = JobOutcome::Sent;
-    assert!(!store.finish_job(first.id, Uuid::now_v7(), &sent, t).await.unwrap());
+    assert!(
+        !store
+            .finish_job(first.id, Uuid::now_v7(), &sent, t)
+            .await
+            .unwrap()
+    );
     assert!(store.finish_job(first.id, claim, &sent, t).await.unwrap());
-    assert!(!store.finish_job(first.id, claim, &sent, t).await.unwrap(), "once");
+    assert!(
+        !store.finish_job(first.id, claim, &sent, t).await.unwrap(),
+        "once"
+    );
 
     // A retry waits for its time, then counts another attempt.
     let retry = JobOutcome::Retry {
@@ -1028,14 +1067,25 @@ pub async fn jobs_claimed_retried_and_finished(store: &dyn Store) {
         error: "smtp: connection refused".into(),
     };
     let second_claim = claimed[1].claim_id.unwrap();
-    assert!(store.finish_job(second.id, second_claim, &retry, t).await.unwrap());
+    assert!(
+        store
+            .finish_job(second.id, second_claim, &retry, t)
+            .await
+            .unwrap()
+    );
     let at_5 = t + Duration::seconds(5);
-    assert_eq!(store.claim_jobs(&kind, at_5, lease, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        store.claim_jobs(&kind, at_5, lease, 10).await.unwrap(),
+        vec![]
+    );
     let at_10 = t + Duration::seconds(10);
     let again = store.claim_jobs(&kind, at_10, lease, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id, again[0].attempts), (second.id, 2));
-    assert_eq!(again[0].last_error.as_deref(), Some("smtp: connection refused"));
+    assert_eq!(
+        again[0].last_error.as_deref(),
+        Some("smtp: connection refused")
+    );
 
     // A claim whose lease ended (its worker died) is taken over; the old claim is void.
     let at_70 = at_10 + lease;
@@ -1044,18 +1094,36 @@ pub async fn jobs_claimed_retried_and_finished(store: &dyn Store) {
     assert_eq!(taken_ids, vec![second.id, later.id]);
     assert_eq!(taken[0].attempts, 3);
     let old_claim = again[0].claim_id.unwrap();
-    assert!(!store.finish_job(second.id, old_claim, &sent, at_70).await.unwrap());
+    assert!(
+        !store
+            .finish_job(second.id, old_claim, &sent, at_70)
+            .await
+            .unwrap()
+    );
     let failed = JobOutcome::Failed {
         error: "gave up".into(),
     };
     let new_claim = taken[0].claim_id.unwrap();
-    assert!(store.finish_job(second.id, new_claim, &failed, at_70).await.unwrap());
+    assert!(
+        store
+            .finish_job(second.id, new_claim, &failed, at_70)
+            .await
+            .unwrap()
+    );
     let dropped = JobOutcome::Dropped;
     let later_claim = taken[1].claim_id.unwrap();
-    assert!(store.finish_job(later.id, later_claim, &dropped, at_70).await.unwrap());
+    assert!(
+        store
+            .finish_job(later.id, later_claim, &dropped, at_70)
+            .await
+            .unwrap()
+    );
     // Finished jobs are never claimed again.
     let far = t + Duration::days(1);
-    assert_eq!(store.claim_jobs(&kind, far, lease, 10).await.unwrap(), vec![]);
+    assert_eq!(
+        store.claim_jobs(&kind, far, lease, 10).await.unwrap(),
+        vec![]
+    );
 
     let listed = store.list_jobs(&kind, 10).await.unwrap();
     let statuses: Vec<(Uuid, JobStatus)> = listed.iter().map(|j| (j.id, j.status)).collect();

@@ -194,7 +194,10 @@ impl JobStatus {
 
     /// Whether the job is finished (no worker will take it again).
     pub fn is_done(self) -> bool {
-        matches!(self, JobStatus::Sent | JobStatus::Failed | JobStatus::Dropped)
+        matches!(
+            self,
+            JobStatus::Sent | JobStatus::Failed | JobStatus::Dropped
+        )
     }
 }
 
@@ -204,9 +207,14 @@ pub enum JobOutcome {
     Sent,
     Dropped,
     /// Failed; try again from `at`.
-    Retry { at: DateTime<Utc>, error: String },
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
     /// Failed for good.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// The outcome of `Store::count_login_attempt`.
@@ -214,9 +222,7 @@ pub enum JobOutcome {
 pub enum LoginAttempt {
     /// Counted: go on and check the secret. `locked_until` is set when this attempt was
     /// the last one before the lock (a failure then answers "locked").
-    Allowed {
-        locked_until: Option<DateTime<Utc>>,
-    },
+    Allowed { locked_until: Option<DateTime<Utc>> },
     /// The address is locked until then; nothing was counted.
     Locked { until: DateTime<Utc> },
 }

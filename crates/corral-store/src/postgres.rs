@@ -35,9 +35,8 @@ impl Dialect for Postgres {
     /// Row locks on every active admin, in id order (no deadlock between two such
     /// transactions). A second transaction waits here, then re-reads the rows under
     /// READ COMMITTED and no longer counts an admin the first one removed.
-    const LOCK_ACTIVE_ADMINS: Option<&'static str> = Some(
-        "SELECT id FROM users WHERE role = 'admin' AND NOT disabled ORDER BY id FOR UPDATE",
-    );
+    const LOCK_ACTIVE_ADMINS: Option<&'static str> =
+        Some("SELECT id FROM users WHERE role = 'admin' AND NOT disabled ORDER BY id FOR UPDATE");
 
     /// `%`, `_` and `\` are escaped with `\`, PostgreSQL's default escape.
     fn prefix_pattern(prefix: &str) -> String {

@@ -211,11 +211,7 @@ async fn delete_key(
 
 /// How many days a new key lives (None: never): what was asked, else the server's
 /// default. Never expiring must be asked for, and not together with a number of days.
-fn expiry_days(
-    asked: Option<u32>,
-    never: bool,
-    default: Option<u32>,
-) -> ApiResult<Option<u32>> {
+fn expiry_days(asked: Option<u32>, never: bool, default: Option<u32>) -> ApiResult<Option<u32>> {
     let invalid = |message: String| ApiError::bad_request("invalid_expiry", message);
     match (asked, never) {
         (Some(_), true) => Err(invalid(

@@ -18,6 +18,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
+pub(crate) use auth::mails::render as render_mail;
+
 pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
     all(|routes| {
         routes.layer(middleware::from_fn_with_state(

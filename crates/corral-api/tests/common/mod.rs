@@ -94,17 +94,28 @@ pub async fn spawn_app_with_reconciler(
     spawn(backend, configure, |dir| Some(reconciler(dir))).await
 }
 
+/// Like `spawn_app`, sending mail with `mailer` (e.g. to an SMTP server of the test).
+pub async fn spawn_app_with_mailer(backend: Backend, mailer: Mailer) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_url(backend, &dir).await;
+    launch(dir, url, |_| {}, |_| None, mailer).await
+}
+
 async fn spawn(
     backend: Backend,
     configure: impl FnOnce(&mut Settings),
     reconciler: impl FnOnce(&Path) -> Option<Reconciler>,
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let url = match backend {
+    let url = store_url(backend, &dir).await;
+    launch(dir, url, configure, reconciler, Mailer::Outbox).await
+}
+
+async fn store_url(backend: Backend, dir: &tempfile::TempDir) -> String {
+    match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("corral.db").display()),
         Backend::Postgres => fresh_pg_database().await,
-    };
-    launch(dir, url, configure, reconciler).await
+    }
 }
 
 /// Serves `store_url` with `dir` as the data dir.
@@ -113,6 +124,7 @@ async fn launch(
     url: String,
     configure: impl FnOnce(&mut Settings),
     reconciler: impl FnOnce(&Path) -> Option<Reconciler>,
+    mailer: Mailer,
 ) -> TestApp {
     let store = corral_store::open(&url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -139,7 +151,7 @@ async fn launch(
     let state = AppState::new(
         Arc::clone(&store),
         settings,
-        Mailer::Outbox,
+        mailer,
         control.clone(),
         weights,
     );
@@ -204,7 +216,14 @@ impl TestApp {
             let _ = stop.send(());
             run.await.unwrap();
         }
-        launch(dir, store_url, configure, |d| Some(reconciler(d))).await
+        launch(
+            dir,
+            store_url,
+            configure,
+            |d| Some(reconciler(d)),
+            Mailer::Outbox,
+        )
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -243,8 +262,32 @@ impl TestApp {
         read(req.send().await.unwrap()).await
     }
 
-    /// The newest outbox message to `email` (verification / reset mails in tests).
+    /// Mail leaves from a background queue: waits (up to 10 s) until every queued mail
+    /// job is finished (sent, dropped or failed).
+    pub async fn mail_settled(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let jobs = self
+                .state
+                .store
+                .list_jobs(corral_api::mail::MAIL_JOB, 500)
+                .await
+                .unwrap();
+            if jobs.iter().all(|j| j.status.is_done()) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mail jobs still queued after 10 s: {jobs:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The newest outbox message to `email` (verification / reset mails in tests), once
+    /// the mail queue has settled.
     pub async fn last_mail(&self, email: &str) -> corral_core::OutboxMessage {
+        self.mail_settled().await;
         self.state
             .store
             .list_outbox(Some(email), 1)
@@ -254,8 +297,9 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no mail to {email}"))
     }
 
-    /// How many outbox messages `email` has.
+    /// How many outbox messages `email` has, once the mail queue has settled.
     pub async fn mail_count(&self, email: &str) -> usize {
+        self.mail_settled().await;
         self.state
             .store
             .list_outbox(Some(email), 500)
@@ -264,17 +308,12 @@ impl TestApp {
             .len()
     }
 
-    /// Mail leaves from a background queue: waits (up to 10 s) until `email` has more
-    /// than `before` outbox messages, and returns the newest.
+    /// The newest mail to `email`, asserting that it is new (more than `before`).
     pub async fn mail_after(&self, email: &str, before: usize) -> corral_core::OutboxMessage {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.mail_count(email).await <= before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no new mail to {email} within 10 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        assert!(
+            self.mail_count(email).await > before,
+            "no new mail to {email}"
+        );
         self.last_mail(email).await
     }
 

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 
 use super::session::{Client, TokenPair, no_store, sign_in};
 use super::{
-    accept_code, account_disabled, count_attempt, invalid_code, invalid_credentials,
-    limit_account, valid_email,
+    accept_code, account_disabled, count_attempt, invalid_code, invalid_credentials, limit_account,
+    valid_email,
 };
 use crate::audit::Audit;
 use crate::auth::jwt::TokenType;

@@ -197,7 +197,15 @@ pub async fn disable(
         ));
     }
     // A stolen access token must not be a way around the lockout to guess the password.
-    reauthenticate(&state, &audit, user, Some(&body.password), Some(&body.code), true).await?;
+    reauthenticate(
+        &state,
+        &audit,
+        user,
+        Some(&body.password),
+        Some(&body.code),
+        true,
+    )
+    .await?;
     let now = Utc::now();
     let patch = UserPatch {
         totp_secret: Some(None),

@@ -9,6 +9,7 @@
 mod cognito;
 mod config;
 mod login;
+pub(crate) mod mails;
 mod mfa;
 mod reset;
 mod session;
@@ -21,8 +22,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use corral_core::user::{is_valid_email, normalize_email};
-use corral_core::{TokenPurpose, User, password as policy, secret, totp};
-use corral_store::{ActionToken, LoginAttempt};
+use corral_core::{User, password as policy, totp};
+use corral_store::LoginAttempt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -238,7 +239,9 @@ pub(crate) async fn reauthenticate(
     let now = Utc::now();
     let attempt = count_attempt(state, audit, &user.email, now).await?;
     let proof = match &state.cognito {
-        Some(cognito) => cognito::reauthenticate(cognito, audit, &user.email, password, code).await?,
+        Some(cognito) => {
+            cognito::reauthenticate(cognito, audit, &user.email, password, code).await?
+        }
         None => local_proof(state, audit, user, password, code, mfa, now).await?,
     };
     proof.map_err(|refusal| attempt.failed(refusal))?;
@@ -310,10 +313,7 @@ pub(crate) async fn revoke_credentials(
 }
 
 fn wrong_password() -> ApiError {
-    ApiError::bad_request(
-        "wrong_password",
-        "the current password is missing or wrong",
-    )
+    ApiError::bad_request("wrong_password", "the current password is missing or wrong")
 }
 
 /// Checks a TOTP code against the user's confirmed or pending secret and burns its time
@@ -339,47 +339,6 @@ async fn accept_code(
         return Ok(false);
     }
     Ok(true)
-}
-
-/// Stores a one-time token for `user_id` (hashed) and returns the UI link that carries it.
-async fn action_link(
-    state: &AppState,
-    user_id: Uuid,
-    purpose: TokenPurpose,
-    valid_for: chrono::Duration,
-    page: &str,
-) -> ApiResult<String> {
-    let token = secret::random_token();
-    let now = Utc::now();
-    state
-        .store
-        .create_action_token(&ActionToken {
-            token_hash: secret::hash(&token),
-            user_id,
-            purpose,
-            created_at: now,
-            expires_at: now + valid_for,
-        })
-        .await?;
-    Ok(format!("{}/{page}?token={token}", public_url(state)))
-}
-
-fn public_url(state: &AppState) -> &str {
-    state.settings.public_url.trim_end_matches('/')
-}
-
-/// Sends a mail without letting a delivery failure change the answer: the flows that
-/// mail only when an account exists would otherwise tell who has one (503 vs 202).
-/// The failure is logged and lands in the audit row instead.
-async fn deliver(state: &AppState, audit: &Audit, to: &str, subject: &str, body: &str) {
-    if let Err(e) = state
-        .mailer
-        .send(state.store.as_ref(), to, subject, body)
-        .await
-    {
-        tracing::error!(error = %e, %subject, "could not send mail");
-        audit.detail("mail_failed");
-    }
 }
 
 fn invalid_token() -> ApiError {

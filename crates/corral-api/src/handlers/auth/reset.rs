@@ -11,20 +11,19 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{
-    Accepted, Done, EmailRequest, action_link, check_new_password, deliver, invalid_token,
-    limit_account, valid_email,
+    Accepted, Done, EmailRequest, check_new_password, invalid_token, limit_account, valid_email,
 };
 use crate::audit::Audit;
 use crate::auth::oidc;
 use crate::error::ApiResult;
 use crate::extract::Json;
+use crate::mail::MailJob;
 use crate::state::AppState;
-
-const RESET_VALID_MINUTES: i64 = 60;
 
 /// Mails a password-reset link (valid 1 hour) if the address has an account.
 ///
-/// Always 202 for a valid address, so the answer does not tell which are registered.
+/// Always 202 for a valid address, in the same time, so the answer does not tell which
+/// are registered: the mail leaves from a background queue.
 #[utoipa::path(post, path = "/api/auth/reset-password", tag = "auth",
     request_body = EmailRequest,
     responses(
@@ -46,39 +45,20 @@ pub async fn reset_request(
     let email = valid_email(&body.email)?;
     audit.claimed_email(&email);
     limit_account(&state, &email)?;
+    // The same work for every address (a lookup for the audit row, one queued job),
+    // and no mail sent here: the answer takes as long with an account as without.
     match state.store.user_by_email(&email).await? {
-        // Provider accounts reset their password at the provider; the answer is the same.
-        Some(user) if oidc::is_external(&user) => {
-            audit.actor(&user);
-            audit.detail("external_account");
-        }
         Some(user) => {
             audit.actor(&user);
-            let link = action_link(
-                &state,
-                user.id,
-                TokenPurpose::ResetPassword,
-                chrono::Duration::minutes(RESET_VALID_MINUTES),
-                "reset-password",
-            )
-            .await?;
-            let body = format!(
-                "Someone (hopefully you) asked to reset the password of your Corral account.\n\n\
-                 Open this link to choose a new one (valid for {RESET_VALID_MINUTES} minutes):\n\
-                 {link}\n\n\
-                 If you did not ask, ignore this message: your password stays as it is.\n"
-            );
-            deliver(
-                &state,
-                &audit,
-                &user.email,
-                "Reset your Corral password",
-                &body,
-            )
-            .await;
+            if oidc::is_external(&user) {
+                // Provider accounts reset their password at the provider; the worker
+                // drops the job, and the answer is the same.
+                audit.detail("external_account");
+            }
         }
         None => audit.detail("unknown_email"),
     }
+    crate::mail::enqueue(&state, &MailJob::ResetPassword { to: email }).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {

@@ -11,15 +11,13 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::{
-    Accepted, Done, EmailRequest, action_link, check_new_password, deliver, invalid_token,
-    limit_account, public_url, valid_email,
+    Accepted, Done, EmailRequest, check_new_password, invalid_token, limit_account, valid_email,
 };
 use crate::audit::Audit;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
+use crate::mail::MailJob;
 use crate::state::AppState;
-
-const VERIFY_VALID_HOURS: i64 = 24;
 
 const VERIFICATION_SENT: Accepted = Accepted {
     status: "verification_sent",
@@ -84,62 +82,19 @@ pub async fn signup(
     // Hashed before finding out whether the address is taken, so both answers take as long.
     let hash = state.passwords.hash(body.password).await?;
     let user = User::new(&email, hash, state.settings.signup_default_role, Utc::now());
-    match state.store.create_user(&user).await {
+    let mail = match state.store.create_user(&user).await {
         Ok(()) => {
             audit.actor(&user);
-            send_verification(&state, &audit, &user).await?;
+            MailJob::VerifyEmail { to: email }
         }
         Err(corral_store::Error::Conflict(_)) => {
             audit.detail("existing_account");
-            // Not a new verification link: whoever created the pending account chose its
-            // password. The owner takes it over with a password reset, which proves the
-            // mailbox and sets their own.
-            let base = public_url(&state);
-            let body = format!(
-                "Someone (perhaps you) tried to create a Corral account with this address, \
-                 which already has one. No new account was created.\n\n\
-                 If it was you, log in at {base}/login, or set a new password at \
-                 {base}/reset-password.\n\n\
-                 If it was not you, you can ignore this message.\n"
-            );
-            deliver(
-                &state,
-                &audit,
-                &email,
-                "Sign-up attempt with your Corral address",
-                &body,
-            )
-            .await;
+            MailJob::SignupExisting { to: email }
         }
         Err(e) => return Err(e.into()),
-    }
+    };
+    crate::mail::enqueue(&state, &mail).await?;
     Ok((StatusCode::ACCEPTED, Json(VERIFICATION_SENT)))
-}
-
-async fn send_verification(state: &AppState, audit: &Audit, user: &User) -> ApiResult<()> {
-    let link = action_link(
-        state,
-        user.id,
-        TokenPurpose::VerifyEmail,
-        chrono::Duration::hours(VERIFY_VALID_HOURS),
-        "verify",
-    )
-    .await?;
-    let body = format!(
-        "Welcome to Corral.\n\n\
-         Open this link to verify your e-mail address (valid for {VERIFY_VALID_HOURS} hours):\n\
-         {link}\n\n\
-         If you did not sign up, ignore this message.\n"
-    );
-    deliver(
-        state,
-        audit,
-        &user.email,
-        "Verify your Corral e-mail address",
-        &body,
-    )
-    .await;
-    Ok(())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -217,12 +172,11 @@ pub async fn resend_verification(
     audit.claimed_email(&email);
     // Each call sends a mail: limited per address, as at sign-up.
     limit_account(&state, &email)?;
+    // The same work for every address; the worker sends only to a pending account.
     match state.store.user_by_email(&email).await? {
-        Some(user) if !user.email_verified && !user.disabled => {
-            audit.actor(&user);
-            send_verification(&state, &audit, &user).await?;
-        }
+        Some(user) if !user.email_verified && !user.disabled => audit.actor(&user),
         _ => audit.detail("no_pending_account"),
     }
+    crate::mail::enqueue(&state, &MailJob::VerifyEmail { to: email }).await?;
     Ok((StatusCode::ACCEPTED, Json(VERIFICATION_SENT)))
 }
