@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// Login, reset and MFA attempts allowed per account per minute.
     #[arg(long, env = "CORRAL_AUTH_RATE_PER_ACCOUNT", value_name = "N")]
     pub auth_rate_per_account: Option<u32>,
+    /// How long a new API key lives unless its creator asks otherwise, in whole days
+    /// (e.g. 90d, the default), or `never` (keys never expire unless asked).
+    #[arg(long, env = "CORRAL_API_KEY_EXPIRY", value_name = "DAYS|never")]
+    pub api_key_expiry: Option<String>,
     /// Allow self-service sign-up (true/false). Admins can always create users.
     #[arg(long, env = "CORRAL_SIGNUP_ENABLED", value_name = "BOOL")]
     pub signup_enabled: Option<bool>,
@@ -362,6 +366,24 @@ pub fn host_capacity(
     })
 }
 
+/// `api_key_expiry`: `never` (None), or a duration of whole days from 1 to 3650, as the
+/// API accepts for one key (e.g. `90d`, `52w`).
+pub fn parse_key_expiry(s: &str) -> Result<Option<u32>, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let explain = || format!("api_key_expiry {s:?}: expected whole days from 1d to 3650d, or never");
+    let duration = humantime::parse_duration(s.trim()).map_err(|_| explain())?;
+    let secs = duration.as_secs();
+    if duration.subsec_nanos() != 0 || secs % 86_400 != 0 {
+        return Err(explain());
+    }
+    match u32::try_from(secs / 86_400) {
+        Ok(days @ 1..=3650) => Ok(Some(days)),
+        _ => Err(explain()),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 15m, 12h, 30d)"))
 }
@@ -383,6 +405,7 @@ pub struct FileConfig {
     pub lockout_duration: Option<Duration>,
     pub auth_rate_per_ip: Option<u32>,
     pub auth_rate_per_account: Option<u32>,
+    pub api_key_expiry: Option<String>,
     pub signup_enabled: Option<bool>,
     pub signup_default_role: Option<String>,
     pub deploy_rate_per_user: Option<u32>,
@@ -694,6 +717,18 @@ impl StoreConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key_expiry_is_days_or_never() {
+        use super::parse_key_expiry as p;
+        assert_eq!(p("90d"), Ok(Some(90)));
+        assert_eq!(p("1w"), Ok(Some(7)));
+        assert_eq!(p("never"), Ok(None));
+        assert_eq!(p("Never"), Ok(None));
+        for bad in ["", "0d", "36h", "3651d", "soon", "-1d"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
