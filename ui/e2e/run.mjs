@@ -223,15 +223,26 @@ async function main() {
     await page.screenshot({ path: file, fullPage, animations: 'disabled' });
     return file;
   };
+  // Mail leaves from the server's background queue: wait (up to 10 s) for a message
+  // that is not among `seen` (links already used).
+  const seenLinks = new Set();
   const mailLink = async (to, path) => {
-    const outbox = await http(base, 'GET', `/api/admin/outbox?to=${encodeURIComponent(to)}`, { token: ADMIN_KEY });
-    assert(outbox.status === 200, `outbox: ${outbox.status} ${outbox.text}`);
-    // Newest first: the first message with such a link is the latest one.
-    for (const m of outbox.json.messages) {
-      const link = m.body.match(new RegExp(`https?://\\S+/${path}\\?token=[A-Za-z0-9_\\-%.~]+`))?.[0];
-      if (link) return link;
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const outbox = await http(base, 'GET', `/api/admin/outbox?to=${encodeURIComponent(to)}`, { token: ADMIN_KEY });
+      assert(outbox.status === 200, `outbox: ${outbox.status} ${outbox.text}`);
+      // Newest first: the first message with such a link is the latest one.
+      for (const m of outbox.json.messages) {
+        const link = m.body.match(new RegExp(`https?://\\S+/${path}\\?token=[A-Za-z0-9_\\-%.~]+`))?.[0];
+        if (link && !seenLinks.has(link)) {
+          seenLinks.add(link);
+          return link;
+        }
+        if (link) break;
+      }
+      if (Date.now() > deadline) throw new Error(`no new /${path} link in the mail to ${to}`);
+      await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error(`no /${path} link in the mail to ${to}`);
   };
   const login = async (email, password, secret) => {
     await page.locator('input[name=email]').fill(email);

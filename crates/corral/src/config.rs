@@ -372,7 +372,8 @@ pub fn parse_key_expiry(s: &str) -> Result<Option<u32>, String> {
     if s.trim().eq_ignore_ascii_case("never") {
         return Ok(None);
     }
-    let explain = || format!("api_key_expiry {s:?}: expected whole days from 1d to 3650d, or never");
+    let explain =
+        || format!("api_key_expiry {s:?}: expected whole days from 1d to 3650d, or never");
     let duration = humantime::parse_duration(s.trim()).map_err(|_| explain())?;
     let secs = duration.as_secs();
     if duration.subsec_nanos() != 0 || secs % 86_400 != 0 {

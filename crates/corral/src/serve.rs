@@ -75,7 +75,11 @@ pub async fn run(store_args: &StoreArgs, args: ServeArgs) -> Result<(), CliError
     if let Some(v) = args.auth_rate_per_account.or(file.auth_rate_per_account) {
         settings.auth_rate_per_account = v;
     }
-    if let Some(v) = args.api_key_expiry.as_ref().or(file.api_key_expiry.as_ref()) {
+    if let Some(v) = args
+        .api_key_expiry
+        .as_ref()
+        .or(file.api_key_expiry.as_ref())
+    {
         settings.api_key_default_expiry_days =
             crate::config::parse_key_expiry(v).map_err(CliError::Invalid)?;
     }

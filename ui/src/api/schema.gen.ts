@@ -250,8 +250,9 @@ export interface paths {
         put?: never;
         /**
          * Ends a session (its whole refresh family) and deletes the refresh cookie.
-         * @description With `{"all": true}` and a bearer token, ends every session of that user instead.
-         *     Access tokens already issued stay valid until they expire (minutes).
+         * @description With `{"all": true}` and a bearer token, ends every session of that user instead and
+         *     deletes their API keys. The access tokens of an ended session are refused from then
+         *     on (within about a second on every server sharing the store).
          */
         post: operations["logout"];
         delete?: never;
@@ -308,7 +309,8 @@ export interface paths {
         put?: never;
         /**
          * Starts MFA enrolment: a new TOTP secret, not required at login until confirmed.
-         * @description Enrolling again before confirming replaces the pending secret.
+         * @description Needs the current password (counted towards the lockout like a login). Enrolling
+         *     again before confirming replaces the pending secret.
          */
         post: operations["enroll"];
         delete?: never;
@@ -391,7 +393,8 @@ export interface paths {
         put?: never;
         /**
          * Mails a password-reset link (valid 1 hour) if the address has an account.
-         * @description Always 202 for a valid address, so the answer does not tell which are registered.
+         * @description Always 202 for a valid address, in the same time, so the answer does not tell which
+         *     are registered: the mail leaves from a background queue.
          */
         post: operations["reset_request"];
         delete?: never;
@@ -411,7 +414,9 @@ export interface paths {
         put?: never;
         /**
          * Sets a new password with the token of the reset mail (single use).
-         * @description Also marks the address verified, signs out every session and lifts a lockout.
+         * @description Also marks the address verified, signs out every session (their access tokens stop
+         *     working at once), deletes the account's API keys unless `revoke_api_keys` is false,
+         *     and lifts a lockout.
          */
         post: operations["reset_confirm"];
         delete?: never;
@@ -1013,13 +1018,19 @@ export interface components {
             memory: number[];
         };
         CreateKey: {
+            /** @description A current authenticator code; required when the account has MFA. */
+            code?: string | null;
             /**
              * Format: int32
-             * @description 1 to 3650; the key never expires when absent.
+             * @description 1 to 3650; when absent, the server's default (90 days unless configured).
              */
             expires_in_days?: number | null;
             /** @description 1 to 64 printable characters, e.g. `ci-pipeline`. */
             name: string;
+            /** @description True for a key that never expires (not with `expires_in_days`). */
+            never_expires?: boolean;
+            /** @description The caller's current password (required; a missing one is `wrong_password`). */
+            password?: string;
         };
         CreateModel: {
             /** @description Default true. */
@@ -1091,6 +1102,10 @@ export interface components {
         };
         EmailRequest: {
             email: string;
+        };
+        EnrollRequest: {
+            /** @description The account's current password. */
+            password?: string;
         };
         Enrollment: {
             /** @description `otpauth://totp/...` URI, for a QR code. */
@@ -1578,6 +1593,11 @@ export interface components {
             email?: string | null;
             /** @description The new password; same policy as at sign-up. */
             password: string;
+            /**
+             * @description Also delete every API key of the account (default true): whoever took over the
+             *     account may have made one. False keeps them.
+             */
+            revoke_api_keys?: boolean;
             /**
              * @description The `token` parameter of the e-mailed link; in auth mode `cognito`, the code of the
              *     reset mail (also accepted as `code`).
@@ -2395,7 +2415,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description `role_managed_by_provider`: auth mode cognito, where the role of a pool account follows its Cognito groups */
+            /** @description `role_managed_by_provider`: auth mode cognito, where the role of a pool account follows its Cognito groups; `last_admin`: the last active admin cannot be demoted or locked */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2451,7 +2471,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description the user still owns instances; delete those first */
+            /** @description the user still owns instances; delete those first, or `last_admin`: the last active admin cannot be deleted */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -2503,6 +2523,13 @@ export interface operations {
             };
             /** @description no such user */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `last_admin`: the last active admin cannot be locked */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2834,7 +2861,7 @@ export interface operations {
                     "application/json": components["schemas"]["Done"];
                 };
             };
-            /** @description `mfa_not_enabled` or `wrong_password` */
+            /** @description `mfa_not_enabled`, `wrong_password` or `code_required` */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -2871,7 +2898,11 @@ export interface operations {
             path?: never;
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EnrollRequest"];
+            };
+        };
         responses: {
             200: {
                 headers: {
@@ -2880,6 +2911,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Enrollment"];
                 };
+            };
+            /** @description `wrong_password` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description missing or invalid credentials */
             401: {
@@ -2897,6 +2935,13 @@ export interface operations {
             };
             /** @description MFA is already enabled */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `account_locked` or `rate_limited`, with Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3628,14 +3673,14 @@ export interface operations {
                     "application/json": components["schemas"]["CreatedKey"];
                 };
             };
-            /** @description invalid_name, invalid_expiry or too_many_keys */
+            /** @description invalid_name, invalid_expiry, too_many_keys, wrong_password or code_required */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description missing or invalid credentials */
+            /** @description missing or invalid credentials, or `invalid_code` */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3644,6 +3689,13 @@ export interface operations {
             };
             /** @description called with an API key */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `account_locked` or `rate_limited`, with Retry-After */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
