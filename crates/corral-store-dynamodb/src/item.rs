@@ -804,25 +804,6 @@ pub fn usage_row(item: &Item) -> Result<UsageRow> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_keys_sort_like_times() {
-        let times = [
-            DateTime::from_timestamp_micros(-5_000_000).unwrap(),
-            DateTime::from_timestamp_micros(-1).unwrap(),
-            DateTime::from_timestamp_micros(0).unwrap(),
-            DateTime::from_timestamp_micros(1).unwrap(),
-            DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap(),
-        ];
-        let keys: Vec<String> = times.iter().map(|at| tkey(*at)).collect();
-        assert!(keys.iter().all(|k| k.len() == 20));
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
-    }
-}
-
 // --- outbound jobs ---
 
 pub fn job_key(id: Uuid) -> Item {
@@ -877,4 +858,23 @@ pub fn job(item: &Item) -> Result<OutboundJob> {
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_keys_sort_like_times() {
+        let times = [
+            DateTime::from_timestamp_micros(-5_000_000).unwrap(),
+            DateTime::from_timestamp_micros(-1).unwrap(),
+            DateTime::from_timestamp_micros(0).unwrap(),
+            DateTime::from_timestamp_micros(1).unwrap(),
+            DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap(),
+        ];
+        let keys: Vec<String> = times.iter().map(|at| tkey(*at)).collect();
+        assert!(keys.iter().all(|k| k.len() == 20));
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+    }
 }

@@ -406,7 +406,7 @@ impl DynamoStore {
         let row = Builder::keys("ADMINS".into(), "ADMINS")
             .opt(
                 "ids",
-                (!ids.is_empty()).then(|| aws_sdk_dynamodb::types::AttributeValue::Ss(ids)),
+                (!ids.is_empty()).then_some(aws_sdk_dynamodb::types::AttributeValue::Ss(ids)),
             )
             .set("complete", b(true))
             .build();
