@@ -361,9 +361,7 @@ async fn account_enumeration_by_timing(backend: Backend) {
     let app = spawn_app_with_mailer(backend, smtp_at(port)).await;
     let (known, _) = app.user_with_role(Role::User).await;
     let pending = format!("pending-{}@example.com", uuid::Uuid::now_v7().simple());
-    let hash = corral_api::auth::password::hash(PASSWORD.into(), app.state.settings.argon2)
-        .await
-        .unwrap();
+    let hash = app.state.passwords.hash(PASSWORD.into()).await.unwrap();
     let unverified = corral_core::User::new(&pending, hash, Role::User, Utc::now());
     app.state.store.create_user(&unverified).await.unwrap();
 
