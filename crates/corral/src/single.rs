@@ -7,7 +7,7 @@
 //! (`kill -9` included), so a crash never leaves a stale lock behind. Admin commands do
 //! not take it: they are short and SQLite's own locking keeps their writes safe.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
@@ -36,10 +36,11 @@ pub fn lock_store(database_url: &str) -> Result<Option<ServeLock>, CliError> {
     };
     let path = lock_path(db);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        corral_guard::files::create_private_dir(dir)
             .map_err(CliError::io(format!("creating {}", dir.display())))?;
     }
-    let file = OpenOptions::new()
+    // Private like every other file of the data dir (start-up warns about loose ones).
+    let file = corral_guard::files::private_options()
         .create(true)
         .truncate(false)
         .write(true)
@@ -88,6 +89,19 @@ mod tests {
             lock_store(&url).unwrap().is_some(),
             "released with its holder"
         );
+    }
+
+    #[test]
+    fn lock_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("c.db");
+        let _lock = lock_store(&format!("sqlite://{}", db.display())).unwrap();
+        let mode = std::fs::metadata(lock_path(&db))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
