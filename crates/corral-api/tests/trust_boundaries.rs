@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Backend, TestApp, spawn_app, spawn_app_with};
+use common::{Backend, PASSWORD, TestApp, spawn_app, spawn_app_with};
 use corral_core::{AuditEntry, AuditFilter, Role, secret};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -39,7 +39,11 @@ async fn bad_login(app: &TestApp, forwarded_for: Option<&str>) -> u16 {
 
 async fn create_key(app: &TestApp, token: &str) -> String {
     let (status, created) = app
-        .post("/api/keys", Some(token), json!({"name": "test"}))
+        .post(
+            "/api/keys",
+            Some(token),
+            json!({"name": "test", "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     created["key"].as_str().unwrap().to_string()
